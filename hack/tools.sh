@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# tools.sh builds the test world's heavy binaries from the Go module proxy, once,
+# into a cache outside the repository keyed by tool version, Go version and a
+# hash of the wrapper module's go.sum. It prints the directory holding the binaries.
+#
+#   hack/tools.sh kube-apiserver|etcd|teleport|golangci-lint
+#
+# Each build runs in a temporary directory and is moved into place only when it
+# succeeded, so an interrupted build never leaves a half-written cache entry.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cache=${CNPG_TELEPORT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/cnpg-teleport}
+export GOWORK=off
+unset GONOSUMDB GONOSUMCHECK GOINSECURE
+
+KUBE_VERSION=v1.37.2
+ETCD_VERSION=v3.7.2
+TELEPORT_VERSION=v13.3.8
+GOLANGCI_VERSION=v2.15.0
+
+gover=$(go env GOVERSION)
+
+key() { # key NAME VERSION WRAPPERDIR
+	local sum=none
+	[ -f "$3/go.sum" ] && sum=$(sha256sum "$3/go.sum" | cut -c1-12)
+	echo "$cache/$1-$2-$gover-$sum"
+}
+
+log() { echo "[tools] $*" >&2; }
+
+build() { # build NAME VERSION WRAPPERDIR EXPECTED BINARY... ; body in build_NAME
+	local name=$1 version=$2 dir=$3 expected=$4
+	shift 4
+	local dest
+	dest=$(key "$name" "$version" "$dir")
+	local ok=1
+	for b in "$@"; do [ -x "$dest/$b" ] || ok=0; done
+	if [ $ok = 1 ]; then
+		echo "$dest"
+		return
+	fi
+	mkdir -p "$cache"
+	local tmp
+	tmp=$(mktemp -d "$cache/.build-$name-XXXXXX")
+	log "building $name $version (cold: about $expected on 2 cores; cached afterwards in $dest)"
+	local t0=$SECONDS
+	(
+		while sleep 60; do log "  still building $name ($((SECONDS - t0))s)"; done
+	) &
+	local ticker=$!
+	if ! "build_${name//-/_}" "$dir" "$tmp" >"$tmp.log" 2>&1; then
+		kill "$ticker" 2>/dev/null || true
+		cat "$tmp.log" >&2
+		rm -rf "$tmp" "$tmp.log"
+		log "building $name failed"
+		exit 1
+	fi
+	kill "$ticker" 2>/dev/null || true
+	rm -f "$tmp.log"
+	rm -rf "$dest"
+	mv "$tmp" "$dest"
+	log "built $name in $((SECONDS - t0))s"
+	echo "$dest"
+}
+
+build_kube_apiserver() {
+	local v=k8s.io/component-base/version c=k8s.io/client-go/pkg/version
+	local ld="-s -w"
+	for p in $v $c; do
+		ld+=" -X $p.gitVersion=$KUBE_VERSION -X $p.gitMajor=1 -X $p.gitMinor=37"
+	done
+	(cd "$1" && CGO_ENABLED=0 go build -trimpath -ldflags "$ld" -o "$2/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver)
+}
+
+build_etcd() {
+	(cd "$1" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$2/etcd" go.etcd.io/etcd/server/v3)
+}
+
+build_teleport() {
+	# gcc is needed (sqlite backend); -checklinkname=0 only for the teleport launcher.
+	(cd "$1" &&
+		CGO_ENABLED=1 go build -trimpath -ldflags='-s -w -checklinkname=0' -o "$2/teleport" ./cmd/teleport &&
+		CGO_ENABLED=1 go build -trimpath -ldflags='-s -w' -o "$2/tctl" ./cmd/tctl &&
+		CGO_ENABLED=1 go build -trimpath -ldflags='-s -w' -o "$2/tsh" github.com/gravitational/teleport/tool/tsh)
+}
+
+build_golangci_lint() {
+	GOBIN=$2 go install "github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$GOLANGCI_VERSION"
+}
+
+case "${1:-}" in
+kube-apiserver) build kube-apiserver "$KUBE_VERSION" "$root/test/tools/kube-apiserver" "8 min" kube-apiserver ;;
+etcd) build etcd "$ETCD_VERSION" "$root/test/tools/etcd" "1 min" etcd ;;
+teleport)
+	if [ -n "${TELEPORT_BIN_DIR:-}" ]; then
+		for b in teleport tctl tsh; do
+			[ -x "$TELEPORT_BIN_DIR/$b" ] || { log "TELEPORT_BIN_DIR=$TELEPORT_BIN_DIR has no $b"; exit 1; }
+		done
+		"$TELEPORT_BIN_DIR/teleport" version | grep -q "Teleport $TELEPORT_VERSION" ||
+			{ log "TELEPORT_BIN_DIR: not Teleport $TELEPORT_VERSION"; exit 1; }
+		echo "$TELEPORT_BIN_DIR"
+		exit 0
+	fi
+	build teleport "$TELEPORT_VERSION" "$root/test/tools/teleport" "12 min" teleport tctl tsh
+	;;
+golangci-lint) build golangci-lint "$GOLANGCI_VERSION" /nonexistent "3 min" golangci-lint ;;
+*)
+	echo "usage: $0 kube-apiserver|etcd|teleport|golangci-lint" >&2
+	exit 2
+	;;
+esac

@@ -1,0 +1,112 @@
+package world
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+)
+
+// Binaries of the world. The Makefile builds them once (cached outside the
+// repository, keyed by version) and exports their directories; when a test
+// runs without the Makefile, the same hack/tools.sh answers from its cache
+// (it builds only when the cache is empty, which needs the module proxy, so
+// outside the network namespace).
+const (
+	envKubeAPIServerDir = "KUBE_APISERVER_DIR"
+	envEtcdDir          = "ETCD_DIR"
+	envTeleportBinDir   = "TELEPORT_BIN_DIR"
+	envCertManagerBin   = "CERT_MANAGER_BIN"
+	envPostgresBinDir   = "POSTGRES_BIN_DIR"
+)
+
+// RepoRoot is the repository root, found from this source file.
+func RepoRoot() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
+}
+
+var toolDirs sync.Map
+
+// ToolDir returns the directory holding the binaries of tool (kube-apiserver,
+// etcd, teleport), from its environment variable or hack/tools.sh.
+func ToolDir(tool string) (string, error) {
+	env := map[string]string{"kube-apiserver": envKubeAPIServerDir, "etcd": envEtcdDir, "teleport": envTeleportBinDir}[tool]
+	if d := os.Getenv(env); d != "" {
+		return d, nil
+	}
+	if d, ok := toolDirs.Load(tool); ok {
+		return d.(string), nil
+	}
+	var out, errb bytes.Buffer
+	cmd := exec.Command(filepath.Join(RepoRoot(), "hack", "tools.sh"), tool) //nolint:gosec // fixed script
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Run(); err != nil {
+		return "", fmt.Errorf("hack/tools.sh %s (run `make test`, which builds it first): %w\n%s", tool, err, errb.String())
+	}
+	d := strings.TrimSpace(out.String())
+	toolDirs.Store(tool, d)
+	return d, nil
+}
+
+var certManagerOnce struct {
+	sync.Once
+	path string
+	err  error
+}
+
+// CertManagerBin returns the cert-manager controller binary (test/cmd/cert-manager),
+// from CERT_MANAGER_BIN or built once per test binary with the warm Go cache.
+func CertManagerBin() (string, error) {
+	if p := os.Getenv(envCertManagerBin); p != "" {
+		return p, nil
+	}
+	certManagerOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "cert-manager-bin")
+		if err != nil {
+			certManagerOnce.err = err
+			return
+		}
+		p := filepath.Join(dir, "cert-manager")
+		cmd := exec.Command("go", "build", "-o", p, "./test/cmd/cert-manager") //nolint:gosec // fixed package
+		cmd.Dir = RepoRoot()
+		if out, err := cmd.CombinedOutput(); err != nil {
+			certManagerOnce.err = fmt.Errorf("go build cert-manager: %w\n%s", err, out)
+			return
+		}
+		certManagerOnce.path = p
+	})
+	return certManagerOnce.path, certManagerOnce.err
+}
+
+// PostgresBinDir returns the PostgreSQL server binaries directory (Debian layout).
+func PostgresBinDir() (string, error) {
+	if d := os.Getenv(envPostgresBinDir); d != "" {
+		return d, nil
+	}
+	matches, _ := filepath.Glob("/usr/lib/postgresql/*/bin/postgres")
+	if len(matches) == 0 {
+		return "", fmt.Errorf("no PostgreSQL server under /usr/lib/postgresql (make test installs it)")
+	}
+	return filepath.Dir(matches[len(matches)-1]), nil
+}
+
+// moduleDir returns the module cache directory of a dependency pinned in go.mod.
+func moduleDir(module string) (string, error) {
+	cmd := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", module) //nolint:gosec // module path is a constant
+	cmd.Dir = RepoRoot()
+	cmd.Env = append(os.Environ(), "GOFLAGS=-mod=readonly", "GOWORK=off")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("go list -m %s: %w\n%s", module, err, out)
+	}
+	d := strings.TrimSpace(string(out))
+	if d == "" {
+		return "", fmt.Errorf("module %s is not in the module cache (run go mod download)", module)
+	}
+	return d, nil
+}

@@ -1,0 +1,225 @@
+package world
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
+	cnpgv1 "github.com/cloudnative-pg/cloudnative-pg/api/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+)
+
+const (
+	cnpgModule        = "github.com/cloudnative-pg/cloudnative-pg"
+	certManagerModule = "github.com/cert-manager/cert-manager"
+)
+
+// World is the Kubernetes half of the test world: a real kube-apiserver and
+// etcd (envtest) serving the real CNPG and cert-manager CRDs of the pinned
+// modules, and the real cert-manager controller.
+type World struct {
+	Dir        string
+	Env        *envtest.Environment
+	Config     *rest.Config
+	Client     client.Client
+	Scheme     *runtime.Scheme
+	Kubeconfig string // admin kubeconfig file (group system:masters)
+
+	certManager *Process
+	procs       []*Process
+	logs        []string
+}
+
+// Options tune the world.
+type Options struct {
+	// APIServerArgs are appended to kube-apiserver's flags (e.g. an audit log).
+	APIServerArgs map[string]string
+}
+
+// Scheme returns a scheme with Kubernetes, CNPG and cert-manager types.
+func Scheme() *runtime.Scheme {
+	s := runtime.NewScheme()
+	for _, add := range []func(*runtime.Scheme) error{clientgoscheme.AddToScheme, cnpgv1.AddToScheme, cmapi.AddToScheme} {
+		if err := add(s); err != nil {
+			panic(err)
+		}
+	}
+	return s
+}
+
+// CRDDirs are the CRD directories of the pinned CNPG and cert-manager modules.
+func CRDDirs() ([]string, error) {
+	var dirs []string
+	for _, m := range []struct{ module, sub string }{
+		{cnpgModule, "config/crd/bases"},
+		{certManagerModule, "deploy/crds"},
+	} {
+		d := os.Getenv(moduleEnv(m.module))
+		if d == "" {
+			var err error
+			if d, err = moduleDir(m.module); err != nil {
+				return nil, err
+			}
+		}
+		dirs = append(dirs, filepath.Join(d, m.sub))
+	}
+	return dirs, nil
+}
+
+// Start starts the world for one test; it is stopped when the test ends, and
+// on failure the tail of every process log is printed.
+func Start(t testing.TB, opts Options) *World {
+	t.Helper()
+	w, err := StartWorld(t.TempDir(), opts)
+	t.Cleanup(func() {
+		if w != nil && t.Failed() {
+			t.Log(w.Logs())
+		}
+		if w != nil {
+			w.Stop()
+		}
+	})
+	if err != nil {
+		t.Fatalf("world: %v", err)
+	}
+	return w
+}
+
+// StartWorld starts the apiserver, etcd and cert-manager with logs in dir.
+// The caller must Stop it; on error the partly started world is returned.
+func StartWorld(dir string, opts Options) (*World, error) {
+	crdDirs, err := CRDDirs()
+	if err != nil {
+		return nil, err
+	}
+	apiDir, err := ToolDir("kube-apiserver")
+	if err != nil {
+		return nil, err
+	}
+	etcdDir, err := ToolDir("etcd")
+	if err != nil {
+		return nil, err
+	}
+	w := &World{Dir: dir, Scheme: Scheme()}
+	apiLog, err := os.Create(filepath.Join(dir, "kube-apiserver.log")) //nolint:gosec // test dir
+	if err != nil {
+		return nil, err
+	}
+	etcdLog, err := os.Create(filepath.Join(dir, "etcd.log")) //nolint:gosec // test dir
+	if err != nil {
+		return nil, err
+	}
+	w.logs = append(w.logs, apiLog.Name(), etcdLog.Name())
+	api := &envtest.APIServer{Path: filepath.Join(apiDir, "kube-apiserver"), Out: apiLog, Err: apiLog}
+	// Inside the world's namespace there is no default route to pick an
+	// advertise address from (and a loopback one needs no endpoint reconciler).
+	api.Configure().Set("advertise-address", "127.0.0.1")
+	api.Configure().Set("endpoint-reconciler-type", "none")
+	for k, v := range opts.APIServerArgs {
+		api.Configure().Set(k, v)
+	}
+	w.Env = &envtest.Environment{
+		ControlPlane: envtest.ControlPlane{
+			APIServer: api,
+			Etcd:      &envtest.Etcd{Path: filepath.Join(etcdDir, "etcd"), Out: etcdLog, Err: etcdLog},
+		},
+		CRDDirectoryPaths:     crdDirs,
+		ErrorIfCRDPathMissing: true,
+		// A loaded 2-core machine (a cold build beside the tests) starts slowly.
+		ControlPlaneStartTimeout: 90 * time.Second,
+		Scheme:                   w.Scheme,
+	}
+	if w.Config, err = w.Env.Start(); err != nil {
+		return w, fmt.Errorf("envtest: %w", err)
+	}
+	if w.Client, err = client.New(w.Config, client.Options{Scheme: w.Scheme}); err != nil {
+		return w, err
+	}
+	if w.Kubeconfig, err = w.writeKubeconfig("admin", []string{"system:masters"}); err != nil {
+		return w, err
+	}
+	if err := w.startCertManager(); err != nil {
+		return w, err
+	}
+	return w, nil
+}
+
+func (w *World) writeKubeconfig(name string, groups []string) (string, error) {
+	u, err := w.Env.ControlPlane.AddUser(envtest.User{Name: name, Groups: groups}, nil)
+	if err != nil {
+		return "", fmt.Errorf("add user %s: %w", name, err)
+	}
+	kc, err := u.KubeConfig()
+	if err != nil {
+		return "", err
+	}
+	p := filepath.Join(w.Dir, name+".kubeconfig")
+	return p, os.WriteFile(p, kc, 0o600)
+}
+
+func (w *World) startCertManager() error {
+	bin, err := CertManagerBin()
+	if err != nil {
+		return err
+	}
+	ctx := context.Background()
+	if err := w.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "cert-manager"}}); err != nil {
+		return err
+	}
+	w.certManager, err = StartProcess(w.Dir, "cert-manager", nil, bin, "--kubeconfig", w.Kubeconfig)
+	if err != nil {
+		return err
+	}
+	w.procs = append(w.procs, w.certManager)
+	return nil
+}
+
+// Adopt hands a process to the world: stopped with it, its log printed with it.
+func (w *World) Adopt(p *Process) { w.procs = append(w.procs, p) }
+
+// Stop stops every process the world started, by PID, newest first.
+func (w *World) Stop() {
+	for i := len(w.procs) - 1; i >= 0; i-- {
+		w.procs[i].Stop()
+	}
+	if w.Env != nil && w.Env.ControlPlane.APIServer != nil {
+		_ = w.Env.Stop()
+	}
+}
+
+// Logs returns the tail of every log of the world.
+func (w *World) Logs() string {
+	var b strings.Builder
+	paths := append([]string(nil), w.logs...)
+	for _, p := range w.procs {
+		paths = append(paths, p.LogPath)
+	}
+	for _, p := range paths {
+		fmt.Fprintf(&b, "\n===== %s (tail) =====\n%s\n", p, tailFile(p, 8<<10))
+	}
+	return b.String()
+}
+
+// Namespace creates a namespace.
+func (w *World) Namespace(ctx context.Context, name string) error {
+	return w.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}})
+}
+
+// Eventually polls check every 100 ms until it returns nil, or fails the test.
+func Eventually(t testing.TB, timeout time.Duration, what string, check func() error) {
+	t.Helper()
+	if err := waitFor(timeout, 100*time.Millisecond, check); err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+}
