@@ -6,10 +6,7 @@ import (
 	"testing"
 	"time"
 
-	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
-	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
 	cnpgv1 "github.com/cloudnative-pg/cloudnative-pg/api/v1"
-	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -40,23 +37,8 @@ func TestFoundation(t *testing.T) {
 
 	// The real cert-manager: a server CA, a server certificate for the rw
 	// service, and a client CA with one client certificate.
-	serverCA, err := w.CreateCA(ctx, ns, "demo-server-ca")
-	if err != nil {
-		t.Fatal(err)
-	}
+	serverCA := serverPKI(ctx, t, w, ns, name)
 	rwName := name + "-rw." + ns + ".svc.cluster.local"
-	if _, err := w.IssueCertificate(ctx, &cmapi.Certificate{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "demo-server"},
-		Spec: cmapi.CertificateSpec{
-			SecretName: "demo-server",
-			CommonName: rwName,
-			DNSNames:   world.ServiceNames(ns, name, "cluster.local"),
-			Usages:     []cmapi.KeyUsage{cmapi.UsageServerAuth, cmapi.UsageDigitalSignature, cmapi.UsageKeyEncipherment},
-			IssuerRef:  cmmeta.IssuerReference{Kind: cmapi.IssuerKind, Name: "demo-server-ca"},
-		},
-	}); err != nil {
-		t.Fatal(err)
-	}
 	if _, err := w.CreateCA(ctx, ns, "demo-client-ca"); err != nil {
 		t.Fatal(err)
 	}
@@ -113,21 +95,4 @@ func TestFoundation(t *testing.T) {
 		t.Fatal("a client certificate from a foreign CA was accepted")
 	}
 	t.Logf("foreign client certificate refused: %v", err)
-}
-
-func clientCert(ctx context.Context, t *testing.T, w *world.World, ns, user, issuer string) *corev1.Secret {
-	t.Helper()
-	s, err := w.IssueCertificate(ctx, &cmapi.Certificate{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: user + "-" + issuer},
-		Spec: cmapi.CertificateSpec{
-			SecretName: user + "-" + issuer,
-			CommonName: strings.TrimSuffix(user, "-foreign"),
-			Usages:     []cmapi.KeyUsage{cmapi.UsageClientAuth, cmapi.UsageDigitalSignature, cmapi.UsageKeyEncipherment},
-			IssuerRef:  cmmeta.IssuerReference{Kind: cmapi.IssuerKind, Name: issuer},
-		},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
 }

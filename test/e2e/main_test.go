@@ -11,5 +11,6 @@ import (
 func TestMain(m *testing.M) {
 	world.Main(m,
 		world.Service{Namespace: "foundation", Cluster: "demo"},
+		world.Service{Namespace: "tp", Cluster: "demo"},
 	)
 }

@@ -21,6 +21,7 @@ const (
 	envEtcdDir          = "ETCD_DIR"
 	envTeleportBinDir   = "TELEPORT_BIN_DIR"
 	envCertManagerBin   = "CERT_MANAGER_BIN"
+	envControllerBin    = "CNPG_TELEPORT_BIN"
 	envPostgresBinDir   = "POSTGRES_BIN_DIR"
 )
 
@@ -32,11 +33,12 @@ func RepoRoot() string {
 
 var toolDirs sync.Map
 
+var toolEnv = map[string]string{"kube-apiserver": envKubeAPIServerDir, "etcd": envEtcdDir, "teleport": envTeleportBinDir}
+
 // ToolDir returns the directory holding the binaries of tool (kube-apiserver,
 // etcd, teleport), from its environment variable or hack/tools.sh.
 func ToolDir(tool string) (string, error) {
-	env := map[string]string{"kube-apiserver": envKubeAPIServerDir, "etcd": envEtcdDir, "teleport": envTeleportBinDir}[tool]
-	if d := os.Getenv(env); d != "" {
+	if d := os.Getenv(toolEnv[tool]); d != "" {
 		return d, nil
 	}
 	if d, ok := toolDirs.Load(tool); ok {
@@ -53,34 +55,49 @@ func ToolDir(tool string) (string, error) {
 	return d, nil
 }
 
-var certManagerOnce struct {
-	sync.Once
+var projectBins sync.Map // package -> *projectBin
+
+type projectBin struct {
+	once sync.Once
 	path string
 	err  error
 }
 
-// CertManagerBin returns the cert-manager controller binary (test/cmd/cert-manager),
-// from CERT_MANAGER_BIN or built once per test binary with the warm Go cache.
-func CertManagerBin() (string, error) {
-	if p := os.Getenv(envCertManagerBin); p != "" {
+// buildProjectBin returns the binary of a main package of this repository:
+// from env when set (the Makefile builds into bin/), else built once per
+// test binary with the warm Go cache.
+func buildProjectBin(env, pkg string) (string, error) {
+	if p := os.Getenv(env); p != "" {
 		return p, nil
 	}
-	certManagerOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "cert-manager-bin")
+	v, _ := projectBins.LoadOrStore(pkg, &projectBin{})
+	b := v.(*projectBin)
+	b.once.Do(func() {
+		dir, err := os.MkdirTemp("", "world-bin")
 		if err != nil {
-			certManagerOnce.err = err
+			b.err = err
 			return
 		}
-		p := filepath.Join(dir, "cert-manager")
-		cmd := exec.Command("go", "build", "-o", p, "./test/cmd/cert-manager") //nolint:gosec // fixed package
+		p := filepath.Join(dir, filepath.Base(pkg))
+		cmd := exec.Command("go", "build", "-o", p, pkg) //nolint:gosec // fixed packages
 		cmd.Dir = RepoRoot()
 		if out, err := cmd.CombinedOutput(); err != nil {
-			certManagerOnce.err = fmt.Errorf("go build cert-manager: %w\n%s", err, out)
+			b.err = fmt.Errorf("go build %s: %w\n%s", pkg, err, out)
 			return
 		}
-		certManagerOnce.path = p
+		b.path = p
 	})
-	return certManagerOnce.path, certManagerOnce.err
+	return b.path, b.err
+}
+
+// CertManagerBin is the test world's cert-manager controller (test/cmd/cert-manager).
+func CertManagerBin() (string, error) {
+	return buildProjectBin(envCertManagerBin, "./test/cmd/cert-manager")
+}
+
+// ControllerBin is the cnpg-teleport manager binary (cmd/cnpg-teleport).
+func ControllerBin() (string, error) {
+	return buildProjectBin(envControllerBin, "./cmd/cnpg-teleport")
 }
 
 // PostgresBinDir returns the PostgreSQL server binaries directory (Debian layout).

@@ -155,6 +155,12 @@ func StartWorld(dir string, opts Options) (*World, error) {
 	return w, nil
 }
 
+// UserKubeconfig writes a kubeconfig for a client-certificate user of the
+// apiserver, so its requests are attributable in an audit log.
+func (w *World) UserKubeconfig(name string, groups ...string) (string, error) {
+	return w.writeKubeconfig(name, groups)
+}
+
 func (w *World) writeKubeconfig(name string, groups []string) (string, error) {
 	u, err := w.Env.ControlPlane.AddUser(envtest.User{Name: name, Groups: groups}, nil)
 	if err != nil {
@@ -222,4 +228,24 @@ func Eventually(t testing.TB, timeout time.Duration, what string, check func() e
 	if err := waitFor(timeout, 100*time.Millisecond, check); err != nil {
 		t.Fatalf("%s: %v", what, err)
 	}
+}
+
+// StartController runs the cnpg-teleport binary against the world's
+// apiserver (admin kubeconfig) with the given flags. Its log is named name.
+func (w *World) StartController(name string, args ...string) (*Process, error) {
+	return w.StartControllerAs(name, w.Kubeconfig, args...)
+}
+
+// StartControllerAs is StartController with another kubeconfig.
+func (w *World) StartControllerAs(name, kubeconfig string, args ...string) (*Process, error) {
+	bin, err := ControllerBin()
+	if err != nil {
+		return nil, err
+	}
+	p, err := StartProcess(w.Dir, name, []string{"KUBECONFIG=" + kubeconfig}, append([]string{bin}, args...)...)
+	if err != nil {
+		return nil, err
+	}
+	w.Adopt(p)
+	return p, nil
 }

@@ -34,6 +34,14 @@ var services []Service
 // each of which has its own namespace. It works as root (CI) and as a normal
 // user with unprivileged user namespaces.
 func Main(m *testing.M, svcs ...Service) {
+	Enter(svcs...)
+	os.Exit(m.Run())
+}
+
+// Enter is Main for a program (make demo): outside the namespace it re-runs
+// the program inside one and exits with its code; inside it sets the
+// namespace up and returns.
+func Enter(svcs ...Service) {
 	services = svcs
 	if os.Getenv(envInside) == "" {
 		os.Exit(reexec())
@@ -42,7 +50,6 @@ func Main(m *testing.M, svcs ...Service) {
 		fmt.Fprintln(os.Stderr, "world: namespace setup:", err)
 		os.Exit(2)
 	}
-	os.Exit(m.Run())
 }
 
 // Inside reports whether this process runs inside the world's namespace.
@@ -85,16 +92,27 @@ func prefetch() error {
 		}
 		_ = os.Setenv(moduleEnv(m), d)
 	}
-	for _, tool := range []string{"kube-apiserver", "etcd"} {
-		if _, err := ToolDir(tool); err != nil {
+	for _, tool := range []string{"kube-apiserver", "etcd", "teleport"} {
+		d, err := ToolDir(tool)
+		if err != nil {
+			return err
+		}
+		_ = os.Setenv(toolEnv[tool], d)
+	}
+	for env, bin := range map[string]func() (string, error){envCertManagerBin: CertManagerBin, envControllerBin: ControllerBin} {
+		p, err := bin()
+		if err != nil {
+			return err
+		}
+		if err := os.Setenv(env, p); err != nil {
 			return err
 		}
 	}
-	p, err := CertManagerBin()
-	if err != nil {
-		return err
+	// Teleport's tsh runs psql for `tsh db connect`.
+	if _, err := exec.LookPath("psql"); err != nil {
+		return fmt.Errorf("psql not found (make test installs postgresql): %w", err)
 	}
-	return os.Setenv(envCertManagerBin, p)
+	return nil
 }
 
 func moduleEnv(module string) string {

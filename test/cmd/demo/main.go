@@ -1,0 +1,230 @@
+// Command demo runs the whole cnpg-teleport chain on one machine, no
+// Kubernetes cluster needed (make demo, make demo-verify): the test world
+// (kube-apiserver, etcd, cert-manager, Teleport, PostgreSQL), the controller
+// binary, a sample annotated Cluster, then its deletion.
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
+	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
+	cnpgv1 "github.com/cloudnative-pg/cloudnative-pg/api/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/yaml"
+
+	"github.com/cnpg-teleport/cnpg-teleport/test/world"
+)
+
+const ns, name = "default", "demo"
+
+func main() {
+	pause := flag.Bool("pause", false, "wait for Enter between steps")
+	flag.Parse()
+	world.Enter(world.Service{Namespace: ns, Cluster: name})
+	d := &demo{pause: *pause, in: bufio.NewReader(os.Stdin), t0: time.Now()}
+	err := d.run(context.Background())
+	d.cleanup()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "\nDEMO FAILED after %.1fs: %v\n", time.Since(d.t0).Seconds(), err)
+		if d.w != nil {
+			fmt.Fprintln(os.Stderr, d.w.Logs())
+		}
+		os.Exit(1)
+	}
+	fmt.Printf("\nDEMO OK in %.1fs\n", time.Since(d.t0).Seconds())
+}
+
+type demo struct {
+	pause bool
+	in    *bufio.Reader
+	t0    time.Time
+	dir   string
+	w     *world.World
+	tp    *world.Teleport
+}
+
+func (d *demo) cleanup() {
+	if d.tp != nil {
+		d.tp.Stop()
+	}
+	if d.w != nil {
+		d.w.Stop()
+	}
+}
+
+// step runs one step, printing its name and time.
+func (d *demo) step(title string, f func() error) error {
+	fmt.Printf("\n==> %s\n", title)
+	t := time.Now()
+	err := f()
+	fmt.Printf("    [%s: %.2fs]\n", map[bool]string{true: "ok", false: "FAILED"}[err == nil], time.Since(t).Seconds())
+	if err == nil && d.pause {
+		fmt.Print("    (Enter to continue) ")
+		_, _ = d.in.ReadString('\n')
+	}
+	if err != nil {
+		return fmt.Errorf("%s: %w", title, err)
+	}
+	return nil
+}
+
+func show(out []byte) {
+	for _, l := range strings.Split(strings.TrimRight(string(out), "\n"), "\n") {
+		fmt.Println("    | " + l)
+	}
+}
+
+func (d *demo) run(ctx context.Context) error {
+	var err error
+	if d.dir, err = os.MkdirTemp("", "cnpg-teleport-demo"); err != nil {
+		return err
+	}
+	var alice *world.TshUser
+	var cluster cnpgv1.Cluster
+	steps := []struct {
+		title string
+		f     func() error
+	}{
+		{"start kube-apiserver + etcd (CNPG and cert-manager CRDs) and cert-manager", func() error {
+			d.w, err = world.StartWorld(d.dir, world.Options{})
+			return err
+		}},
+		{"start Teleport v13.3.8 (auth, proxy, database agent)", func() error {
+			d.tp, err = world.StartTeleport(d.dir + "/teleport")
+			return err
+		}},
+		{"as CNPG would: server CA and server certificate (cert-manager); client CA = Teleport's db CA", func() error {
+			return d.pki(ctx)
+		}},
+		{"start the controller (least-privilege Teleport identity, kube cluster 'demo-k8s')", func() error {
+			id, err := d.tp.ControllerIdentity(ctx, "cnpg-teleport", time.Hour)
+			if err != nil {
+				return err
+			}
+			_, err = d.w.StartController("cnpg-teleport", "--teleport-addr="+d.tp.AuthAddr, "--identity-file="+id,
+				"--kube-cluster=demo-k8s", "--metrics-bind-address=127.0.0.1:8080", "--health-probe-bind-address=127.0.0.1:8081",
+				"--resync-period=30s")
+			return err
+		}},
+		{"kubectl apply -f config/samples/cluster.yaml (annotated, 3 instances)", func() error {
+			raw, err := os.ReadFile(world.RepoRoot() + "/config/samples/cluster.yaml")
+			if err != nil {
+				return err
+			}
+			if err := yaml.UnmarshalStrict(raw, &cluster); err != nil {
+				return err
+			}
+			show(raw)
+			cluster.Spec.Certificates = &cnpgv1.CertificatesConfiguration{
+				ServerCASecret: name + "-server-ca", ServerTLSSecret: name + "-server", ClientCASecret: name + "-client-ca",
+			}
+			cluster.Spec.PostgresConfiguration.PgHBA = []string{"hostssl all all all cert"}
+			return d.w.Client.Create(ctx, &cluster)
+		}},
+		{"PostgreSQL serving the Cluster (server cert, client CA, CNPG's pg_hba)", func() error {
+			pg, err := d.w.StartPostgres(ctx, ns, name)
+			if err != nil {
+				return err
+			}
+			return pg.Exec(ctx, `CREATE ROLE alice LOGIN`)
+		}},
+		{"tctl get db: the controller registered rw and ro (verify-full, the server CA, labels)", func() error {
+			return poll(30*time.Second, func() error {
+				out, err := d.tp.Tctl(ctx, "", "get", "db", "--format=yaml")
+				if err != nil {
+					return err
+				}
+				if !bytes.Contains(out, []byte("demo-k8s-default-demo-rw")) || !bytes.Contains(out, []byte("demo-k8s-default-demo-ro")) {
+					return errors.New("not registered yet")
+				}
+				show(out)
+				return nil
+			})
+		}},
+		{"tsh db ls (as alice) and tsh db connect: SELECT current_user", func() error {
+			if alice, err = d.tp.User(ctx, "alice", []string{"alice"}, []string{"postgres"}); err != nil {
+				return err
+			}
+			if out, err := alice.Tsh(ctx, "", "db", "ls"); err == nil {
+				show(out)
+			}
+			return poll(30*time.Second, func() error {
+				out, err := alice.Query(ctx, "demo-k8s-default-demo-rw", "alice", "postgres", "SELECT 'connected as ' || current_user;")
+				if err != nil {
+					return err
+				}
+				show([]byte(out))
+				return nil
+			})
+		}},
+		{"kubectl delete cluster demo: the finalizer deregisters", func() error {
+			if err := d.w.Client.Delete(ctx, &cluster); err != nil {
+				return err
+			}
+			return poll(30*time.Second, func() error {
+				names, err := alice.DBNames(ctx)
+				if err != nil {
+					return err
+				}
+				if len(names) > 0 {
+					return fmt.Errorf("still listed: %v", names)
+				}
+				out, _ := alice.Tsh(ctx, "", "db", "ls")
+				show(out)
+				return nil
+			})
+		}},
+	}
+	for _, s := range steps {
+		if err := d.step(s.title, s.f); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (d *demo) pki(ctx context.Context) error {
+	if _, err := d.w.CreateCA(ctx, ns, name+"-server-ca"); err != nil {
+		return err
+	}
+	names := world.ServiceNames(ns, name, "cluster.local")
+	if _, err := d.w.IssueCertificate(ctx, &cmapi.Certificate{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name + "-server"},
+		Spec: cmapi.CertificateSpec{
+			SecretName: name + "-server", CommonName: names[3], DNSNames: names,
+			Usages:    []cmapi.KeyUsage{cmapi.UsageServerAuth, cmapi.UsageDigitalSignature, cmapi.UsageKeyEncipherment},
+			IssuerRef: cmmeta.IssuerReference{Kind: cmapi.IssuerKind, Name: name + "-server-ca"},
+		},
+	}); err != nil {
+		return err
+	}
+	out, err := d.tp.Tctl(ctx, "", "auth", "export", "--type=db")
+	if err != nil {
+		return err
+	}
+	return d.w.Client.Create(ctx, &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name + "-client-ca"},
+		Data:       map[string][]byte{"ca.crt": out},
+	})
+}
+
+func poll(timeout time.Duration, f func() error) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		err := f()
+		if err == nil || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}

@@ -1,0 +1,56 @@
+package e2e
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
+	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/cnpg-teleport/cnpg-teleport/test/world"
+)
+
+// serverPKI issues, with the real cert-manager, a server CA <name>-server-ca
+// and a server certificate <name>-server for every service name of the Cluster.
+// It returns the CA Secret.
+func serverPKI(ctx context.Context, t *testing.T, w *world.World, ns, name string) *corev1.Secret {
+	t.Helper()
+	ca, err := w.CreateCA(ctx, ns, name+"-server-ca")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.IssueCertificate(ctx, &cmapi.Certificate{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name + "-server"},
+		Spec: cmapi.CertificateSpec{
+			SecretName: name + "-server",
+			CommonName: name + "-rw." + ns + ".svc.cluster.local",
+			DNSNames:   world.ServiceNames(ns, name, "cluster.local"),
+			Usages:     []cmapi.KeyUsage{cmapi.UsageServerAuth, cmapi.UsageDigitalSignature, cmapi.UsageKeyEncipherment},
+			IssuerRef:  cmmeta.IssuerReference{Kind: cmapi.IssuerKind, Name: name + "-server-ca"},
+		},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return ca
+}
+
+// clientCert issues a client certificate (CN=user) from a cert-manager CA Issuer.
+func clientCert(ctx context.Context, t *testing.T, w *world.World, ns, user, issuer string) *corev1.Secret {
+	t.Helper()
+	s, err := w.IssueCertificate(ctx, &cmapi.Certificate{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: user + "-" + issuer},
+		Spec: cmapi.CertificateSpec{
+			SecretName: user + "-" + issuer,
+			CommonName: strings.TrimSuffix(user, "-foreign"),
+			Usages:     []cmapi.KeyUsage{cmapi.UsageClientAuth, cmapi.UsageDigitalSignature, cmapi.UsageKeyEncipherment},
+			IssuerRef:  cmmeta.IssuerReference{Kind: cmapi.IssuerKind, Name: issuer},
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}

@@ -1,0 +1,316 @@
+package world
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+)
+
+// Teleport is a real Teleport v13.3.8 (auth + proxy + database agent in one
+// process) inside the world's namespace, with tctl and tsh beside it.
+type Teleport struct {
+	Dir         string
+	Config      string
+	BinDir      string
+	ClusterName string
+	AuthAddr    string // the auth service's gRPC address: what the controller dials
+	ProxyAddr   string // the proxy's web address: what tsh logs in to
+
+	proc *Process
+}
+
+const teleportConfig = `version: v3
+teleport:
+  nodename: world
+  data_dir: %[1]s/data
+  diag_addr: 127.0.0.1:3000
+  storage:
+    type: sqlite
+    # nanoseconds: reads follow writes in ~0.1 s instead of ~1 s
+    poll_stream_period: 100000000
+  log:
+    output: stderr
+    severity: INFO
+auth_service:
+  enabled: true
+  listen_addr: 127.0.0.1:3025
+  cluster_name: world
+  proxy_listener_mode: separate
+  authentication:
+    type: local
+    second_factor: "off"
+proxy_service:
+  enabled: true
+  listen_addr: 127.0.0.1:3023
+  web_listen_addr: 127.0.0.1:3080
+  tunnel_listen_addr: 127.0.0.1:3024
+  public_addr: localhost:3080
+  postgres_listen_addr: 127.0.0.1:3036
+  postgres_public_addr: 127.0.0.1:3036
+ssh_service:
+  enabled: false
+db_service:
+  enabled: true
+  resources:
+  - labels:
+      cnpg-teleport.io/managed-by: cnpg-teleport
+`
+
+// StartTeleport starts Teleport with its data in dir and waits for /readyz.
+// The database agent serves every db resource labelled as the controller's.
+func StartTeleport(dir string) (*Teleport, error) {
+	if !Inside() {
+		return nil, fmt.Errorf("world: Teleport needs the world's namespace (call world.Main from TestMain)")
+	}
+	bin, err := ToolDir("teleport")
+	if err != nil {
+		return nil, err
+	}
+	tp := &Teleport{
+		Dir: dir, Config: filepath.Join(dir, "teleport.yaml"), BinDir: bin, ClusterName: "world",
+		AuthAddr: "127.0.0.1:3025", ProxyAddr: "localhost:3080",
+	}
+	if err := os.WriteFile(tp.Config, fmt.Appendf(nil, teleportConfig, dir), 0o600); err != nil {
+		return nil, err
+	}
+	return tp, tp.Start()
+}
+
+// Start (re)starts the Teleport process on the same data directory.
+func (tp *Teleport) Start() error {
+	if tp.proc != nil {
+		if done, _ := tp.proc.Exited(); !done {
+			return fmt.Errorf("teleport is running")
+		}
+	}
+	p, err := StartProcess(tp.Dir, "teleport", nil, filepath.Join(tp.BinDir, "teleport"), "start", "-c", tp.Config)
+	if err != nil {
+		return err
+	}
+	tp.proc = p
+	err = waitFor(60*time.Second, 50*time.Millisecond, func() error {
+		if done, err := p.Exited(); done {
+			return fmt.Errorf("teleport exited: %v", err)
+		}
+		resp, err := http.Get("http://127.0.0.1:3000/readyz") //nolint:noctx // short poll on loopback
+		if err != nil {
+			return err
+		}
+		_ = resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("readyz: %s", resp.Status)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("teleport: %w\n%s", err, p.Tail(8<<10))
+	}
+	return nil
+}
+
+// Stop stops the Teleport process (an outage); Start brings it back.
+func (tp *Teleport) Stop() {
+	if tp.proc != nil {
+		tp.proc.Stop()
+	}
+}
+
+// Logs returns the tail of Teleport's log.
+func (tp *Teleport) Logs() string {
+	if tp.proc == nil {
+		return ""
+	}
+	return tp.proc.Tail(16 << 10)
+}
+
+// Tctl runs the admin tctl (local auth server config).
+func (tp *Teleport) Tctl(ctx context.Context, stdin string, args ...string) ([]byte, error) {
+	cmd := exec.CommandContext(ctx, filepath.Join(tp.BinDir, "tctl"), append([]string{"-c", tp.Config}, args...)...)
+	cmd.Stdin = strings.NewReader(stdin)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return stdout.Bytes(), fmt.Errorf("tctl %s: %w\n%s%s", strings.Join(args, " "), err, stdout.String(), stderr.String())
+	}
+	return stdout.Bytes(), nil
+}
+
+// Create runs `tctl create -f` on YAML resources.
+func (tp *Teleport) Create(ctx context.Context, yaml string) error {
+	p := filepath.Join(tp.Dir, fmt.Sprintf("create-%d.yaml", time.Now().UnixNano()))
+	if err := os.WriteFile(p, []byte(yaml), 0o600); err != nil {
+		return err
+	}
+	_, err := tp.Tctl(ctx, "", "create", "-f", p)
+	return err
+}
+
+// ControllerRoleFile is the controller's least-privilege role shipped with the project.
+func ControllerRoleFile() string {
+	return filepath.Join(RepoRoot(), "config", "teleport", "controller-role.yaml")
+}
+
+// ControllerIdentity creates (once) the controller's role from
+// config/teleport/controller-role.yaml and a user holding only it, and signs
+// an identity file for it, as tbot or an admin would.
+func (tp *Teleport) ControllerIdentity(ctx context.Context, user string, ttl time.Duration) (string, error) {
+	role, err := os.ReadFile(ControllerRoleFile())
+	if err != nil {
+		return "", err
+	}
+	if err := tp.Create(ctx, string(role)); err != nil {
+		return "", err
+	}
+	if err := tp.Create(ctx, fmt.Sprintf("kind: user\nversion: v2\nmetadata:\n  name: %s\nspec:\n  roles: [cnpg-teleport-controller]\n", user)); err != nil {
+		return "", err
+	}
+	return tp.SignIdentity(ctx, user, ttl)
+}
+
+// SignIdentity signs an identity file (`tctl auth sign --format=file`) for user.
+func (tp *Teleport) SignIdentity(ctx context.Context, user string, ttl time.Duration) (string, error) {
+	out := filepath.Join(tp.Dir, user+".identity")
+	_, err := tp.Tctl(ctx, "", "auth", "sign", "--user="+user, "--format=file", "--overwrite", "--out="+out, "--ttl="+ttl.String())
+	return out, err
+}
+
+// TshUser is a Teleport user logged in with tsh (its own TELEPORT_HOME).
+type TshUser struct {
+	Name string
+	Home string
+	tp   *Teleport
+}
+
+// User creates a local user with a role allowing the given database users
+// and names on the controller's db resources, sets a password through the
+// web API with a reset token, and logs in with `tsh login` as a person would.
+func (tp *Teleport) User(ctx context.Context, name string, dbUsers, dbNames []string) (*TshUser, error) {
+	role := fmt.Sprintf(`kind: role
+version: v6
+metadata:
+  name: %[1]s-db
+spec:
+  allow:
+    db_labels:
+      cnpg-teleport.io/managed-by: cnpg-teleport
+    db_users: %[2]s
+    db_names: %[3]s
+---
+kind: user
+version: v2
+metadata:
+  name: %[1]s
+spec:
+  roles: [%[1]s-db]
+`, name, jsonList(dbUsers), jsonList(dbNames))
+	if err := tp.Create(ctx, role); err != nil {
+		return nil, err
+	}
+	out, err := tp.Tctl(ctx, "", "users", "reset", name)
+	if err != nil {
+		return nil, err
+	}
+	token := regexp.MustCompile(`reset/([0-9a-f]+)`).FindSubmatch(out)
+	if token == nil {
+		return nil, fmt.Errorf("no reset token in: %s", out)
+	}
+	password := "W0rld-" + randomHex(12)
+	if err := setPassword(ctx, string(token[1]), password); err != nil {
+		return nil, err
+	}
+	u := &TshUser{Name: name, Home: filepath.Join(tp.Dir, "tsh-"+name), tp: tp}
+	// tsh reads a password only from a terminal: script(1) gives it one.
+	login := fmt.Sprintf("%s login --insecure --proxy=%s --user=%s", filepath.Join(tp.BinDir, "tsh"), tp.ProxyAddr, name)
+	cmd := exec.CommandContext(ctx, "script", "-qec", login, "/dev/null")
+	cmd.Env = append(os.Environ(), "TELEPORT_HOME="+u.Home)
+	cmd.Stdin = strings.NewReader(password + "\n")
+	outb, err := cmd.CombinedOutput()
+	if err != nil || !bytes.Contains(outb, []byte("Logged in as")) {
+		return nil, fmt.Errorf("tsh login %s: %v\n%s", name, err, outb)
+	}
+	return u, nil
+}
+
+// Tsh runs tsh as the user, with stdin.
+// --insecure only concerns tsh's trust in the proxy's self-signed web
+// certificate in the world; the database path stays verify-full.
+func (u *TshUser) Tsh(ctx context.Context, stdin string, args ...string) ([]byte, error) {
+	cmd := exec.CommandContext(ctx, filepath.Join(u.tp.BinDir, "tsh"), append([]string{"--insecure", "--proxy=" + u.tp.ProxyAddr}, args...)...)
+	cmd.Env = append(os.Environ(), "TELEPORT_HOME="+u.Home)
+	cmd.Stdin = strings.NewReader(stdin)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return out, fmt.Errorf("tsh %s: %w\n%s", strings.Join(args, " "), err, out)
+	}
+	return out, nil
+}
+
+// DBNames lists the db resources the user sees (`tsh db ls --format=json`).
+func (u *TshUser) DBNames(ctx context.Context) ([]string, error) {
+	out, err := u.Tsh(ctx, "", "db", "ls", "--format=json")
+	if err != nil {
+		return nil, err
+	}
+	var dbs []struct {
+		Metadata struct {
+			Name string `json:"name"`
+		} `json:"metadata"`
+	}
+	if err := json.Unmarshal(out, &dbs); err != nil {
+		return nil, fmt.Errorf("tsh db ls: %w: %s", err, out)
+	}
+	names := make([]string, 0, len(dbs))
+	for _, d := range dbs {
+		names = append(names, d.Metadata.Name)
+	}
+	return names, nil
+}
+
+// Query runs one SQL statement through `tsh db connect` (psql reads stdin).
+func (u *TshUser) Query(ctx context.Context, db, dbUser, dbName, sql string) (string, error) {
+	out, err := u.Tsh(ctx, sql+"\n", "db", "connect", db, "--db-user="+dbUser, "--db-name="+dbName)
+	return string(out), err
+}
+
+func setPassword(ctx context.Context, token, password string) error {
+	csrf := randomHex(32)
+	body, _ := json.Marshal(map[string]string{"token": token, "password": base64.StdEncoding.EncodeToString([]byte(password))})
+	req, err := http.NewRequestWithContext(ctx, http.MethodPut, "https://localhost:3080/v1/webapi/users/password/token", bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("X-CSRF-Token", csrf)
+	req.AddCookie(&http.Cookie{Name: "__Host-grv_csrf", Value: csrf})
+	resp, err := insecureWebClient().Do(req)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = resp.Body.Close() }()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("set password: %s", resp.Status)
+	}
+	return nil
+}
+
+func jsonList(s []string) string {
+	b, _ := json.Marshal(s)
+	return string(b)
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
