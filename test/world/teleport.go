@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 )
@@ -313,4 +314,29 @@ func randomHex(n int) string {
 	b := make([]byte, n)
 	_, _ = rand.Read(b)
 	return hex.EncodeToString(b)
+}
+
+// AuditCount counts the events of the given types (e.g. db.create) in
+// Teleport's own audit log: writes counted independently of the controller.
+func (tp *Teleport) AuditCount(t interface{ Fatal(...any) }, events ...string) int {
+	files, err := filepath.Glob(filepath.Join(tp.Dir, "data", "log", "*", "*.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, f := range files {
+		b, err := os.ReadFile(f) //nolint:gosec // the world's audit log
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, line := range bytes.Split(b, []byte("\n")) {
+			var ev struct {
+				Event string `json:"event"`
+			}
+			if json.Unmarshal(line, &ev) == nil && ev.Event != "" && slices.Contains(events, ev.Event) {
+				n++
+			}
+		}
+	}
+	return n
 }
