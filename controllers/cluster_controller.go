@@ -1,0 +1,259 @@
+package controllers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	cnpgv1 "github.com/cloudnative-pg/cloudnative-pg/api/v1"
+	"github.com/gravitational/teleport/api/types"
+	"github.com/gravitational/trace"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	k8stypes "k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	"github.com/cnpg-teleport/cnpg-teleport/teleport"
+)
+
+// Finalizer holds a registered Cluster until its db resources are removed from Teleport.
+const Finalizer = "cnpg-teleport.io/finalizer"
+
+// Event reasons, on the Cluster.
+const (
+	ReasonRegistered          = "Registered"
+	ReasonDeregistered        = "Deregistered"
+	ReasonKept                = "Kept"
+	ReasonTeleportUnavailable = "TeleportUnavailable"
+	ReasonInvalidAnnotation   = "InvalidAnnotation"
+	ReasonNameConflict        = "NameConflict"
+	ReasonServerCAMissing     = "ServerCAMissing"
+)
+
+// ClusterReconciler keeps the Teleport db resources of an annotated CNPG
+// Cluster equal to what the Cluster asks for, and removes them when the
+// Cluster is deleted or opts out.
+type ClusterReconciler struct {
+	Client    client.Client // cached Clusters
+	APIReader client.Reader // uncached: Secrets are read directly, never cached
+	Teleport  teleport.Client
+	Recorder  events.EventRecorder
+	Options   Options
+	// Resync is how often a registered Cluster is compared with Teleport again.
+	Resync time.Duration
+	// Retry is the wait before retrying when a dependency (server CA) is missing.
+	Retry time.Duration
+}
+
+// Reconcile: get -> deletion branch -> finalizer (own pass) -> parse -> gather -> apply.
+func (r *ClusterReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	var c cnpgv1.Cluster
+	if err := r.Client.Get(ctx, req.NamespacedName, &c); err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	if !c.DeletionTimestamp.IsZero() || !OptedIn(&c) {
+		if !controllerutil.ContainsFinalizer(&c, Finalizer) {
+			return ctrl.Result{}, nil
+		}
+		return ctrl.Result{}, r.finalize(ctx, &c)
+	}
+	if !controllerutil.ContainsFinalizer(&c, Finalizer) {
+		// Its own pass: the next one starts from the stored object.
+		return ctrl.Result{Requeue: true}, r.patchFinalizer(ctx, &c, true)
+	}
+	if _, err := ParseAnnotations(r.Options, &c); err != nil {
+		r.Recorder.Eventf(&c, nil, corev1.EventTypeWarning, ReasonInvalidAnnotation, "Parse", "nothing applied: %v", err)
+		return ctrl.Result{}, reconcile.TerminalError(err)
+	}
+	ca, err := r.serverCA(ctx, &c)
+	if err != nil {
+		return r.waitForCA(&c, err)
+	}
+	desired, err := DesiredDatabases(r.Options, &c, ca)
+	if err != nil {
+		return r.waitForCA(&c, err)
+	}
+	if err := r.apply(ctx, &c, desired); err != nil && !onlyConflicts(err) {
+		return ctrl.Result{}, err
+	}
+	// A conflict waits for a person (or for orphan collection): look again
+	// at the next resync, without a retry storm.
+	return ctrl.Result{RequeueAfter: r.Resync}, nil
+}
+
+func (r *ClusterReconciler) waitForCA(c *cnpgv1.Cluster, err error) (ctrl.Result, error) {
+	r.Recorder.Eventf(c, nil, corev1.EventTypeWarning, ReasonServerCAMissing, "Register", "waiting for the server CA: %v", err)
+	return ctrl.Result{RequeueAfter: r.Retry}, nil
+}
+
+// serverCASecret is spec.certificates.serverCASecret, else CNPG's <cluster>-ca.
+func serverCASecret(c *cnpgv1.Cluster) string {
+	if c.Spec.Certificates != nil && c.Spec.Certificates.ServerCASecret != "" {
+		return c.Spec.Certificates.ServerCASecret
+	}
+	return c.Name + "-ca"
+}
+
+// serverCA reads the live server CA certificate (ca.crt) of the Cluster.
+func (r *ClusterReconciler) serverCA(ctx context.Context, c *cnpgv1.Cluster) ([]byte, error) {
+	var s corev1.Secret
+	key := k8stypes.NamespacedName{Namespace: c.Namespace, Name: serverCASecret(c)}
+	if err := r.APIReader.Get(ctx, key, &s); err != nil {
+		return nil, fmt.Errorf("secret %s: %w", key, err)
+	}
+	if len(s.Data["ca.crt"]) == 0 {
+		return nil, fmt.Errorf("secret %s has no ca.crt", key)
+	}
+	return s.Data["ca.crt"], nil
+}
+
+// errConflict marks a name held by a db resource this Cluster does not own.
+var errConflict = errors.New("name conflict")
+
+// apply creates and updates the desired db resources and deletes the
+// Cluster's own ones that are no longer desired. It writes only on change.
+func (r *ClusterReconciler) apply(ctx context.Context, c *cnpgv1.Cluster, desired []types.Database) error {
+	all, err := r.Teleport.ListDatabases(ctx)
+	if err != nil {
+		return r.unavailable(c, "Register", err)
+	}
+	visible := make(map[string]types.Database, len(all))
+	var owned []types.Database
+	for _, db := range all {
+		visible[db.GetName()] = db
+		if OwnedByCluster(db, r.Options, c) {
+			owned = append(owned, db)
+		}
+	}
+	create, update, remove := Diff(desired, owned)
+	var errs []error
+	for _, d := range create {
+		errs = append(errs, r.create(ctx, c, d, visible[d.GetName()]))
+	}
+	for _, d := range update {
+		errs = append(errs, r.update(ctx, c, d, visible[d.GetName()]))
+	}
+	for _, d := range remove {
+		errs = append(errs, r.delete(ctx, c, d))
+	}
+	return errors.Join(errs...)
+}
+
+// create registers d. A visible resource of the same name that this
+// controller made for an earlier Cluster of the same namespace and name
+// (deleted and re-created, so another UID) is taken over; any other owner's
+// is a conflict and left untouched.
+func (r *ClusterReconciler) create(ctx context.Context, c *cnpgv1.Cluster, d, seen types.Database) error {
+	if seen != nil {
+		if ns, name, _, ok := ClusterRef(seen); ok && OwnedBy(seen, r.Options) && ns == c.Namespace && name == c.Name {
+			return r.update(ctx, c, d, seen)
+		}
+		return r.conflict(c, d.GetName(), "exists with other owner labels")
+	}
+	err := r.Teleport.CreateDatabase(ctx, d)
+	switch {
+	case err == nil:
+		r.Recorder.Eventf(c, nil, corev1.EventTypeNormal, ReasonRegistered, "Register", "registered Teleport db %s (%s)", d.GetName(), d.GetURI())
+		return nil
+	case trace.IsAlreadyExists(err):
+		// Either our own create that a stale read did not show yet, or a
+		// resource we may not see (another owner): look again.
+		got, gerr := r.Teleport.GetDatabase(ctx, d.GetName())
+		if gerr == nil && OwnedByCluster(got, r.Options, c) {
+			return nil // ours; compared on the next pass
+		}
+		if gerr == nil || trace.IsNotFound(gerr) || trace.IsAccessDenied(gerr) {
+			return r.conflict(c, d.GetName(), "exists and is not visible as ours")
+		}
+		return r.unavailable(c, "Register", gerr)
+	default:
+		return r.unavailable(c, "Register", err)
+	}
+}
+
+func (r *ClusterReconciler) update(ctx context.Context, c *cnpgv1.Cluster, d, actual types.Database) error {
+	if err := r.Teleport.UpdateDatabase(ctx, ForUpdate(d, actual)); err != nil {
+		return r.unavailable(c, "Register", err)
+	}
+	r.Recorder.Eventf(c, nil, corev1.EventTypeNormal, ReasonRegistered, "Register", "updated Teleport db %s", d.GetName())
+	return nil
+}
+
+func (r *ClusterReconciler) delete(ctx context.Context, c *cnpgv1.Cluster, d types.Database) error {
+	if err := r.Teleport.DeleteDatabase(ctx, d.GetName()); err != nil && !trace.IsNotFound(err) {
+		return r.unavailable(c, "Deregister", err)
+	}
+	r.Recorder.Eventf(c, nil, corev1.EventTypeNormal, ReasonDeregistered, "Deregister", "removed Teleport db %s", d.GetName())
+	return nil
+}
+
+// onlyConflicts reports whether every joined error is a name conflict.
+func onlyConflicts(err error) bool {
+	var joined interface{ Unwrap() []error }
+	if errors.As(err, &joined) {
+		for _, e := range joined.Unwrap() {
+			if e != nil && !onlyConflicts(e) {
+				return false
+			}
+		}
+		return true
+	}
+	return errors.Is(err, errConflict)
+}
+
+// conflict reports a name held by a db resource this Cluster does not own:
+// nothing is touched, and retrying would not help until a person acts.
+func (r *ClusterReconciler) conflict(c *cnpgv1.Cluster, name, why string) error {
+	r.Recorder.Eventf(c, nil, corev1.EventTypeWarning, ReasonNameConflict, "Register",
+		"Teleport db %s %s: left untouched; set the cnpg-teleport.io/name annotation to choose another name", name, why)
+	return fmt.Errorf("teleport db %s: %w", name, errConflict)
+}
+
+// unavailable reports a failed Teleport call; the error is returned for a retry with backoff.
+func (r *ClusterReconciler) unavailable(c *cnpgv1.Cluster, action string, err error) error {
+	r.Recorder.Eventf(c, nil, corev1.EventTypeWarning, ReasonTeleportUnavailable, action, "Teleport call failed, retrying: %v", err)
+	return fmt.Errorf("teleport: %w", err)
+}
+
+// finalize removes the Cluster's own db resources (unless kept), then the finalizer.
+func (r *ClusterReconciler) finalize(ctx context.Context, c *cnpgv1.Cluster) error {
+	if KeepOnDelete(c) {
+		r.Recorder.Eventf(c, nil, corev1.EventTypeNormal, ReasonKept, "Deregister", "cnpg-teleport.io/keep: db resources left in Teleport")
+		return r.patchFinalizer(ctx, c, false)
+	}
+	all, err := r.Teleport.ListDatabases(ctx)
+	if err != nil {
+		r.Recorder.Eventf(c, nil, corev1.EventTypeWarning, ReasonTeleportUnavailable, "Deregister",
+			"deregistration waits for Teleport (%v); to give up, remove the finalizer %s by hand (orphan collection deletes the db resources later)", err, Finalizer)
+		return fmt.Errorf("teleport: %w", err)
+	}
+	var errs []error
+	for _, db := range all {
+		if OwnedByCluster(db, r.Options, c) {
+			errs = append(errs, r.delete(ctx, c, db))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	return r.patchFinalizer(ctx, c, false)
+}
+
+// patchFinalizer adds or removes only our finalizer, with an optimistic lock.
+func (r *ClusterReconciler) patchFinalizer(ctx context.Context, c *cnpgv1.Cluster, add bool) error {
+	patch := client.MergeFromWithOptions(c.DeepCopy(), client.MergeFromWithOptimisticLock{})
+	if add {
+		controllerutil.AddFinalizer(c, Finalizer)
+	} else {
+		controllerutil.RemoveFinalizer(c, Finalizer)
+	}
+	if err := r.Client.Patch(ctx, c, patch); err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("finalizer: %w", err)
+	}
+	return nil
+}

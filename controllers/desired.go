@@ -1,0 +1,384 @@
+package controllers
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"maps"
+	"regexp"
+	"slices"
+	"sort"
+	"strings"
+
+	cnpgv1 "github.com/cloudnative-pg/cloudnative-pg/api/v1"
+	"github.com/gravitational/teleport/api/types"
+)
+
+// Annotations on a CNPG Cluster: the public API.
+const (
+	// AnnotationRegister opts a Cluster in with the exact value "true".
+	AnnotationRegister = "cnpg-teleport.io/register"
+	// AnnotationName is the Teleport name prefix (default <kube-cluster>-<namespace>-<cluster>).
+	AnnotationName = "cnpg-teleport.io/name"
+	// AnnotationLabels are extra labels, k=v,k2=v2, merged over the controller's static labels.
+	AnnotationLabels = "cnpg-teleport.io/labels"
+	// AnnotationEndpoints is a subset of rw,ro,r (default rw, plus ro when instances > 1).
+	AnnotationEndpoints = "cnpg-teleport.io/endpoints"
+	// AnnotationKeep "true" leaves the db resources in Teleport when the Cluster goes.
+	AnnotationKeep = "cnpg-teleport.io/keep"
+)
+
+// Labels on the Teleport db resources. The ownership labels mark what this
+// controller created; it never updates or deletes a db resource without them.
+const (
+	LabelManagedBy   = "cnpg-teleport.io/managed-by"
+	ManagedByValue   = "cnpg-teleport" // the controller's Teleport role selects on it
+	LabelKubeCluster = "cnpg-teleport.io/kube-cluster"
+	LabelNamespace   = "cnpg-teleport.io/namespace"
+	LabelCluster     = "cnpg-teleport.io/cluster"
+	LabelClusterUID  = "cnpg-teleport.io/cluster-uid"
+	LabelEndpoint    = "cnpg-teleport.io/endpoint"
+	LabelKeep        = "cnpg-teleport.io/keep"
+	LabelSQLType     = "sql_type"
+	reservedPrefix   = "cnpg-teleport.io/"
+	teleportPrefix   = "teleport.dev/"
+	maxNameLength    = 63
+	postgresPort     = "5432"
+)
+
+// Endpoints of a CNPG Cluster, in the order db resources are built.
+var endpointOrder = []string{"rw", "ro", "r"}
+
+// Options are the controller-wide settings that shape every registration.
+type Options struct {
+	// KubeCluster names this Kubernetes cluster; it goes into names and
+	// ownership labels so several clusters can share one Teleport.
+	KubeCluster string
+	// StaticLabels are put on every db resource (under the user's labels).
+	StaticLabels map[string]string
+	// Domain is the cluster DNS domain (default cluster.local).
+	Domain string
+}
+
+// Validate checks the options once at start.
+func (o *Options) Validate() error {
+	if o.Domain == "" {
+		o.Domain = "cluster.local"
+	}
+	var errs []error
+	if o.KubeCluster == "" || sanitize(o.KubeCluster) != o.KubeCluster {
+		errs = append(errs, fmt.Errorf("kube cluster name %q: must be lowercase letters, digits and '-', starting with a letter", o.KubeCluster))
+	}
+	for k := range o.StaticLabels {
+		if err := checkLabelKey(k); err != nil {
+			errs = append(errs, fmt.Errorf("static label: %w", err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Spec is what a Cluster's annotations ask for.
+type Spec struct {
+	Prefix    string // name prefix, sanitized
+	Labels    map[string]string
+	Endpoints []string
+	Keep      bool
+}
+
+// InvalidAnnotationError is a user error in one annotation: the controller
+// reports it in a Warning Event and applies nothing.
+type InvalidAnnotationError struct {
+	Annotation, Value, Reason string
+}
+
+func (e *InvalidAnnotationError) Error() string {
+	return fmt.Sprintf("annotation %s=%q: %s", e.Annotation, e.Value, e.Reason)
+}
+
+// OptedIn reports whether the Cluster asks to be registered.
+func OptedIn(c *cnpgv1.Cluster) bool { return c.Annotations[AnnotationRegister] == "true" }
+
+// KeepOnDelete reports whether the db resources stay in Teleport when the Cluster goes.
+func KeepOnDelete(c *cnpgv1.Cluster) bool { return c.Annotations[AnnotationKeep] == "true" }
+
+// ParseAnnotations reads every annotation and reports all problems together.
+func ParseAnnotations(o Options, c *cnpgv1.Cluster) (Spec, error) {
+	a := c.Annotations
+	var errs []error
+	bad := func(ann, reason string) { errs = append(errs, &InvalidAnnotationError{ann, a[ann], reason}) }
+
+	s := Spec{Prefix: sanitize(o.KubeCluster + "-" + c.Namespace + "-" + c.Name)}
+	if v, ok := a[AnnotationName]; ok {
+		if s.Prefix = sanitize(v); s.Prefix == "" {
+			bad(AnnotationName, "no valid name characters (letters, digits, '-')")
+		}
+	}
+	if v, ok := a[AnnotationLabels]; ok {
+		labels, err := ParseLabels(v)
+		if err != nil {
+			bad(AnnotationLabels, err.Error())
+		}
+		s.Labels = labels
+	}
+	s.Endpoints = []string{"rw"}
+	if c.Spec.Instances > 1 {
+		s.Endpoints = append(s.Endpoints, "ro")
+	}
+	if v, ok := a[AnnotationEndpoints]; ok {
+		eps, err := parseEndpoints(v)
+		if err != nil {
+			bad(AnnotationEndpoints, err.Error())
+		}
+		s.Endpoints = eps
+	}
+	switch v, ok := a[AnnotationKeep]; {
+	case !ok:
+	case v == "true":
+		s.Keep = true
+	case v != "false":
+		bad(AnnotationKeep, `must be "true" or "false"`)
+	}
+	return s, errors.Join(errs...)
+}
+
+// ParseLabels parses k=v,k2=v2. Keys follow Teleport's label rule and may
+// not use the controller's reserved prefix.
+func ParseLabels(s string) (map[string]string, error) {
+	out := map[string]string{}
+	if strings.TrimSpace(s) == "" {
+		return out, nil
+	}
+	for item := range strings.SplitSeq(s, ",") {
+		k, v, ok := strings.Cut(strings.TrimSpace(item), "=")
+		k, v = strings.TrimSpace(k), strings.TrimSpace(v)
+		switch {
+		case !ok:
+			return nil, fmt.Errorf("%q is not key=value", item)
+		case v == "":
+			return nil, fmt.Errorf("label %q has an empty value", k)
+		}
+		if err := checkLabelKey(k); err != nil {
+			return nil, err
+		}
+		if _, dup := out[k]; dup {
+			return nil, fmt.Errorf("label %q given twice", k)
+		}
+		out[k] = v
+	}
+	return out, nil
+}
+
+func checkLabelKey(k string) error {
+	switch {
+	case !types.IsValidLabelKey(k):
+		return fmt.Errorf("label key %q is not a valid Teleport label key", k)
+	case strings.HasPrefix(k, reservedPrefix), strings.HasPrefix(k, teleportPrefix), k == LabelSQLType:
+		return fmt.Errorf("label key %q is reserved", k)
+	}
+	return nil
+}
+
+func parseEndpoints(s string) ([]string, error) {
+	seen := map[string]bool{}
+	for item := range strings.SplitSeq(s, ",") {
+		ep := strings.TrimSpace(item)
+		if !slices.Contains(endpointOrder, ep) {
+			return nil, fmt.Errorf("unknown endpoint %q (want a subset of rw,ro,r)", ep)
+		}
+		if seen[ep] {
+			return nil, fmt.Errorf("endpoint %q given twice", ep)
+		}
+		seen[ep] = true
+	}
+	var out []string
+	for _, ep := range endpointOrder {
+		if seen[ep] {
+			out = append(out, ep)
+		}
+	}
+	return out, nil
+}
+
+var invalidNameChars = regexp.MustCompile(`[^a-z0-9-]+`)
+
+// sanitize makes s a valid Teleport db name: lowercase, [a-z0-9-], starting
+// with a letter, no trailing or doubled '-'.
+func sanitize(s string) string {
+	s = invalidNameChars.ReplaceAllString(strings.ToLower(s), "-")
+	for strings.Contains(s, "--") {
+		s = strings.ReplaceAll(s, "--", "-")
+	}
+	s = strings.Trim(s, "-")
+	if s != "" && (s[0] < 'a' || s[0] > 'z') {
+		s = "db-" + s
+	}
+	return s
+}
+
+// databaseName is <prefix>-<endpoint>, shortened deterministically to 63
+// characters with a hash of the full name, so long names stay distinct.
+func databaseName(prefix, endpoint string) string {
+	name := prefix + "-" + endpoint
+	if len(name) <= maxNameLength {
+		return name
+	}
+	sum := sha256.Sum256([]byte(name))
+	h := hex.EncodeToString(sum[:4])
+	keep := strings.TrimRight(prefix[:maxNameLength-len(endpoint)-len(h)-2], "-")
+	return keep + "-" + h + "-" + endpoint
+}
+
+// ErrNoServerCA means the server CA Secret holds no usable certificate.
+var ErrNoServerCA = errors.New("server CA: no PEM certificate")
+
+func checkCA(pemBytes []byte) error {
+	certs := 0
+	for rest := pemBytes; ; {
+		var b *pem.Block
+		b, rest = pem.Decode(rest)
+		if b == nil {
+			break
+		}
+		if b.Type != "CERTIFICATE" {
+			return fmt.Errorf("%w: found a %s block (never copy a key)", ErrNoServerCA, b.Type)
+		}
+		certs++
+	}
+	if certs == 0 {
+		return ErrNoServerCA
+	}
+	return nil
+}
+
+// DesiredDatabases builds the db resources a Cluster asks for: one per
+// endpoint, verify-full against the Cluster's server CA, with ownership labels.
+func DesiredDatabases(o Options, c *cnpgv1.Cluster, serverCA []byte) ([]types.Database, error) {
+	spec, err := ParseAnnotations(o, c)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkCA(serverCA); err != nil {
+		return nil, err
+	}
+	out := make([]types.Database, 0, len(spec.Endpoints))
+	for _, ep := range spec.Endpoints {
+		labels := maps.Clone(o.StaticLabels)
+		if labels == nil {
+			labels = map[string]string{}
+		}
+		maps.Copy(labels, spec.Labels)
+		maps.Copy(labels, map[string]string{
+			LabelManagedBy: ManagedByValue, LabelKubeCluster: o.KubeCluster, LabelNamespace: c.Namespace,
+			LabelCluster: c.Name, LabelClusterUID: string(c.UID), LabelEndpoint: ep, LabelSQLType: sqlType(ep),
+		})
+		if spec.Keep {
+			labels[LabelKeep] = "true"
+		}
+		db, err := types.NewDatabaseV3(types.Metadata{
+			Name:        databaseName(spec.Prefix, ep),
+			Description: fmt.Sprintf("CloudNativePG cluster %s/%s (%s)", c.Namespace, c.Name, ep),
+			Labels:      labels,
+		}, types.DatabaseSpecV3{
+			Protocol: "postgres",
+			URI:      fmt.Sprintf("%s-%s.%s.svc.%s:%s", c.Name, ep, c.Namespace, o.Domain, postgresPort),
+			TLS:      types.DatabaseTLS{Mode: types.DatabaseTLSMode_VERIFY_FULL, CACert: string(serverCA)},
+		})
+		if err != nil {
+			return nil, fmt.Errorf("db resource for %s: %w", ep, err)
+		}
+		out = append(out, db)
+	}
+	return out, nil
+}
+
+func sqlType(endpoint string) string {
+	if endpoint == "rw" {
+		return "primary"
+	}
+	return "standby"
+}
+
+// OwnedBy reports whether this Kubernetes cluster's controller created db.
+func OwnedBy(db types.Database, o Options) bool {
+	l := db.GetStaticLabels()
+	return l[LabelManagedBy] == ManagedByValue && l[LabelKubeCluster] == o.KubeCluster
+}
+
+// OwnedByCluster reports whether db was created for this very Cluster (by UID).
+func OwnedByCluster(db types.Database, o Options, c *cnpgv1.Cluster) bool {
+	l := db.GetStaticLabels()
+	return OwnedBy(db, o) && l[LabelNamespace] == c.Namespace && l[LabelCluster] == c.Name && l[LabelClusterUID] == string(c.UID)
+}
+
+// ClusterRef returns the Cluster a db resource was created for.
+func ClusterRef(db types.Database) (namespace, name, uid string, ok bool) {
+	l := db.GetStaticLabels()
+	namespace, name, uid = l[LabelNamespace], l[LabelCluster], l[LabelClusterUID]
+	return namespace, name, uid, namespace != "" && name != "" && uid != ""
+}
+
+// Kept reports whether db is to stay in Teleport after its Cluster is gone.
+func Kept(db types.Database) bool { return db.GetStaticLabels()[LabelKeep] == "true" }
+
+// NeedsUpdate compares only what the controller sets, never server-set
+// fields (revision, expiry, status, teleport.dev/ labels).
+func NeedsUpdate(desired, actual types.Database) bool {
+	dt, at := desired.GetTLS(), actual.GetTLS()
+	return desired.GetURI() != actual.GetURI() ||
+		desired.GetProtocol() != actual.GetProtocol() ||
+		dt.Mode != at.Mode || dt.CACert != at.CACert || dt.ServerName != at.ServerName ||
+		desired.GetMetadata().Description != actual.GetMetadata().Description ||
+		!maps.Equal(ownLabels(desired), ownLabels(actual))
+}
+
+func ownLabels(db types.Database) map[string]string {
+	out := map[string]string{}
+	for k, v := range db.GetStaticLabels() {
+		if !strings.HasPrefix(k, teleportPrefix) {
+			out[k] = v
+		}
+	}
+	return out
+}
+
+// ForUpdate is desired carrying the server's revision, so an update does
+// not overwrite a change it has not seen (where the server checks it).
+func ForUpdate(desired, actual types.Database) types.Database {
+	u := desired.Copy()
+	u.SetRevision(actual.GetRevision())
+	return u
+}
+
+// Diff splits the work: desired names to create, desired ones that differ
+// from the Cluster's own actual ones, and own ones no longer desired.
+func Diff(desired, owned []types.Database) (create, update, remove []types.Database) {
+	have := map[string]types.Database{}
+	for _, a := range owned {
+		have[a.GetName()] = a
+	}
+	want := map[string]bool{}
+	for _, d := range desired {
+		want[d.GetName()] = true
+		a, ok := have[d.GetName()]
+		switch {
+		case !ok:
+			create = append(create, d)
+		case NeedsUpdate(d, a):
+			update = append(update, d)
+		}
+	}
+	for _, a := range owned {
+		if !want[a.GetName()] {
+			remove = append(remove, a)
+		}
+	}
+	byName := func(s []types.Database) {
+		sort.Slice(s, func(i, j int) bool { return s[i].GetName() < s[j].GetName() })
+	}
+	byName(create)
+	byName(update)
+	byName(remove)
+	return create, update, remove
+}

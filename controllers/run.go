@@ -1,0 +1,62 @@
+package controllers
+
+import (
+	"context"
+	"time"
+
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+
+	"github.com/cnpg-teleport/cnpg-teleport/teleport"
+)
+
+// Config is everything the controller needs besides the manager.
+type Config struct {
+	Teleport teleport.Client
+	Options  Options
+	// Resync is how often registrations are compared with Teleport and
+	// orphans collected (default 10 min).
+	Resync time.Duration
+	// Retry is the wait for a missing dependency such as the server CA (default 30 s).
+	Retry time.Duration
+}
+
+// Setup adds the Cluster controller and the orphan collector to mgr.
+func Setup(ctx context.Context, mgr ctrl.Manager, cfg Config) error {
+	if err := cfg.Options.Validate(); err != nil {
+		return err
+	}
+	if cfg.Resync <= 0 {
+		cfg.Resync = 10 * time.Minute
+	}
+	if cfg.Retry <= 0 {
+		cfg.Retry = 30 * time.Second
+	}
+	r := &ClusterReconciler{
+		Client:    mgr.GetClient(),
+		APIReader: mgr.GetAPIReader(),
+		Teleport:  cfg.Teleport,
+		Recorder:  mgr.GetEventRecorder("cnpg-teleport"),
+		Options:   cfg.Options,
+		Resync:    cfg.Resync,
+		Retry:     cfg.Retry,
+	}
+	if err := r.SetupWithManager(ctx, mgr); err != nil {
+		return err
+	}
+	if err := mgr.Add(&OrphanCollector{Client: mgr.GetClient(), Teleport: cfg.Teleport, Options: cfg.Options, Period: cfg.Resync}); err != nil {
+		return err
+	}
+	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
+		return err
+	}
+	return mgr.AddReadyzCheck("readyz", healthz.Ping)
+}
+
+// Run sets the controller up and runs the manager until ctx ends.
+func Run(ctx context.Context, mgr ctrl.Manager, cfg Config) error {
+	if err := Setup(ctx, mgr, cfg); err != nil {
+		return err
+	}
+	return mgr.Start(ctx)
+}

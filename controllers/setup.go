@@ -1,0 +1,78 @@
+package controllers
+
+import (
+	"context"
+
+	cnpgv1 "github.com/cloudnative-pg/cloudnative-pg/api/v1"
+	corev1 "k8s.io/api/core/v1"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+)
+
+// serverCAIndex indexes Clusters by the name of their server CA Secret, so a
+// renewed CA maps back to the Clusters that use it.
+const serverCAIndex = "cnpg-teleport.serverCASecret"
+
+// SetupWithManager wires the reconciler: Clusters (only changes that matter:
+// spec, annotations, deletion, finalizers) and Secret metadata (a server CA
+// renewed), never the content of every Secret.
+func (r *ClusterReconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manager) error {
+	if err := mgr.GetFieldIndexer().IndexField(ctx, &cnpgv1.Cluster{}, serverCAIndex, func(o client.Object) []string {
+		return []string{serverCASecret(o.(*cnpgv1.Cluster))}
+	}); err != nil {
+		return err
+	}
+	return ctrl.NewControllerManagedBy(mgr).
+		Named("cluster").
+		For(&cnpgv1.Cluster{}, builder.WithPredicates(clusterChanged())).
+		WatchesMetadata(&corev1.Secret{}, handler.EnqueueRequestsFromMapFunc(r.clustersForSecret),
+			builder.WithPredicates(predicate.ResourceVersionChangedPredicate{})).
+		Complete(r)
+}
+
+// clusterChanged lets through what changes the registration, including the
+// annotation-removed update that must trigger cleanup; CNPG's frequent status
+// writes do not wake the controller.
+func clusterChanged() predicate.Predicate {
+	return predicate.Funcs{
+		UpdateFunc: func(e event.UpdateEvent) bool {
+			o, n := e.ObjectOld, e.ObjectNew
+			return o.GetGeneration() != n.GetGeneration() ||
+				!equalMaps(o.GetAnnotations(), n.GetAnnotations()) ||
+				!o.GetDeletionTimestamp().Equal(n.GetDeletionTimestamp()) ||
+				len(o.GetFinalizers()) != len(n.GetFinalizers())
+		},
+	}
+}
+
+func (r *ClusterReconciler) clustersForSecret(ctx context.Context, o client.Object) []reconcile.Request {
+	var list cnpgv1.ClusterList
+	if err := r.Client.List(ctx, &list, client.InNamespace(o.GetNamespace()), client.MatchingFields{serverCAIndex: o.GetName()}); err != nil {
+		return nil
+	}
+	reqs := make([]reconcile.Request, 0, len(list.Items))
+	for i := range list.Items {
+		if OptedIn(&list.Items[i]) {
+			reqs = append(reqs, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&list.Items[i])})
+		}
+	}
+	return reqs
+}
+
+func equalMaps(a, b map[string]string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if w, ok := b[k]; !ok || w != v {
+			return false
+		}
+	}
+	return true
+}
+

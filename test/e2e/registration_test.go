@@ -1,0 +1,513 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net/http"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	cnpgv1 "github.com/cloudnative-pg/cloudnative-pg/api/v1"
+	"github.com/gravitational/teleport/api/types"
+	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/cnpg-teleport/cnpg-teleport/controllers"
+	"github.com/cnpg-teleport/cnpg-teleport/teleport"
+	"github.com/cnpg-teleport/cnpg-teleport/test/world"
+)
+
+// reg is the registration test bed: one world, one Teleport, the controller
+// binary watching namespace "reg" as Kubernetes cluster "k1".
+type reg struct {
+	t        *testing.T
+	ctx      context.Context
+	w        *world.World
+	tp       *world.Teleport
+	admin    teleport.Client // the controller's identity, to observe what it sees
+	auditLog string
+	ctrl     *world.Process
+}
+
+const (
+	regNS       = "reg"
+	kubeCluster = "k1"
+	resync      = 300 * time.Millisecond
+)
+
+func newReg(t *testing.T, ctx context.Context) *reg {
+	t.Helper()
+	dir := t.TempDir()
+	opts, auditLog, err := world.AuditOptions(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := world.Start(t, opts)
+	tp, err := world.StartTeleport(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Log("teleport log:\n" + tp.Logs())
+		}
+		tp.Stop()
+	})
+	for _, ns := range []string{regNS, "other"} {
+		if err := w.Namespace(ctx, ns); err != nil {
+			t.Fatal(err)
+		}
+	}
+	id, err := tp.ControllerIdentity(ctx, "cnpg-teleport", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc, err := teleport.New(ctx, teleport.Config{Addrs: []string{tp.AuthAddr}, IdentityFile: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tc.Close() })
+	if _, err := w.UserKubeconfig("cnpg-teleport", "system:masters"); err != nil {
+		t.Fatal(err)
+	}
+	if id != filepath.Join(tp.Dir, "cnpg-teleport.identity") {
+		t.Fatalf("identity at %s", id)
+	}
+	r := &reg{t: t, ctx: ctx, w: w, tp: tp, admin: tc, auditLog: auditLog}
+	r.restartController()
+	return r
+}
+
+// cluster creates an annotated Cluster with a cert-manager server CA.
+func (r *reg) cluster(ns, name string, instances int, annotations map[string]string) *cnpgv1.Cluster {
+	r.t.Helper()
+	serverPKI(r.ctx, r.t, r.w, ns, name)
+	c := &cnpgv1.Cluster{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Annotations: annotations},
+		Spec: cnpgv1.ClusterSpec{
+			Instances:            instances,
+			StorageConfiguration: cnpgv1.StorageConfiguration{Size: "1Gi"},
+			Certificates:         &cnpgv1.CertificatesConfiguration{ServerCASecret: name + "-server-ca", ServerTLSSecret: name + "-server"},
+		},
+	}
+	if err := r.w.Client.Create(r.ctx, c); err != nil {
+		r.t.Fatal(err)
+	}
+	return c
+}
+
+func register(extra ...string) map[string]string {
+	a := map[string]string{controllers.AnnotationRegister: "true"}
+	for i := 0; i+1 < len(extra); i += 2 {
+		a[extra[i]] = extra[i+1]
+	}
+	return a
+}
+
+// dbs returns the db resources named with prefix, as the admin tctl sees them.
+func (r *reg) dbs(prefix string) map[string]types.Database {
+	r.t.Helper()
+	all, err := r.admin.ListDatabases(r.ctx)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	out := map[string]types.Database{}
+	for _, db := range all {
+		if strings.HasPrefix(db.GetName(), prefix) {
+			out[db.GetName()] = db
+		}
+	}
+	return out
+}
+
+// waitNames waits until exactly names exist with prefix.
+func (r *reg) waitNames(prefix string, names ...string) map[string]types.Database {
+	r.t.Helper()
+	var got map[string]types.Database
+	world.Eventually(r.t, 30*time.Second, fmt.Sprintf("db resources %s* = %v", prefix, names), func() error {
+		got = r.dbs(prefix)
+		have := make([]string, 0, len(got))
+		for n := range got {
+			have = append(have, n)
+		}
+		slices.Sort(have)
+		want := slices.Sorted(slices.Values(names))
+		if !slices.Equal(have, want) {
+			return fmt.Errorf("have %v", have)
+		}
+		return nil
+	})
+	return got
+}
+
+// event waits for an Event with reason on the Cluster.
+func (r *reg) event(c *cnpgv1.Cluster, eventType, reason string) *eventsv1.Event {
+	r.t.Helper()
+	var found *eventsv1.Event
+	world.Eventually(r.t, 30*time.Second, "event "+reason+" on "+c.Name, func() error {
+		var list eventsv1.EventList
+		if err := r.w.Client.List(r.ctx, &list, client.InNamespace(c.Namespace)); err != nil {
+			return err
+		}
+		for i, e := range list.Items {
+			if e.Regarding.Name == c.Name && e.Reason == reason && e.Type == eventType {
+				found = &list.Items[i]
+				return nil
+			}
+		}
+		return fmt.Errorf("no %s/%s event yet", eventType, reason)
+	})
+	return found
+}
+
+func (r *reg) waitGone(c *cnpgv1.Cluster) {
+	r.t.Helper()
+	world.Eventually(r.t, 30*time.Second, "cluster "+c.Name+" gone", func() error {
+		err := r.w.Client.Get(r.ctx, client.ObjectKeyFromObject(c), &cnpgv1.Cluster{})
+		if apierrors.IsNotFound(err) {
+			return nil
+		}
+		return fmt.Errorf("still there: %v", err)
+	})
+}
+
+func (r *reg) waitFinalizer(c *cnpgv1.Cluster, want bool) {
+	r.t.Helper()
+	world.Eventually(r.t, 30*time.Second, fmt.Sprintf("finalizer on %s = %v", c.Name, want), func() error {
+		var got cnpgv1.Cluster
+		if err := r.w.Client.Get(r.ctx, client.ObjectKeyFromObject(c), &got); err != nil {
+			return err
+		}
+		if slices.Contains(got.Finalizers, controllers.Finalizer) != want {
+			return fmt.Errorf("finalizers %v", got.Finalizers)
+		}
+		return nil
+	})
+}
+
+func (r *reg) patch(c *cnpgv1.Cluster, mutate func(*cnpgv1.Cluster)) {
+	r.t.Helper()
+	world.Eventually(r.t, 10*time.Second, "update "+c.Name, func() error {
+		var cur cnpgv1.Cluster
+		if err := r.w.Client.Get(r.ctx, client.ObjectKeyFromObject(c), &cur); err != nil {
+			return err
+		}
+		mutate(&cur)
+		return r.w.Client.Update(r.ctx, &cur)
+	})
+}
+
+func prefix(ns, name string) string { return kubeCluster + "-" + ns + "-" + name + "-" }
+
+// TestRegistration proves the core promise against the real apiserver and
+// the real Teleport, with the controller binary as it ships.
+func TestRegistration(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 12*time.Minute)
+	defer cancel()
+	r := newReg(t, ctx)
+
+	t.Run("rw, verify-full, exact CA, labels; 1 -> 3 -> 1 instances", func(t *testing.T) {
+		r.t = t
+		c := r.cluster(regNS, "one", 1, register(controllers.AnnotationLabels, "team=db"))
+		p := prefix(regNS, "one")
+		dbs := r.waitNames(p, p+"rw")
+		var ca corev1.Secret
+		if err := r.w.Client.Get(ctx, client.ObjectKey{Namespace: regNS, Name: "one-server-ca"}, &ca); err != nil {
+			t.Fatal(err)
+		}
+		db := dbs[p+"rw"]
+		if db.GetTLS().Mode != types.DatabaseTLSMode_VERIFY_FULL || db.GetTLS().CACert != string(ca.Data["ca.crt"]) {
+			t.Fatalf("tls = %+v; want verify-full with the server CA", db.GetTLS())
+		}
+		if db.GetURI() != "one-rw.reg.svc.cluster.local:5432" || db.GetProtocol() != "postgres" {
+			t.Fatalf("uri %s protocol %s", db.GetURI(), db.GetProtocol())
+		}
+		l := db.GetStaticLabels()
+		for k, v := range map[string]string{"team": "db", "env": "test", "sql_type": "primary", controllers.LabelManagedBy: "cnpg-teleport",
+			controllers.LabelKubeCluster: kubeCluster, controllers.LabelClusterUID: string(c.UID)} {
+			if l[k] != v {
+				t.Errorf("label %s = %q, want %q (all: %v)", k, l[k], v, l)
+			}
+		}
+		r.event(c, corev1.EventTypeNormal, controllers.ReasonRegistered)
+		r.waitFinalizer(c, true)
+
+		r.patch(c, func(c *cnpgv1.Cluster) { c.Spec.Instances = 3 })
+		dbs = r.waitNames(p, p+"rw", p+"ro")
+		if dbs[p+"ro"].GetStaticLabels()["sql_type"] != "standby" || dbs[p+"ro"].GetURI() != "one-ro.reg.svc.cluster.local:5432" {
+			t.Fatalf("ro: %v %s", dbs[p+"ro"].GetStaticLabels(), dbs[p+"ro"].GetURI())
+		}
+		r.patch(c, func(c *cnpgv1.Cluster) { c.Spec.Instances = 1 })
+		r.waitNames(p, p+"rw")
+	})
+
+	t.Run("server CA renewed -> ca_cert follows", func(t *testing.T) {
+		r.t = t
+		r.cluster(regNS, "rot", 1, register())
+		p := prefix(regNS, "rot")
+		r.waitNames(p, p+"rw")
+		other, err := r.w.CreateCA(ctx, regNS, "rot-next-ca")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ca corev1.Secret
+		if err := r.w.Client.Get(ctx, client.ObjectKey{Namespace: regNS, Name: "rot-server-ca"}, &ca); err != nil {
+			t.Fatal(err)
+		}
+		// Stand-in for a CA renewal: the Secret's ca.crt changes.
+		ca.Data["ca.crt"] = other.Data["ca.crt"]
+		if err := r.w.Client.Update(ctx, &ca); err != nil {
+			t.Fatal(err)
+		}
+		world.Eventually(t, 30*time.Second, "ca_cert follows", func() error {
+			db := r.dbs(p)[p+"rw"]
+			if db == nil || db.GetTLS().CACert != string(other.Data["ca.crt"]) {
+				return fmt.Errorf("not yet")
+			}
+			return nil
+		})
+	})
+
+	t.Run("annotations edited: name and labels follow, old name removed", func(t *testing.T) {
+		r.t = t
+		c := r.cluster(regNS, "ren", 1, register())
+		p := prefix(regNS, "ren")
+		r.waitNames(p, p+"rw")
+		r.patch(c, func(c *cnpgv1.Cluster) {
+			c.Annotations[controllers.AnnotationName] = "renamed-db"
+			c.Annotations[controllers.AnnotationLabels] = "tier=gold"
+		})
+		dbs := r.waitNames("renamed-db-", "renamed-db-rw")
+		r.waitNames(p)
+		if dbs["renamed-db-rw"].GetStaticLabels()["tier"] != "gold" {
+			t.Fatalf("labels %v", dbs["renamed-db-rw"].GetStaticLabels())
+		}
+	})
+
+	t.Run("annotation removed -> deregistered, finalizer dropped", func(t *testing.T) {
+		r.t = t
+		c := r.cluster(regNS, "optout", 1, register())
+		p := prefix(regNS, "optout")
+		r.waitNames(p, p+"rw")
+		r.waitFinalizer(c, true)
+		r.patch(c, func(c *cnpgv1.Cluster) { delete(c.Annotations, controllers.AnnotationRegister) })
+		r.waitNames(p)
+		r.waitFinalizer(c, false)
+		r.event(c, corev1.EventTypeNormal, controllers.ReasonDeregistered)
+	})
+
+	t.Run("Cluster deleted -> deregistered, finalizer removed", func(t *testing.T) {
+		r.t = t
+		c := r.cluster(regNS, "del", 3, register())
+		p := prefix(regNS, "del")
+		r.waitNames(p, p+"rw", p+"ro")
+		r.waitFinalizer(c, true)
+		if err := r.w.Client.Delete(ctx, c); err != nil {
+			t.Fatal(err)
+		}
+		r.waitNames(p)
+		r.waitGone(c)
+	})
+
+	t.Run("keep honoured on delete, and by orphan collection", func(t *testing.T) {
+		r.t = t
+		c := r.cluster(regNS, "kept", 1, register(controllers.AnnotationKeep, "true"))
+		p := prefix(regNS, "kept")
+		r.waitNames(p, p+"rw")
+		r.waitFinalizer(c, true)
+		if err := r.w.Client.Delete(ctx, c); err != nil {
+			t.Fatal(err)
+		}
+		r.waitGone(c)
+		time.Sleep(5 * resync) // several orphan collections
+		r.waitNames(p, p+"rw")
+		if err := r.admin.DeleteDatabase(ctx, p+"rw"); err != nil { // tidy up for later counts
+			t.Fatal(err)
+		}
+	})
+
+	t.Run("Teleport down during delete -> Warning, completes when it returns", func(t *testing.T) {
+		r.t = t
+		c := r.cluster(regNS, "outage", 1, register())
+		p := prefix(regNS, "outage")
+		r.waitNames(p, p+"rw")
+		r.waitFinalizer(c, true)
+		r.tp.Stop()
+		if err := r.w.Client.Delete(ctx, c); err != nil {
+			t.Fatal(err)
+		}
+		e := r.event(c, corev1.EventTypeWarning, controllers.ReasonTeleportUnavailable)
+		t.Logf("event while Teleport is down: %s", e.Note)
+		if err := r.w.Client.Get(ctx, client.ObjectKeyFromObject(c), &cnpgv1.Cluster{}); err != nil {
+			t.Fatalf("the Cluster must wait for deregistration: %v", err)
+		}
+		if err := r.tp.Start(); err != nil {
+			t.Fatal(err)
+		}
+		r.waitGone(c)
+		r.waitNames(p)
+	})
+
+	t.Run("foreign db with the same name untouched: NameConflict", func(t *testing.T) {
+		r.t = t
+		p := prefix(regNS, "taken")
+		foreign := fmt.Sprintf("kind: db\nversion: v3\nmetadata:\n  name: %srw\n  labels: {owner: someone-else}\nspec:\n  protocol: postgres\n  uri: elsewhere.example:5432\n", p)
+		if err := r.tp.Create(ctx, foreign); err != nil {
+			t.Fatal(err)
+		}
+		before, err := r.tp.Tctl(ctx, "", "get", "db/"+p+"rw", "--format=json")
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := r.cluster(regNS, "taken", 1, register())
+		r.event(c, corev1.EventTypeWarning, controllers.ReasonNameConflict)
+		if err := r.w.Client.Delete(ctx, c); err != nil {
+			t.Fatal(err)
+		}
+		r.waitGone(c)
+		time.Sleep(5 * resync)
+		after, err := r.tp.Tctl(ctx, "", "get", "db/"+p+"rw", "--format=json")
+		if err != nil {
+			t.Fatalf("the foreign db was deleted: %v", err)
+		}
+		if string(before) != string(after) {
+			t.Fatalf("the foreign db changed:\nbefore %s\nafter %s", before, after)
+		}
+	})
+
+	t.Run("finalizer stripped by hand -> orphan collected", func(t *testing.T) {
+		r.t = t
+		c := r.cluster(regNS, "orphan", 1, register())
+		p := prefix(regNS, "orphan")
+		r.waitNames(p, p+"rw")
+		r.waitFinalizer(c, true)
+		// A person removes the finalizer while the controller is down, then deletes.
+		r.ctrl.Stop()
+		r.patch(c, func(c *cnpgv1.Cluster) { c.Finalizers = nil })
+		if err := r.w.Client.Delete(ctx, c); err != nil {
+			t.Fatal(err)
+		}
+		r.waitGone(c)
+		r.restartController()
+		r.waitNames(p)
+	})
+
+	t.Run("malformed annotations -> InvalidAnnotation, nothing applied", func(t *testing.T) {
+		r.t = t
+		c := r.cluster(regNS, "bad", 1, register(controllers.AnnotationEndpoints, "rw,bogus", controllers.AnnotationLabels, "novalue"))
+		e := r.event(c, corev1.EventTypeWarning, controllers.ReasonInvalidAnnotation)
+		if !strings.Contains(e.Note, controllers.AnnotationEndpoints) || !strings.Contains(e.Note, controllers.AnnotationLabels) {
+			t.Fatalf("the event should name both annotations: %s", e.Note)
+		}
+		time.Sleep(5 * resync)
+		if got := r.dbs(prefix(regNS, "bad")); len(got) != 0 {
+			t.Fatalf("applied despite invalid annotations: %v", got)
+		}
+	})
+
+	t.Run("second controller, another Kubernetes cluster name, same Teleport", func(t *testing.T) {
+		r.t = t
+		id, err := r.tp.SignIdentity(ctx, "cnpg-teleport", time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := r.w.StartController("controller-k2", "--teleport-addr="+r.tp.AuthAddr, "--identity-file="+id,
+			"--kube-cluster=k2", "--namespaces=other", "--resync-period="+resync.String(),
+			"--metrics-bind-address=127.0.0.1:18090", "--health-probe-bind-address=127.0.0.1:18091"); err != nil {
+			t.Fatal(err)
+		}
+		mine := r.cluster(regNS, "same", 1, register())
+		theirs := r.cluster("other", "same", 1, register())
+		r.waitNames("k1-reg-same-", "k1-reg-same-rw")
+		r.waitNames("k2-other-same-", "k2-other-same-rw")
+		time.Sleep(5 * resync) // both collectors ran several times
+		r.waitNames("k1-reg-same-", "k1-reg-same-rw")
+		if err := r.w.Client.Delete(ctx, theirs); err != nil {
+			t.Fatal(err)
+		}
+		r.waitNames("k2-other-same-")
+		time.Sleep(5 * resync)
+		r.waitNames("k1-reg-same-", "k1-reg-same-rw")
+		_ = mine
+	})
+
+	t.Run("100 resyncs -> 0 writes (Teleport audit log, apiserver audit log)", func(t *testing.T) {
+		r.t = t
+		c := r.cluster(regNS, "steady", 3, register())
+		p := prefix(regNS, "steady")
+		r.waitNames(p, p+"rw", p+"ro")
+		time.Sleep(3 * resync) // let in-flight passes settle
+		tpBefore := r.tp.AuditCount(t, "db.create", "db.update", "db.delete")
+		kBefore, err := world.AuditWrites(r.auditLog, "cnpg-teleport")
+		if err != nil {
+			t.Fatal(err)
+		}
+		n0 := r.reconciles()
+		world.Eventually(t, 3*time.Minute, "100 resyncs", func() error {
+			if n := r.reconciles() - n0; n < 100 {
+				return fmt.Errorf("%d reconciles", n)
+			}
+			return nil
+		})
+		tpAfter := r.tp.AuditCount(t, "db.create", "db.update", "db.delete")
+		kAfter, err := world.AuditWrites(r.auditLog, "cnpg-teleport")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tpAfter != tpBefore {
+			t.Errorf("Teleport db writes during 100 resyncs: %d", tpAfter-tpBefore)
+		}
+		if fmt.Sprint(kAfter) != fmt.Sprint(kBefore) {
+			t.Errorf("Kubernetes writes during 100 resyncs: before %v after %v", kBefore, kAfter)
+		}
+		t.Logf("reconciles: %d; Teleport db writes total %d; Kubernetes writes by the controller %v", r.reconciles()-n0, tpAfter, kAfter)
+		_ = c
+	})
+}
+
+func (r *reg) restartController() {
+	r.t.Helper()
+	args := r.ctrlArgs()
+	kc := filepath.Join(r.w.Dir, "cnpg-teleport.kubeconfig")
+	p, err := r.w.StartControllerAs("controller-k1", kc, args...)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	r.ctrl = p
+}
+
+func (r *reg) ctrlArgs() []string {
+	id := filepath.Join(r.tp.Dir, "cnpg-teleport.identity")
+	return []string{"--teleport-addr=" + r.tp.AuthAddr, "--identity-file=" + id,
+		"--kube-cluster=" + kubeCluster, "--namespaces=" + regNS, "--labels=env=test",
+		"--resync-period=" + resync.String(), "--metrics-bind-address=127.0.0.1:18080", "--health-probe-bind-address=127.0.0.1:18081"}
+}
+
+// reconciles reads controller_runtime_reconcile_total of the first controller.
+func (r *reg) reconciles() int {
+	r.t.Helper()
+	resp, err := http.Get("http://127.0.0.1:18080/metrics") //nolint:noctx // loopback
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	defer func() { _ = resp.Body.Close() }()
+	total := 0
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		l := sc.Text()
+		if strings.HasPrefix(l, "controller_runtime_reconcile_total{") && strings.Contains(l, `controller="cluster"`) {
+			f := strings.Fields(l)
+			n, _ := strconv.ParseFloat(f[len(f)-1], 64)
+			total += int(n)
+		}
+	}
+	return total
+}
