@@ -75,4 +75,3 @@ func equalMaps(a, b map[string]string) bool {
 	}
 	return true
 }
-
