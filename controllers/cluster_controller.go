@@ -63,8 +63,8 @@ func (r *ClusterReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 		return ctrl.Result{}, r.finalize(ctx, &c)
 	}
 	if !controllerutil.ContainsFinalizer(&c, Finalizer) {
-		// Its own pass: the next one starts from the stored object.
-		return ctrl.Result{Requeue: true}, r.patchFinalizer(ctx, &c, true)
+		// Its own pass: the update event of the patch starts the next one.
+		return ctrl.Result{}, r.patchFinalizer(ctx, &c, true)
 	}
 	if _, err := ParseAnnotations(r.Options, &c); err != nil {
 		r.Recorder.Eventf(&c, nil, corev1.EventTypeWarning, ReasonInvalidAnnotation, "Parse", "nothing applied: %v", err)

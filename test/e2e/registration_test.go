@@ -175,7 +175,7 @@ func (r *reg) waitGone(c *cnpgv1.Cluster) {
 		if apierrors.IsNotFound(err) {
 			return nil
 		}
-		return fmt.Errorf("still there: %v", err)
+		return fmt.Errorf("still there: %w", err)
 	})
 }
 

@@ -45,7 +45,7 @@ func ToolDir(tool string) (string, error) {
 		return d.(string), nil
 	}
 	var out, errb bytes.Buffer
-	cmd := exec.Command(filepath.Join(RepoRoot(), "hack", "tools.sh"), tool) //nolint:gosec // fixed script
+	cmd := exec.Command(filepath.Join(RepoRoot(), "hack", "tools.sh"), tool)
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	if err := cmd.Run(); err != nil {
 		return "", fmt.Errorf("hack/tools.sh %s (run `make test`, which builds it first): %w\n%s", tool, err, errb.String())
@@ -79,7 +79,7 @@ func buildProjectBin(env, pkg string) (string, error) {
 			return
 		}
 		p := filepath.Join(dir, filepath.Base(pkg))
-		cmd := exec.Command("go", "build", "-o", p, pkg) //nolint:gosec // fixed packages
+		cmd := exec.Command("go", "build", "-o", p, pkg)
 		cmd.Dir = RepoRoot()
 		if out, err := cmd.CombinedOutput(); err != nil {
 			b.err = fmt.Errorf("go build %s: %w\n%s", pkg, err, out)
@@ -114,7 +114,7 @@ func PostgresBinDir() (string, error) {
 
 // moduleDir returns the module cache directory of a dependency pinned in go.mod.
 func moduleDir(module string) (string, error) {
-	cmd := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", module) //nolint:gosec // module path is a constant
+	cmd := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", module)
 	cmd.Dir = RepoRoot()
 	cmd.Env = append(os.Environ(), "GOFLAGS=-mod=readonly", "GOWORK=off")
 	out, err := cmd.CombinedOutput()

@@ -112,11 +112,11 @@ func StartWorld(dir string, opts Options) (*World, error) {
 		return nil, err
 	}
 	w := &World{Dir: dir, Scheme: Scheme()}
-	apiLog, err := os.Create(filepath.Join(dir, "kube-apiserver.log")) //nolint:gosec // test dir
+	apiLog, err := os.Create(filepath.Join(dir, "kube-apiserver.log"))
 	if err != nil {
 		return nil, err
 	}
-	etcdLog, err := os.Create(filepath.Join(dir, "etcd.log")) //nolint:gosec // test dir
+	etcdLog, err := os.Create(filepath.Join(dir, "etcd.log"))
 	if err != nil {
 		return nil, err
 	}

@@ -94,7 +94,7 @@ func (w *World) StartPostgres(ctx context.Context, namespace, name string) (*Pos
 	w.Adopt(p.proc)
 	err = waitFor(30*time.Second, 50*time.Millisecond, func() error {
 		if done, err := p.proc.Exited(); done {
-			return fmt.Errorf("postgres exited: %v", err)
+			return fmt.Errorf("postgres exited: %w", err)
 		}
 		c, err := p.Superuser(ctx)
 		if err != nil {
@@ -127,7 +127,7 @@ func postgresIDs() (uid, gid int, name string, err error) {
 
 func (p *Postgres) run(argv ...string) ([]byte, error) {
 	argv = append(append([]string(nil), p.ns...), argv...)
-	return exec.Command(argv[0], argv[1:]...).CombinedOutput() //nolint:gosec // argv built here
+	return exec.Command(argv[0], argv[1:]...).CombinedOutput()
 }
 
 // Configure (re)writes the server certificate, client CA, pg_hba.conf and

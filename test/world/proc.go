@@ -2,7 +2,6 @@ package world
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -30,7 +29,7 @@ func StartProcess(dir, name string, env []string, argv ...string) (*Process, err
 	if err != nil {
 		return nil, fmt.Errorf("open log of %s: %w", name, err)
 	}
-	cmd := exec.Command(argv[0], argv[1:]...) //nolint:gosec // test world: argv is built by this package
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.Env = append(os.Environ(), env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
@@ -83,7 +82,7 @@ func (p *Process) Tail(n int64) string {
 }
 
 func tailFile(path string, n int64) string {
-	f, err := os.Open(path) //nolint:gosec // a log file of the world
+	f, err := os.Open(path)
 	if err != nil {
 		return fmt.Sprintf("(no log: %v)", err)
 	}
@@ -116,5 +115,3 @@ func waitFor(timeout, interval time.Duration, check func() error) error {
 		time.Sleep(interval)
 	}
 }
-
-var errNotYet = errors.New("not yet")

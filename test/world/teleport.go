@@ -82,6 +82,9 @@ func StartTeleport(dir string) (*Teleport, error) {
 		Dir: dir, Config: filepath.Join(dir, "teleport.yaml"), BinDir: bin, ClusterName: "world",
 		AuthAddr: "127.0.0.1:3025", ProxyAddr: "localhost:3080",
 	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
 	if err := os.WriteFile(tp.Config, fmt.Appendf(nil, teleportConfig, dir), 0o600); err != nil {
 		return nil, err
 	}
@@ -102,7 +105,7 @@ func (tp *Teleport) Start() error {
 	tp.proc = p
 	err = waitFor(60*time.Second, 50*time.Millisecond, func() error {
 		if done, err := p.Exited(); done {
-			return fmt.Errorf("teleport exited: %v", err)
+			return fmt.Errorf("teleport exited: %w", err)
 		}
 		resp, err := http.Get("http://127.0.0.1:3000/readyz") //nolint:noctx // short poll on loopback
 		if err != nil {
@@ -237,8 +240,11 @@ spec:
 	cmd.Env = append(os.Environ(), "TELEPORT_HOME="+u.Home)
 	cmd.Stdin = strings.NewReader(password + "\n")
 	outb, err := cmd.CombinedOutput()
-	if err != nil || !bytes.Contains(outb, []byte("Logged in as")) {
-		return nil, fmt.Errorf("tsh login %s: %v\n%s", name, err, outb)
+	if err != nil {
+		return nil, fmt.Errorf("tsh login %s: %w\n%s", name, err, outb)
+	}
+	if !bytes.Contains(outb, []byte("Logged in as")) {
+		return nil, fmt.Errorf("tsh login %s: not logged in:\n%s", name, outb)
 	}
 	return u, nil
 }
@@ -325,7 +331,7 @@ func (tp *Teleport) AuditCount(t interface{ Fatal(...any) }, events ...string) i
 	}
 	n := 0
 	for _, f := range files {
-		b, err := os.ReadFile(f) //nolint:gosec // the world's audit log
+		b, err := os.ReadFile(f)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -12,6 +12,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"os/exec"
 	"strings"
 	"time"
 
@@ -33,12 +34,17 @@ func main() {
 	world.Enter(world.Service{Namespace: ns, Cluster: name})
 	d := &demo{pause: *pause, in: bufio.NewReader(os.Stdin), t0: time.Now()}
 	err := d.run(context.Background())
-	d.cleanup()
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "\nDEMO FAILED after %.1fs: %v\n", time.Since(d.t0).Seconds(), err)
 		if d.w != nil {
 			fmt.Fprintln(os.Stderr, d.w.Logs())
 		}
+		if d.tp != nil {
+			fmt.Fprintln(os.Stderr, "===== teleport (tail) =====\n"+d.tp.Logs())
+		}
+		fmt.Fprintf(os.Stderr, "\nDEMO FAILED after %.1fs: %v\n", time.Since(d.t0).Seconds(), err)
+	}
+	d.cleanup()
+	if err != nil {
 		os.Exit(1)
 	}
 	fmt.Printf("\nDEMO OK in %.1fs\n", time.Since(d.t0).Seconds())
@@ -140,14 +146,21 @@ func (d *demo) run(ctx context.Context) error {
 		}},
 		{"tctl get db: the controller registered rw and ro (verify-full, the server CA, labels)", func() error {
 			return poll(30*time.Second, func() error {
-				out, err := d.tp.Tctl(ctx, "", "get", "db", "--format=yaml")
+				out, err := d.tp.Tctl(ctx, "", "get", "db", "--format=json")
 				if err != nil {
 					return err
 				}
 				if !bytes.Contains(out, []byte("demo-k8s-default-demo-rw")) || !bytes.Contains(out, []byte("demo-k8s-default-demo-ro")) {
 					return errors.New("not registered yet")
 				}
-				show(out)
+				// tctl prints tls.mode as its enum number: 0 is verify-full.
+				summary := exec.CommandContext(ctx, "jq", "-r", `.[] | "name: \(.metadata.name)\n  uri: \(.spec.uri)\n  tls.mode: \(.spec.tls.mode // 0) (\(if (.spec.tls.mode // 0) == 0 then "verify-full" else "NOT verify-full" end))\n  tls.ca_cert: \(.spec.tls.ca_cert | split("\n")[1][0:40])... (the server CA)\n  labels: \(.metadata.labels | to_entries | map("\(.key)=\(.value)") | join(" "))"`)
+				summary.Stdin = bytes.NewReader(out)
+				sum, err := summary.CombinedOutput()
+				if err != nil {
+					return fmt.Errorf("jq: %w: %s", err, sum)
+				}
+				show(sum)
 				return nil
 			})
 		}},
@@ -155,7 +168,7 @@ func (d *demo) run(ctx context.Context) error {
 			if alice, err = d.tp.User(ctx, "alice", []string{"alice"}, []string{"postgres"}); err != nil {
 				return err
 			}
-			if out, err := alice.Tsh(ctx, "", "db", "ls"); err == nil {
+			if out, err := alice.Tsh(ctx, "", "db", "ls", "-v"); err == nil {
 				show(out)
 			}
 			return poll(30*time.Second, func() error {
@@ -179,7 +192,7 @@ func (d *demo) run(ctx context.Context) error {
 				if len(names) > 0 {
 					return fmt.Errorf("still listed: %v", names)
 				}
-				out, _ := alice.Tsh(ctx, "", "db", "ls")
+				out, _ := alice.Tsh(ctx, "", "db", "ls", "-v")
 				show(out)
 				return nil
 			})
