@@ -20,7 +20,7 @@ TEST_TIMEOUT ?= 30m
 # Host tools the test world needs, by Debian package.
 HOST_PACKAGES := postgresql pgbouncer util-linux iproute2 openssl curl jq gcc bsdutils ca-certificates
 
-.PHONY: all build test unit lint vet deps tools world-tools help clean
+.PHONY: all build test unit lint vet deps tools world-tools help clean demo demo-verify
 
 all: build
 
@@ -47,13 +47,15 @@ world-tools: deps
 	@$(TOOLS) kube-apiserver >/dev/null
 	@$(TOOLS) etcd >/dev/null
 	@$(TOOLS) teleport >/dev/null
-	@echo "[tools] building test/cmd/cert-manager"; $(GO) build -o $(BIN)/cert-manager ./test/cmd/cert-manager
+	@echo "[tools] building bin/cert-manager and bin/cnpg-teleport (cold: about 5 min on 2 cores, then seconds)"
+	@$(GO) build -o $(BIN)/cert-manager ./test/cmd/cert-manager
+	@$(GO) build -o $(BIN)/cnpg-teleport ./cmd/cnpg-teleport
 
 tools: world-tools
 	@$(TOOLS) golangci-lint >/dev/null
 
 WORLD_ENV = KUBE_APISERVER_DIR=$$($(TOOLS) kube-apiserver) ETCD_DIR=$$($(TOOLS) etcd) \
-	TELEPORT_BIN_DIR=$$($(TOOLS) teleport) CERT_MANAGER_BIN=$(BIN)/cert-manager
+	TELEPORT_BIN_DIR=$$($(TOOLS) teleport) CERT_MANAGER_BIN=$(BIN)/cert-manager CNPG_TELEPORT_BIN=$(BIN)/cnpg-teleport
 
 vet:
 	$(GO) vet ./...
@@ -67,6 +69,14 @@ test: tools
 	@echo "[test] golangci-lint"; $$($(TOOLS) golangci-lint)/golangci-lint run ./...
 	@echo "[test] go test (unit, integration, end-to-end)"
 	$(WORLD_ENV) $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+
+## demo: the main job on one machine (world, controller, sample Cluster, tctl/tsh), pausing between steps.
+demo: world-tools
+	@$(WORLD_ENV) $(GO) run ./test/cmd/demo $$([ -t 0 ] && echo -pause)
+
+## demo-verify: the same without pauses; exits non-zero if any step fails.
+demo-verify: world-tools
+	@$(WORLD_ENV) $(GO) run ./test/cmd/demo
 
 ## unit: the tests that need no test world.
 unit:

@@ -1,70 +1,119 @@
 // Package teleport is the controller's view of the Teleport API: a small
-// interface, its implementation over github.com/gravitational/teleport/api,
-// and a fake with Teleport's semantics for table tests.
+// interface owned by the controller, its implementation over
+// github.com/gravitational/teleport/api, and a fake with Teleport's semantics
+// for table tests.
 package teleport
 
 import (
 	"context"
-	"crypto/sha256"
-	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
+	"github.com/go-logr/logr"
 	"github.com/gravitational/teleport/api/client"
 	"github.com/gravitational/teleport/api/types"
 	"github.com/gravitational/trace"
 	"google.golang.org/grpc/grpclog"
 )
 
-// Client is what the controller needs from Teleport.
+// Client is what the controller needs from Teleport, and nothing more, so the
+// controller can be tested against Fake and the API version can change behind it.
+// Errors keep their trace kind: classify them with trace.IsNotFound,
+// trace.IsAlreadyExists, trace.IsAccessDenied, trace.IsBadParameter, never by text.
 type Client interface {
+	// Ping checks the connection and names the cluster.
 	Ping(ctx context.Context) (ClusterInfo, error)
+	// GetDatabase reads one db resource; NotFound when missing.
 	GetDatabase(ctx context.Context, name string) (types.Database, error)
+	// ListDatabases lists the db resources the identity may see.
 	ListDatabases(ctx context.Context) ([]types.Database, error)
+	// CreateDatabase creates a db resource; AlreadyExists when the name is taken,
+	// even by a resource the identity may not see.
 	CreateDatabase(ctx context.Context, db types.Database) error
+	// UpdateDatabase replaces a db resource; NotFound when missing.
 	UpdateDatabase(ctx context.Context, db types.Database) error
+	// DeleteDatabase deletes a db resource; NotFound when missing.
 	DeleteDatabase(ctx context.Context, name string) error
 	// DatabaseClientCAs returns the PEM certificates (never keys) of every
-	// trusted TLS key pair, active and additional, of the CA that signs the
-	// database agent's client certificates: db_client on Teleport >= 15, db before.
+	// trusted TLS key pair (active and additional) of the CA that signs the
+	// database agent's client certificates: db_client on Teleport >= 15; on
+	// NotFound or BadParameter (Teleport <= 14 says BadParameter
+	// `"db_client" authority type is not supported`) it falls back to db.
+	// PostgreSQL must trust all of them so a CA rotation locks nobody out.
 	DatabaseClientCAs(ctx context.Context) ([][]byte, error)
 }
 
 // ClusterInfo is what Ping tells about the Teleport cluster.
 type ClusterInfo struct {
-	Name          string
+	// Name is the Teleport cluster name, the domain of its certificate authorities.
+	Name string
+	// ServerVersion is the auth server's version, e.g. "13.3.8".
 	ServerVersion string
 }
 
+var (
+	_ Client = (*APIClient)(nil)
+	_ Client = (*Fake)(nil)
+)
+
 // Config selects the Teleport address and the controller's identity.
+// There is deliberately no option to weaken TLS: the identity carries the
+// cluster's CA and the connection is always verified against it.
 type Config struct {
 	// Addrs are Teleport auth or proxy addresses (host:port).
 	Addrs []string
-	// IdentityFile is an identity file (tctl auth sign --format=file).
+	// IdentityFile is an identity file (tctl auth sign --format=file, or a
+	// tbot identity output). Exactly one of IdentityFile and BotDir is set.
 	IdentityFile string
-	// BotDir is a tbot directory destination; its "identity" file is used.
+	// BotDir is a tbot directory destination (it holds identity, tlscert, key,
+	// tlscacerts); its "identity" file is used.
 	BotDir string
-	// ReloadInterval is how often the identity file is checked for a
-	// renewal (tbot renews certificates that live about an hour). Default 1 min.
+	// ReloadInterval is how often the identity file is checked for a renewal:
+	// tbot renews certificates that live about an hour. Default 1 min.
 	ReloadInterval time.Duration
-	// DialTimeout bounds the first connection. Default 30 s.
+	// DialTimeout bounds each connection attempt. Default: the API's (30 s).
 	DialTimeout time.Duration
+	// Log receives identity reload events and failures (the watcher has no
+	// caller to return them to). The zero Logger discards.
+	Log logr.Logger
+}
+
+// DefaultReloadInterval is the identity file check period when none is set.
+const DefaultReloadInterval = time.Minute
+
+// Validate reports a configuration that cannot work, before any dialing,
+// so a bad flag fails at start with a clear message.
+func (c Config) Validate() error {
+	_, err := c.identityPath()
+	return err
 }
 
 // identityPath validates the config and returns the identity file to load.
 func (c Config) identityPath() (string, error) {
 	if len(c.Addrs) == 0 {
-		return "", trace.BadParameter("teleport: no address")
+		return "", trace.BadParameter("teleport: no Teleport address configured")
+	}
+	for _, a := range c.Addrs {
+		if a == "" {
+			return "", trace.BadParameter("teleport: empty Teleport address in %q", c.Addrs)
+		}
+	}
+	if c.ReloadInterval < 0 {
+		return "", trace.BadParameter("teleport: negative identity reload interval %v", c.ReloadInterval)
+	}
+	if c.DialTimeout < 0 {
+		return "", trace.BadParameter("teleport: negative dial timeout %v", c.DialTimeout)
 	}
 	switch {
 	case c.IdentityFile != "" && c.BotDir != "":
-		return "", trace.BadParameter("teleport: set an identity file or a tbot directory, not both")
+		return "", trace.BadParameter("teleport: set either an identity file or a tbot directory, not both")
 	case c.IdentityFile != "":
 		return c.IdentityFile, nil
 	case c.BotDir != "":
-		return c.BotDir + "/identity", nil
+		return filepath.Join(c.BotDir, "identity"), nil
 	default:
 		return "", trace.BadParameter("teleport: an identity file or a tbot directory is required")
 	}
@@ -81,93 +130,87 @@ type APIClient struct {
 	clusterName string
 }
 
-var (
-	_ Client = (*APIClient)(nil)
-	_ Client = (*Fake)(nil)
-)
-
-var quietGRPC sync.Once
-
-// New connects to Teleport with the identity file, and keeps reloading the
-// file when it changes so renewed certificates are used without a restart.
-// TLS to Teleport is always verified: there is no option to weaken it.
+// New connects to Teleport with the configured identity and keeps reloading
+// the identity file when it changes, so certificates renewed by tbot are used
+// without a restart. ctx bounds the dial and the reload watcher's life;
+// Close stops the watcher too.
 func New(ctx context.Context, cfg Config) (*APIClient, error) {
 	path, err := cfg.identityPath()
 	if err != nil {
 		return nil, err
 	}
-	if cfg.ReloadInterval <= 0 {
-		cfg.ReloadInterval = time.Minute
+	if cfg.ReloadInterval == 0 {
+		cfg.ReloadInterval = DefaultReloadInterval
 	}
-	if cfg.DialTimeout <= 0 {
-		cfg.DialTimeout = 30 * time.Second
+	quietGRPCLog()
+
+	// Fingerprint before loading: a renewal landing between the two is then
+	// seen as a change instead of being missed until the next one.
+	fp, err := fingerprintFile(path)
+	if err != nil {
+		return nil, trace.Wrap(err, "teleport: reading identity %s", path)
 	}
-	// client.New dials several ways at once (auth, tunnel, proxy) and cancels
-	// the losers; grpc's default logger prints each as a warning on stderr.
-	// Keep grpc's errors, drop its info and warnings.
-	quietGRPC.Do(func() { grpclog.SetLoggerV2(grpclog.NewLoggerV2(io.Discard, io.Discard, os.Stderr)) })
 	creds, err := client.NewDynamicIdentityFileCreds(path)
 	if err != nil {
 		return nil, trace.Wrap(err, "teleport: loading identity %s", path)
 	}
-	api, err := client.New(ctx, client.Config{Addrs: cfg.Addrs, Credentials: []client.Credentials{creds}, DialTimeout: cfg.DialTimeout})
+	api, err := client.New(ctx, client.Config{
+		Addrs:       cfg.Addrs,
+		Credentials: []client.Credentials{creds},
+		DialTimeout: cfg.DialTimeout,
+	})
 	if err != nil {
 		return nil, trace.Wrap(err, "teleport: connecting to %v", cfg.Addrs)
 	}
-	wctx, stop := context.WithCancel(context.Background())
+	wctx, stop := context.WithCancel(ctx)
 	c := &APIClient{api: api, creds: creds, stop: stop, done: make(chan struct{})}
+	w := watcher{path: path, interval: cfg.ReloadInterval, reload: creds.Reload, log: cfg.Log}
 	go func() {
 		defer close(c.done)
-		watchFile(wctx, path, cfg.ReloadInterval, creds.Reload)
+		w.run(wctx, fp)
 	}()
 	return c, nil
 }
 
-// Close stops the reload watcher and closes the connection.
+// Close stops the identity reload watcher and closes the connection.
 func (c *APIClient) Close() error {
 	c.stop()
 	<-c.done
-	return c.api.Close()
+	return trace.Wrap(c.api.Close())
 }
 
-// Reload reloads the identity file now.
-func (c *APIClient) Reload() error { return c.creds.Reload() }
+// Reload re-reads the identity file now; new connections use it. The watcher
+// does this on its own; tests and callers that know a renewal happened can force it.
+func (c *APIClient) Reload() error {
+	return trace.Wrap(c.creds.Reload(), "teleport: reloading identity %s", c.creds.Path)
+}
 
-// watchFile calls reload whenever the file's content changes, checking every interval.
-func watchFile(ctx context.Context, path string, interval time.Duration, reload func() error) {
-	last := fileDigest(path)
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
+var quietGRPCOnce sync.Once
+
+// quietGRPCLog keeps gRPC's errors on stderr and drops its info and warnings.
+// client.New dials several ways at once (auth, reverse tunnel, proxy) and
+// cancels the losers; gRPC logs each as a warning
+// (`addrConn.createTransport failed ... context canceled`), and
+// k8s.io/apiserver's etcd3 package, linked in through our Kubernetes
+// dependencies, installs a klog-backed gRPC logger in init() that prints them,
+// so users would read every start as an error. Setting
+// GRPC_GO_LOG_SEVERITY_LEVEL or GRPC_GO_LOG_VERBOSITY_LEVEL opts out, for
+// debugging. Done once: grpclog.SetLoggerV2 is not safe to call concurrently.
+func quietGRPCLog() {
+	quietGRPCOnce.Do(func() {
+		if os.Getenv("GRPC_GO_LOG_SEVERITY_LEVEL") != "" || os.Getenv("GRPC_GO_LOG_VERBOSITY_LEVEL") != "" {
 			return
-		case <-t.C:
 		}
-		d := fileDigest(path)
-		if d == "" || d == last {
-			continue
-		}
-		// A half-written file fails to parse: keep the old digest and retry.
-		if err := reload(); err == nil {
-			last = d
-		}
-	}
+		grpclog.SetLoggerV2(grpclog.NewLoggerV2(io.Discard, io.Discard, os.Stderr))
+	})
 }
 
-func fileDigest(path string) string {
-	b, err := os.ReadFile(path) //nolint:gosec // the configured identity file
-	if err != nil {
-		return ""
-	}
-	return fmt.Sprintf("%x", sha256.Sum256(b))
-}
-
-// Ping returns the cluster name and server version.
+// Ping returns the cluster name and server version, and remembers the name
+// for DatabaseClientCAs.
 func (c *APIClient) Ping(ctx context.Context) (ClusterInfo, error) {
 	resp, err := c.api.Ping(ctx)
 	if err != nil {
-		return ClusterInfo{}, trace.Wrap(err)
+		return ClusterInfo{}, trace.Wrap(err, "teleport: ping")
 	}
 	c.mu.Lock()
 	c.clusterName = resp.ClusterName
@@ -175,34 +218,42 @@ func (c *APIClient) Ping(ctx context.Context) (ClusterInfo, error) {
 	return ClusterInfo{Name: resp.ClusterName, ServerVersion: resp.ServerVersion}, nil
 }
 
-// GetDatabase reads one db resource.
+// GetDatabase reads one db resource (NotFound if missing).
 func (c *APIClient) GetDatabase(ctx context.Context, name string) (types.Database, error) {
 	db, err := c.api.GetDatabase(ctx, name)
-	return db, trace.Wrap(err)
+	if err != nil {
+		return nil, trace.Wrap(err, "teleport: get db %q", name)
+	}
+	return db, nil
 }
 
 // ListDatabases lists the db resources the identity may see.
 func (c *APIClient) ListDatabases(ctx context.Context) ([]types.Database, error) {
 	dbs, err := c.api.GetDatabases(ctx)
-	return dbs, trace.Wrap(err)
+	if err != nil {
+		return nil, trace.Wrap(err, "teleport: list db")
+	}
+	return dbs, nil
 }
 
 // CreateDatabase creates a db resource (AlreadyExists if the name is taken).
 func (c *APIClient) CreateDatabase(ctx context.Context, db types.Database) error {
-	return trace.Wrap(c.api.CreateDatabase(ctx, db))
+	return trace.Wrap(c.api.CreateDatabase(ctx, db), "teleport: create db %q", nameOf(db))
 }
 
 // UpdateDatabase replaces a db resource (NotFound if missing).
 func (c *APIClient) UpdateDatabase(ctx context.Context, db types.Database) error {
-	return trace.Wrap(c.api.UpdateDatabase(ctx, db))
+	return trace.Wrap(c.api.UpdateDatabase(ctx, db), "teleport: update db %q", nameOf(db))
 }
 
 // DeleteDatabase deletes a db resource (NotFound if missing).
 func (c *APIClient) DeleteDatabase(ctx context.Context, name string) error {
-	return trace.Wrap(c.api.DeleteDatabase(ctx, name))
+	return trace.Wrap(c.api.DeleteDatabase(ctx, name), "teleport: delete db %q", name)
 }
 
-// DatabaseClientCAs returns the database-client CA certificates.
+// DatabaseClientCAs returns the certificates of the CA that signs the
+// database agent's client certificates (see Client). It pings first when the
+// cluster name is not known yet.
 func (c *APIClient) DatabaseClientCAs(ctx context.Context) ([][]byte, error) {
 	c.mu.Lock()
 	name := c.clusterName
@@ -217,37 +268,10 @@ func (c *APIClient) DatabaseClientCAs(ctx context.Context) ([][]byte, error) {
 	return databaseClientCAs(ctx, c.api, name)
 }
 
-// caGetter is the part of the API that reads a certificate authority.
-type caGetter interface {
-	GetCertAuthority(ctx context.Context, id types.CertAuthID, loadKeys bool) (types.CertAuthority, error)
+// nameOf names db for error messages, without panicking on a nil one.
+func nameOf(db types.Database) string {
+	if v3, ok := db.(*types.DatabaseV3); db == nil || (ok && v3 == nil) {
+		return ""
+	}
+	return db.GetName()
 }
-
-// databaseClientCAs asks for db_client (Teleport >= 15) and falls back to db
-// when the server does not know it: NotFound, or BadParameter
-// `"db_client" authority type is not supported` from Teleport <= 14. Errors
-// are classified by kind, never by text. It returns every trusted key
-// pair's certificate (active and additional, so a rotation in progress
-// locks nobody out), deduplicated, never a key.
-func databaseClientCAs(ctx context.Context, g caGetter, clusterName string) ([][]byte, error) {
-	ca, err := g.GetCertAuthority(ctx, types.CertAuthID{Type: types.DatabaseClientCA, DomainName: clusterName}, false)
-	if trace.IsNotFound(err) || trace.IsBadParameter(err) {
-		ca, err = g.GetCertAuthority(ctx, types.CertAuthID{Type: types.DatabaseCA, DomainName: clusterName}, false)
-	}
-	if err != nil {
-		return nil, trace.Wrap(err, "teleport: reading the database client CA")
-	}
-	var out [][]byte
-	seen := map[string]bool{}
-	for _, kp := range ca.GetTrustedTLSKeyPairs() {
-		if len(kp.Cert) == 0 || seen[string(kp.Cert)] {
-			continue
-		}
-		seen[string(kp.Cert)] = true
-		out = append(out, append([]byte(nil), kp.Cert...))
-	}
-	if len(out) == 0 {
-		return nil, trace.NotFound("teleport: CA %s has no trusted TLS certificate", ca.GetName())
-	}
-	return out, nil
-}
-

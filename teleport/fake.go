@@ -2,260 +2,461 @@ package teleport
 
 import (
 	"context"
-	"regexp"
-	"sort"
+	"maps"
+	"slices"
+	"strconv"
 	"sync"
 
 	"github.com/gravitational/teleport/api/types"
 	"github.com/gravitational/trace"
 )
 
-// Fake is an in-memory Teleport with the semantics the controller depends
-// on: NotFound, AlreadyExists, BadParameter for invalid resources, reads that
-// may lag writes (Teleport's cache), label-scoped access like a
-// least-privilege role, the db / db_client CAs, and fault injection.
-// It is for table tests of the logic above Client; end-to-end tests use a
-// real Teleport.
+// Fake is an in-memory Client with Teleport's semantics, for the controller's
+// table tests: the error kinds a real auth server returns (NotFound,
+// AlreadyExists, BadParameter from CheckAndSetDefaults, AccessDenied for what
+// a least-privilege role may not touch), deep copies in and out, optional
+// read lag like Teleport's cache, the db_client/db CA split between versions,
+// fault injection, and counters to assert how many writes a pass made.
+// It is safe for concurrent use.
 type Fake struct {
-	mu    sync.Mutex
-	dbs   map[string]types.Database
-	stale map[string]types.Database // what reads return while StaleReads is on
+	mu  sync.Mutex
+	cfg FakeConfig
 
-	// StaleReads makes Get and List answer from the state before the last
-	// write, as Teleport's cache does for up to a second.
-	StaleReads bool
-	// AllowedLabels, when set, scopes access like a role's db_labels:
-	// resources without all of them are hidden from Get (AccessDenied) and
-	// List, and may not be created, updated or deleted (AccessDenied).
-	AllowedLabels map[string]string
-	// ClusterName answers Ping.
+	// history holds the store after each write; the last entry is the
+	// authoritative state that writes check against, reads see the entry
+	// readLag writes older. Stored objects are never mutated, so snapshots
+	// share them.
+	history  []map[string]*types.DatabaseV3
+	readLag  int
+	revision int
+
+	cas map[types.CertAuthType][][]byte
+
+	unavailable error
+	methodErrs  map[string]error
+	hook        func(Call) error
+
+	creates, updates, deletes int
+	calls                     []Call
+}
+
+// FakeConfig describes the Teleport a Fake pretends to be.
+type FakeConfig struct {
+	// ClusterName is the cluster name and CA domain. Default "fake.teleport".
 	ClusterName string
-	// DBCA and DBClientCA are the certificates (PEM) of the db and db_client CAs.
-	DBCA, DBClientCA [][]byte
-	// SupportsDBClientCA is false for Teleport <= 14: asking for db_client
-	// gives BadParameter.
+	// ServerVersion is what Ping reports. Default "15.0.0" when
+	// SupportsDBClientCA, else "14.0.0".
+	ServerVersion string
+	// SupportsDBClientCA is false for Teleport <= 14: asking for the db_client
+	// CA then fails with BadParameter `"db_client" authority type is not supported`.
 	SupportsDBClientCA bool
-	// Err, when set, is returned by every call (e.g. trace.ConnectionProblem).
+	// DBCACerts are PEM certificates of the db CA: the first is the active
+	// key pair, the rest additional trusted ones (a rotation in progress).
+	// None: GetCertAuthority(db) returns NotFound.
+	DBCACerts [][]byte
+	// DBClientCACerts are the same for the db_client CA.
+	DBClientCACerts [][]byte
+	// AllowedLabels, when set, plays a role's db_labels: a db must carry
+	// each key with that value ("*" as a value matches any value, "*": "*"
+	// matches everything). Others are hidden: Get says AccessDenied (NotFound
+	// with HiddenAsNotFound), List leaves them out, Update and Delete say
+	// AccessDenied, and a Create of their name still says AlreadyExists.
+	// Creating or updating a db that does not match is AccessDenied, as
+	// Teleport checks db access on writes. Nil allows everything.
+	AllowedLabels map[string]string
+	// HiddenAsNotFound makes Get of a hidden db return NotFound instead of AccessDenied.
+	HiddenAsNotFound bool
+	// Databases are stored at start, as if created by someone else (no
+	// counters, no access check). NewFake panics if one is invalid.
+	Databases []types.Database
+}
+
+// Call is one recorded call to the Fake.
+type Call struct {
+	// Method is the Client method name, or GetCertAuthority.
+	Method string
+	// Name is the db name, or the CA type for GetCertAuthority.
+	Name string
+	// Err is what the call returned.
 	Err error
-
-	// Creates, Updates and Deletes count successful writes.
-	Creates, Updates, Deletes int
 }
 
-// NewFake returns an empty fake of a Teleport 13 cluster named "fake".
-func NewFake() *Fake {
-	return &Fake{dbs: map[string]types.Database{}, ClusterName: "fake"}
-}
-
-var dbNameRe = regexp.MustCompile(`^[a-zA-Z]([-a-zA-Z0-9]*[a-zA-Z0-9])?$`)
-
-// Add stores a resource as an admin would, bypassing access checks.
-func (f *Fake) Add(db types.Database) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.snapshot()
-	f.dbs[db.GetName()] = db.Copy()
-}
-
-// Writes is the number of successful creates, updates and deletes.
-func (f *Fake) Writes() int {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.Creates + f.Updates + f.Deletes
-}
-
-// Settle ends the read lag: reads see every write so far.
-func (f *Fake) Settle() {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.stale = nil
-}
-
-func (f *Fake) snapshot() {
-	if f.StaleReads && f.stale == nil {
-		f.stale = make(map[string]types.Database, len(f.dbs))
-		for k, v := range f.dbs {
-			f.stale[k] = v
+// NewFake returns a Fake for cfg.
+func NewFake(cfg FakeConfig) *Fake {
+	if cfg.ClusterName == "" {
+		cfg.ClusterName = "fake.teleport"
+	}
+	if cfg.ServerVersion == "" {
+		cfg.ServerVersion = "14.0.0"
+		if cfg.SupportsDBClientCA {
+			cfg.ServerVersion = "15.0.0"
 		}
 	}
-}
-
-func (f *Fake) readView() map[string]types.Database {
-	if f.StaleReads && f.stale != nil {
-		return f.stale
+	cfg.AllowedLabels = maps.Clone(cfg.AllowedLabels)
+	f := &Fake{
+		cfg:        cfg,
+		history:    []map[string]*types.DatabaseV3{{}},
+		cas:        map[types.CertAuthType][][]byte{},
+		methodErrs: map[string]error{},
 	}
-	return f.dbs
+	f.SetCACerts(types.DatabaseCA, cfg.DBCACerts)
+	f.SetCACerts(types.DatabaseClientCA, cfg.DBClientCACerts)
+	for _, db := range cfg.Databases {
+		if err := f.Put(db); err != nil {
+			panic(err)
+		}
+	}
+	f.cfg.Databases = nil
+	return f
 }
 
-func (f *Fake) allowed(db types.Database) bool {
-	for k, v := range f.AllowedLabels {
-		if db.GetStaticLabels()[k] != v {
+// Put stores db as if someone else had written it: validated, but not
+// counted, not logged and not access-checked. It is a write for read lag.
+func (f *Fake) Put(db types.Database) error {
+	v3, err := checkedCopy(db)
+	if err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.write(v3.GetName(), v3)
+	return nil
+}
+
+// Stored returns a copy of the authoritative state of name, ignoring read
+// lag and access control, for assertions.
+func (f *Fake) Stored(name string) (types.Database, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	db, ok := f.current()[name]
+	if !ok {
+		return nil, false
+	}
+	return db.Copy(), true
+}
+
+// StoredNames lists the authoritative state's db names, sorted.
+func (f *Fake) StoredNames() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Sorted(maps.Keys(f.current()))
+}
+
+// SetReadLag makes Get and List see the state as it was writes writes ago,
+// as Teleport's cache lags behind its backend (up to a second by default):
+// after a Create, Get still says NotFound while another Create says
+// AlreadyExists. Writes always act on the current state. 0 restores
+// read-your-writes.
+func (f *Fake) SetReadLag(writes int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.readLag = max(writes, 0)
+}
+
+// SetUnavailable makes every call fail with err (e.g. trace.ConnectionProblem)
+// until called with nil.
+func (f *Fake) SetUnavailable(err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.unavailable = err
+}
+
+// SetError makes every call of method (a Client method name, or
+// GetCertAuthority) fail with err until called with nil.
+func (f *Fake) SetError(method string, err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err == nil {
+		delete(f.methodErrs, method)
+		return
+	}
+	f.methodErrs[method] = err
+}
+
+// SetHook runs fn before every call (Err unset); a non-nil result is
+// returned instead of doing the call. fn may call the Fake. nil removes it.
+func (f *Fake) SetHook(fn func(Call) error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.hook = fn
+}
+
+// SetCACerts replaces the certificates of the db or db_client CA, e.g. to
+// play a rotation: the first is active, the rest additional trusted.
+func (f *Fake) SetCACerts(caType types.CertAuthType, certs [][]byte) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	cp := make([][]byte, 0, len(certs))
+	for _, c := range certs {
+		cp = append(cp, slices.Clone(c))
+	}
+	f.cas[caType] = cp
+}
+
+// Creates counts successful CreateDatabase calls.
+func (f *Fake) Creates() int { f.mu.Lock(); defer f.mu.Unlock(); return f.creates }
+
+// Updates counts successful UpdateDatabase calls.
+func (f *Fake) Updates() int { f.mu.Lock(); defer f.mu.Unlock(); return f.updates }
+
+// Deletes counts successful DeleteDatabase calls.
+func (f *Fake) Deletes() int { f.mu.Lock(); defer f.mu.Unlock(); return f.deletes }
+
+// Calls returns every call so far, in order, with its result.
+func (f *Fake) Calls() []Call {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.calls)
+}
+
+// Ping reports the configured cluster name and version.
+func (f *Fake) Ping(ctx context.Context) (info ClusterInfo, err error) {
+	defer f.record("Ping", "", &err)
+	if err := f.guard(ctx, "Ping", ""); err != nil {
+		return ClusterInfo{}, err
+	}
+	return ClusterInfo{Name: f.cfg.ClusterName, ServerVersion: f.cfg.ServerVersion}, nil
+}
+
+// GetDatabase returns a copy of name as the (possibly lagging) read view has it.
+func (f *Fake) GetDatabase(ctx context.Context, name string) (db types.Database, err error) {
+	defer f.record("GetDatabase", name, &err)
+	if err := f.guard(ctx, "GetDatabase", name); err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	got, ok := f.view()[name]
+	switch {
+	case !ok:
+		return nil, trace.NotFound("database %q doesn't exist", name)
+	case !f.allowed(got):
+		if f.cfg.HiddenAsNotFound {
+			return nil, trace.NotFound("database %q doesn't exist", name)
+		}
+		return nil, trace.AccessDenied("access to db denied")
+	}
+	return got.Copy(), nil
+}
+
+// ListDatabases returns copies of the visible dbs of the read view, by name.
+func (f *Fake) ListDatabases(ctx context.Context) (dbs []types.Database, err error) {
+	defer f.record("ListDatabases", "", &err)
+	if err := f.guard(ctx, "ListDatabases", ""); err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	view := f.view()
+	for _, name := range slices.Sorted(maps.Keys(view)) {
+		if db := view[name]; f.allowed(db) {
+			dbs = append(dbs, db.Copy())
+		}
+	}
+	return dbs, nil
+}
+
+// CreateDatabase stores a validated copy of db; AlreadyExists when the name
+// is taken in the current state, visible or not.
+func (f *Fake) CreateDatabase(ctx context.Context, db types.Database) (err error) {
+	defer f.record("CreateDatabase", nameOf(db), &err)
+	if err := f.guard(ctx, "CreateDatabase", nameOf(db)); err != nil {
+		return err
+	}
+	v3, err := checkedCopy(db)
+	if err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	name := v3.GetName()
+	if !f.allowed(v3) {
+		return trace.AccessDenied("access to db denied")
+	}
+	if _, ok := f.current()[name]; ok {
+		return trace.AlreadyExists("database %q already exists", name)
+	}
+	f.write(name, v3)
+	f.creates++
+	return nil
+}
+
+// UpdateDatabase replaces name with a validated copy of db; NotFound when it
+// is missing from the current state, AccessDenied when it is hidden.
+func (f *Fake) UpdateDatabase(ctx context.Context, db types.Database) (err error) {
+	defer f.record("UpdateDatabase", nameOf(db), &err)
+	if err := f.guard(ctx, "UpdateDatabase", nameOf(db)); err != nil {
+		return err
+	}
+	v3, err := checkedCopy(db)
+	if err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	name := v3.GetName()
+	if !f.allowed(v3) {
+		return trace.AccessDenied("access to db denied")
+	}
+	old, ok := f.current()[name]
+	switch {
+	case !ok:
+		return trace.NotFound("database %q doesn't exist", name)
+	case !f.allowed(old):
+		return trace.AccessDenied("access to db denied")
+	}
+	f.write(name, v3)
+	f.updates++
+	return nil
+}
+
+// DeleteDatabase removes name; NotFound when it is missing from the current
+// state, AccessDenied when it is hidden.
+func (f *Fake) DeleteDatabase(ctx context.Context, name string) (err error) {
+	defer f.record("DeleteDatabase", name, &err)
+	if err := f.guard(ctx, "DeleteDatabase", name); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	old, ok := f.current()[name]
+	switch {
+	case !ok:
+		return trace.NotFound("database %q doesn't exist", name)
+	case !f.allowed(old):
+		return trace.AccessDenied("access to db denied")
+	}
+	f.write(name, nil)
+	f.deletes++
+	return nil
+}
+
+// DatabaseClientCAs runs the same CA choice as APIClient against the Fake's CAs.
+func (f *Fake) DatabaseClientCAs(ctx context.Context) (certs [][]byte, err error) {
+	defer f.record("DatabaseClientCAs", "", &err)
+	if err := f.guard(ctx, "DatabaseClientCAs", ""); err != nil {
+		return nil, err
+	}
+	return databaseClientCAs(ctx, f, f.cfg.ClusterName)
+}
+
+// GetCertAuthority returns the configured db or db_client CA, with
+// Teleport's errors: BadParameter for db_client without
+// SupportsDBClientCA (and for unknown types), NotFound for another domain or
+// a CA without certificates. It holds certificates only, never keys.
+func (f *Fake) GetCertAuthority(ctx context.Context, id types.CertAuthID, _ bool) (ca types.CertAuthority, err error) {
+	defer f.record("GetCertAuthority", string(id.Type), &err)
+	if err := f.guard(ctx, "GetCertAuthority", string(id.Type)); err != nil {
+		return nil, err
+	}
+	if err := id.Type.Check(); err != nil {
+		return nil, trace.Wrap(err)
+	}
+	if id.Type == types.DatabaseClientCA && !f.cfg.SupportsDBClientCA {
+		return nil, trace.BadParameter("%q authority type is not supported", id.Type)
+	}
+	f.mu.Lock()
+	certs := f.cas[id.Type]
+	f.mu.Unlock()
+	if id.DomainName != f.cfg.ClusterName || len(certs) == 0 {
+		return nil, trace.NotFound("cert authority %v not found", id)
+	}
+	spec := types.CertAuthoritySpecV2{Type: id.Type, ClusterName: id.DomainName}
+	for i, c := range certs {
+		kp := &types.TLSKeyPair{Cert: slices.Clone(c)}
+		if i == 0 {
+			spec.ActiveKeys.TLS = append(spec.ActiveKeys.TLS, kp)
+		} else {
+			spec.AdditionalTrustedKeys.TLS = append(spec.AdditionalTrustedKeys.TLS, kp)
+		}
+	}
+	ca, err = types.NewCertAuthority(spec)
+	return ca, trace.Wrap(err)
+}
+
+// guard returns the injected error for this call, if any: the context's,
+// SetUnavailable's, SetError's or the hook's.
+func (f *Fake) guard(ctx context.Context, method, name string) error {
+	if err := ctx.Err(); err != nil {
+		return trace.Wrap(err)
+	}
+	f.mu.Lock()
+	unavailable, methodErr, hook := f.unavailable, f.methodErrs[method], f.hook
+	f.mu.Unlock()
+	switch {
+	case unavailable != nil:
+		return unavailable
+	case methodErr != nil:
+		return methodErr
+	case hook != nil:
+		return hook(Call{Method: method, Name: name})
+	}
+	return nil
+}
+
+// record appends a call with its result to the log; deferred by every call.
+func (f *Fake) record(method, name string, err *error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls = append(f.calls, Call{Method: method, Name: name, Err: *err})
+}
+
+// checkedCopy copies db and runs CheckAndSetDefaults on the copy, as the
+// auth server does, so the caller's object is left alone and invalid
+// resources (a name outside ^[a-zA-Z]([-a-zA-Z0-9]*[a-zA-Z0-9])?$, no
+// protocol or URI, ...) fail with BadParameter.
+func checkedCopy(db types.Database) (*types.DatabaseV3, error) {
+	v3, ok := db.(*types.DatabaseV3)
+	if !ok || v3 == nil {
+		return nil, trace.BadParameter("unsupported database type %T", db)
+	}
+	cp := v3.Copy()
+	if err := cp.CheckAndSetDefaults(); err != nil {
+		if trace.IsBadParameter(err) {
+			return nil, trace.Wrap(err)
+		}
+		return nil, trace.BadParameter("%v", err)
+	}
+	return cp, nil
+}
+
+// current is the authoritative state. Callers hold f.mu.
+func (f *Fake) current() map[string]*types.DatabaseV3 { return f.history[len(f.history)-1] }
+
+// view is the state reads see, readLag writes behind. Callers hold f.mu.
+func (f *Fake) view() map[string]*types.DatabaseV3 {
+	return f.history[max(len(f.history)-1-f.readLag, 0)]
+}
+
+// write records a new state with name set to db, or removed when db is nil,
+// with a fresh revision as the backend gives. Callers hold f.mu.
+func (f *Fake) write(name string, db *types.DatabaseV3) {
+	next := maps.Clone(f.current())
+	if db == nil {
+		delete(next, name)
+	} else {
+		f.revision++
+		db.SetRevision(strconv.Itoa(f.revision))
+		next[name] = db
+	}
+	f.history = append(f.history, next)
+}
+
+// allowed reports whether the role's db_labels let the identity see db.
+// Callers hold f.mu.
+func (f *Fake) allowed(db *types.DatabaseV3) bool {
+	if f.cfg.AllowedLabels == nil {
+		return true
+	}
+	labels := db.GetAllLabels()
+	for k, v := range f.cfg.AllowedLabels {
+		if k == types.Wildcard && v == types.Wildcard {
+			continue
+		}
+		got, ok := labels[k]
+		if !ok || (v != types.Wildcard && got != v) {
 			return false
 		}
 	}
 	return true
-}
-
-// Ping answers with the cluster name.
-func (f *Fake) Ping(context.Context) (ClusterInfo, error) {
-	if f.Err != nil {
-		return ClusterInfo{}, f.Err
-	}
-	return ClusterInfo{Name: f.ClusterName, ServerVersion: "13.3.8"}, nil
-}
-
-// GetDatabase returns a copy, NotFound, or AccessDenied outside AllowedLabels.
-func (f *Fake) GetDatabase(_ context.Context, name string) (types.Database, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.Err != nil {
-		return nil, f.Err
-	}
-	db, ok := f.readView()[name]
-	if !ok {
-		return nil, trace.NotFound("database %q doesn't exist", name)
-	}
-	if !f.allowed(db) {
-		return nil, trace.AccessDenied("access to db denied")
-	}
-	return db.Copy(), nil
-}
-
-// ListDatabases returns copies of the visible resources, sorted by name.
-func (f *Fake) ListDatabases(context.Context) ([]types.Database, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.Err != nil {
-		return nil, f.Err
-	}
-	var out []types.Database
-	for _, db := range f.readView() {
-		if f.allowed(db) {
-			out = append(out, db.Copy())
-		}
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].GetName() < out[j].GetName() })
-	return out, nil
-}
-
-func (f *Fake) check(db types.Database) error {
-	c := db.Copy()
-	if err := c.CheckAndSetDefaults(); err != nil {
-		return trace.BadParameter("invalid database: %v", err)
-	}
-	if !dbNameRe.MatchString(c.GetName()) {
-		return trace.BadParameter("invalid database name %q", c.GetName())
-	}
-	if !f.allowed(c) {
-		return trace.AccessDenied("access to db denied")
-	}
-	return nil
-}
-
-// CreateDatabase stores a copy; AlreadyExists when the name is taken, even
-// by a resource the caller may not see.
-func (f *Fake) CreateDatabase(_ context.Context, db types.Database) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.Err != nil {
-		return f.Err
-	}
-	if err := f.check(db); err != nil {
-		return err
-	}
-	if _, ok := f.dbs[db.GetName()]; ok {
-		return trace.AlreadyExists("database %q already exists", db.GetName())
-	}
-	f.snapshot()
-	f.dbs[db.GetName()] = db.Copy()
-	f.Creates++
-	return nil
-}
-
-// UpdateDatabase replaces an existing resource; NotFound when missing.
-func (f *Fake) UpdateDatabase(_ context.Context, db types.Database) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.Err != nil {
-		return f.Err
-	}
-	if err := f.check(db); err != nil {
-		return err
-	}
-	cur, ok := f.dbs[db.GetName()]
-	if !ok {
-		return trace.NotFound("database %q doesn't exist", db.GetName())
-	}
-	if !f.allowed(cur) {
-		return trace.AccessDenied("access to db denied")
-	}
-	f.snapshot()
-	f.dbs[db.GetName()] = db.Copy()
-	f.Updates++
-	return nil
-}
-
-// DeleteDatabase removes a resource; NotFound when missing.
-func (f *Fake) DeleteDatabase(_ context.Context, name string) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.Err != nil {
-		return f.Err
-	}
-	cur, ok := f.dbs[name]
-	if !ok {
-		return trace.NotFound("database %q doesn't exist", name)
-	}
-	if !f.allowed(cur) {
-		return trace.AccessDenied("access to db denied")
-	}
-	f.snapshot()
-	delete(f.dbs, name)
-	f.Deletes++
-	return nil
-}
-
-// DatabaseClientCAs runs the same selection as the real client over the fake's CAs.
-func (f *Fake) DatabaseClientCAs(ctx context.Context) ([][]byte, error) {
-	if f.Err != nil {
-		return nil, f.Err
-	}
-	return databaseClientCAs(ctx, fakeCAs{f}, f.ClusterName)
-}
-
-type fakeCAs struct{ f *Fake }
-
-func (g fakeCAs) GetCertAuthority(_ context.Context, id types.CertAuthID, _ bool) (types.CertAuthority, error) {
-	var certs [][]byte
-	switch id.Type {
-	case types.DatabaseClientCA:
-		if !g.f.SupportsDBClientCA {
-			return nil, trace.BadParameter("%q authority type is not supported", id.Type)
-		}
-		certs = g.f.DBClientCA
-	case types.DatabaseCA:
-		certs = g.f.DBCA
-	default:
-		return nil, trace.BadParameter("unexpected CA type %q", id.Type)
-	}
-	if len(certs) == 0 {
-		return nil, trace.NotFound("cert authority %q not found", id.Type)
-	}
-	return newCA(id, certs)
-}
-
-// newCA builds a CA resource whose first certificate is active and the
-// others additional (a rotation in progress), with no private keys.
-func newCA(id types.CertAuthID, certs [][]byte) (types.CertAuthority, error) {
-	keys := types.CAKeySet{}
-	for _, c := range certs[:1] {
-		keys.TLS = append(keys.TLS, &types.TLSKeyPair{Cert: c})
-	}
-	extra := types.CAKeySet{}
-	for _, c := range certs[1:] {
-		extra.TLS = append(extra.TLS, &types.TLSKeyPair{Cert: c})
-	}
-	return types.NewCertAuthority(types.CertAuthoritySpecV2{
-		Type: id.Type, ClusterName: id.DomainName, ActiveKeys: keys, AdditionalTrustedKeys: extra,
-	})
 }

@@ -90,6 +90,7 @@ func run(ctx context.Context, f flags) error {
 	}
 	tc, err := teleport.New(ctx, teleport.Config{
 		Addrs: []string{f.teleportAddr}, IdentityFile: f.identityFile, BotDir: f.botDir, ReloadInterval: f.reload,
+		Log: ctrl.Log.WithName("teleport"),
 	})
 	if err != nil {
 		return err
