@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"path/filepath"
 	"slices"
@@ -75,7 +76,11 @@ func newReg(t *testing.T, ctx context.Context) *reg {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = tc.Close() })
-	if _, err := w.UserKubeconfig("cnpg-teleport", "system:masters"); err != nil {
+	// The controller runs as its own user with only the shipped ClusterRole.
+	if _, err := w.UserKubeconfig("cnpg-teleport"); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.ApplyClusterRole(ctx, filepath.Join(world.RepoRoot(), "config", "rbac", "role.yaml"), "cnpg-teleport"); err != nil {
 		t.Fatal(err)
 	}
 	if id != filepath.Join(tp.Dir, "cnpg-teleport.identity") {
@@ -419,7 +424,8 @@ func TestRegistration(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := r.w.StartController("controller-k2", "--teleport-addr="+r.tp.AuthAddr, "--identity-file="+id,
+		kc := filepath.Join(r.w.Dir, "cnpg-teleport.kubeconfig")
+		if _, err := r.w.StartControllerAs("controller-k2", kc, "--teleport-addr="+r.tp.AuthAddr, "--identity-file="+id,
 			"--kube-cluster=k2", "--namespaces=other", "--resync-period="+resync.String(),
 			"--metrics-bind-address=127.0.0.1:18090", "--health-probe-bind-address=127.0.0.1:18091"); err != nil {
 			t.Fatal(err)
@@ -469,6 +475,33 @@ func TestRegistration(t *testing.T) {
 			t.Errorf("Kubernetes writes during 100 resyncs: before %v after %v", kBefore, kAfter)
 		}
 		t.Logf("reconciles: %d; Teleport db writes total %d; Kubernetes writes by the controller %v", r.reconciles()-n0, tpAfter, kAfter)
+
+		// The metrics a person would graph are there, with live values.
+		m := r.metrics()
+		for _, want := range []string{
+			`cnpg_teleport_teleport_requests_total{method="ListDatabases",result="ok"}`,
+			`cnpg_teleport_teleport_request_duration_seconds_count{method="ListDatabases"}`,
+			`controller_runtime_reconcile_total{controller="cluster",result="requeue_after"}`,
+		} {
+			if !strings.Contains(m, want) {
+				t.Errorf("metrics lack %s", want)
+			}
+		}
+		var owned int
+		for _, l := range strings.Split(m, "\n") {
+			if strings.HasPrefix(l, "cnpg_teleport_registered_databases ") {
+				owned, _ = strconv.Atoi(strings.Fields(l)[1])
+			}
+		}
+		want := 0
+		for _, db := range r.dbs("") {
+			if db.GetStaticLabels()[controllers.LabelKubeCluster] == kubeCluster {
+				want++
+			}
+		}
+		if owned != want {
+			t.Errorf("cnpg_teleport_registered_databases = %d, want %d", owned, want)
+		}
 		_ = c
 	})
 }
@@ -491,16 +524,26 @@ func (r *reg) ctrlArgs() []string {
 		"--resync-period=" + resync.String(), "--metrics-bind-address=127.0.0.1:18080", "--health-probe-bind-address=127.0.0.1:18081"}
 }
 
-// reconciles reads controller_runtime_reconcile_total of the first controller.
-func (r *reg) reconciles() int {
+// metrics returns the first controller's Prometheus metrics.
+func (r *reg) metrics() string {
 	r.t.Helper()
 	resp, err := http.Get("http://127.0.0.1:18080/metrics") //nolint:noctx // loopback
 	if err != nil {
 		r.t.Fatal(err)
 	}
 	defer func() { _ = resp.Body.Close() }()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	return string(b)
+}
+
+// reconciles reads controller_runtime_reconcile_total of the first controller.
+func (r *reg) reconciles() int {
+	r.t.Helper()
 	total := 0
-	sc := bufio.NewScanner(resp.Body)
+	sc := bufio.NewScanner(strings.NewReader(r.metrics()))
 	for sc.Scan() {
 		l := sc.Text()
 		if strings.HasPrefix(l, "controller_runtime_reconcile_total{") && strings.Contains(l, `controller="cluster"`) {
