@@ -48,7 +48,17 @@ type ClusterReconciler struct {
 	Resync time.Duration
 	// Retry is the wait before retrying when a dependency (server CA) is missing.
 	Retry time.Duration
+	// Now is the clock (time.Now when nil).
+	Now func() time.Time
+
+	// recent remembers this process's own writes for readLag, because
+	// Teleport's reads lag its writes (its cache): a stale read must neither
+	// create twice, nor update twice, nor be taken for someone else's name.
+	recent recentWrites
 }
+
+// readLag bounds how long Teleport's reads may trail its writes.
+const readLag = 10 * time.Second
 
 // Reconcile: get -> deletion branch -> finalizer (own pass) -> parse -> gather -> apply.
 func (r *ClusterReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
@@ -89,6 +99,13 @@ func (r *ClusterReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 func (r *ClusterReconciler) waitForCA(c *cnpgv1.Cluster, err error) (ctrl.Result, error) {
 	r.Recorder.Eventf(c, nil, corev1.EventTypeWarning, ReasonServerCAMissing, "Register", "waiting for the server CA: %v", err)
 	return ctrl.Result{RequeueAfter: r.Retry}, nil
+}
+
+func (r *ClusterReconciler) now() time.Time {
+	if r.Now == nil {
+		return time.Now()
+	}
+	return r.Now()
 }
 
 // serverCASecret is spec.certificates.serverCASecret, else CNPG's <cluster>-ca.
@@ -158,11 +175,15 @@ func (r *ClusterReconciler) create(ctx context.Context, c *cnpgv1.Cluster, d, se
 	err := r.Teleport.CreateDatabase(ctx, d)
 	switch {
 	case err == nil:
+		r.recent.wrote(d, r.now())
 		r.Recorder.Eventf(c, nil, corev1.EventTypeNormal, ReasonRegistered, "Register", "registered Teleport db %s (%s)", d.GetName(), d.GetURI())
 		return nil
 	case trace.IsAlreadyExists(err):
-		// Either our own create that a stale read did not show yet, or a
-		// resource we may not see (another owner): look again.
+		// Our own write that a stale read did not show yet is no error.
+		if r.recent.within(d.GetName(), r.now(), readLag) {
+			return nil
+		}
+		// Else a resource we may not see (another owner): look again.
 		got, gerr := r.Teleport.GetDatabase(ctx, d.GetName())
 		if gerr == nil && OwnedByCluster(got, r.Options, c) {
 			return nil // ours; compared on the next pass
@@ -177,17 +198,26 @@ func (r *ClusterReconciler) create(ctx context.Context, c *cnpgv1.Cluster, d, se
 }
 
 func (r *ClusterReconciler) update(ctx context.Context, c *cnpgv1.Cluster, d, actual types.Database) error {
+	if r.recent.same(d, r.now(), readLag) {
+		return nil // written already; the read that differs is stale
+	}
 	if err := r.Teleport.UpdateDatabase(ctx, ForUpdate(d, actual)); err != nil {
 		return r.unavailable(c, "Register", err)
 	}
+	r.recent.wrote(d, r.now())
 	r.Recorder.Eventf(c, nil, corev1.EventTypeNormal, ReasonRegistered, "Register", "updated Teleport db %s", d.GetName())
 	return nil
 }
 
 func (r *ClusterReconciler) delete(ctx context.Context, c *cnpgv1.Cluster, d types.Database) error {
-	if err := r.Teleport.DeleteDatabase(ctx, d.GetName()); err != nil && !trace.IsNotFound(err) {
+	err := r.Teleport.DeleteDatabase(ctx, d.GetName())
+	if trace.IsNotFound(err) {
+		return nil // gone already (a stale read listed it)
+	}
+	if err != nil {
 		return r.unavailable(c, "Deregister", err)
 	}
+	r.recent.forget(d.GetName())
 	r.Recorder.Eventf(c, nil, corev1.EventTypeNormal, ReasonDeregistered, "Deregister", "removed Teleport db %s", d.GetName())
 	return nil
 }

@@ -1,0 +1,58 @@
+package controllers
+
+import (
+	"sync"
+	"time"
+
+	"github.com/gravitational/teleport/api/types"
+)
+
+// recentWrites remembers, per db name, what this process last wrote and
+// when. Teleport serves reads from a cache that trails writes by up to about
+// a second; within that window a read that contradicts our own write is
+// stale, not news.
+type recentWrites struct {
+	mu sync.Mutex
+	m  map[string]recentWrite
+}
+
+type recentWrite struct {
+	at  time.Time
+	was types.Database
+}
+
+func (w *recentWrites) wrote(db types.Database, now time.Time) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.m == nil {
+		w.m = map[string]recentWrite{}
+	}
+	for name, e := range w.m { // keep it small: drop what has aged out
+		if now.Sub(e.at) > time.Minute {
+			delete(w.m, name)
+		}
+	}
+	w.m[db.GetName()] = recentWrite{at: now, was: db.Copy()}
+}
+
+func (w *recentWrites) forget(name string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	delete(w.m, name)
+}
+
+// within reports whether name was written less than lag ago.
+func (w *recentWrites) within(name string, now time.Time, lag time.Duration) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	e, ok := w.m[name]
+	return ok && now.Sub(e.at) < lag
+}
+
+// same reports whether exactly db was written less than lag ago.
+func (w *recentWrites) same(db types.Database, now time.Time, lag time.Duration) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	e, ok := w.m[db.GetName()]
+	return ok && now.Sub(e.at) < lag && !NeedsUpdate(db, e.was)
+}
