@@ -86,6 +86,9 @@ func reexec() int {
 // proxy or a build: the module directories of the CRDs and the binaries.
 func prefetch() error {
 	for _, m := range []string{cnpgModule, certManagerModule} {
+		if os.Getenv(moduleEnv(m)) != "" {
+			continue
+		}
 		d, err := moduleDir(m)
 		if err != nil {
 			return err
