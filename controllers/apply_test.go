@@ -167,3 +167,29 @@ func TestApplyTeleportDown(t *testing.T) {
 		t.Fatal("no TeleportUnavailable event")
 	}
 }
+
+func TestPersistentWarningsAreReportedOnce(t *testing.T) {
+	f := leastPrivilege()
+	f.SetUnavailable(trace.ConnectionProblem(errors.New("refused"), "connection refused"))
+	r, rec, _ := testReconciler(f)
+	c := cluster("app", "pg", 1, map[string]string{AnnotationRegister: "true"})
+	desired, _ := DesiredDatabases(opts, c, testCA(t, "ca"))
+	for range 5 {
+		_ = r.apply(context.Background(), c, desired)
+	}
+	if n := len(drain(rec)); n != 1 {
+		t.Fatalf("%d events for one persisting outage, want 1", n)
+	}
+	// Once a pass succeeds, a new outage is news again.
+	f.SetUnavailable(nil)
+	if err := r.apply(context.Background(), c, desired); err != nil {
+		t.Fatal(err)
+	}
+	r.warned.clear(c)
+	drain(rec)
+	f.SetUnavailable(trace.ConnectionProblem(errors.New("refused"), "connection refused"))
+	_ = r.apply(context.Background(), c, desired)
+	if !hasReason(drain(rec), ReasonTeleportUnavailable) {
+		t.Fatal("a new outage after recovery was not reported")
+	}
+}

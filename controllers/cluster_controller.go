@@ -55,6 +55,7 @@ type ClusterReconciler struct {
 	// Teleport's reads lag its writes (its cache): a stale read must neither
 	// create twice, nor update twice, nor be taken for someone else's name.
 	recent recentWrites
+	warned warnings
 }
 
 // readLag bounds how long Teleport's reads may trail its writes.
@@ -88,7 +89,11 @@ func (r *ClusterReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 	if err != nil {
 		return r.waitForCA(&c, err)
 	}
-	if err := r.apply(ctx, &c, desired); err != nil && !onlyConflicts(err) {
+	err = r.apply(ctx, &c, desired)
+	if err == nil {
+		r.warned.clear(&c)
+	}
+	if err != nil && !onlyConflicts(err) {
 		return ctrl.Result{}, err
 	}
 	// A conflict waits for a person (or for orphan collection): look again
@@ -97,7 +102,7 @@ func (r *ClusterReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 }
 
 func (r *ClusterReconciler) waitForCA(c *cnpgv1.Cluster, err error) (ctrl.Result, error) {
-	r.Recorder.Eventf(c, nil, corev1.EventTypeWarning, ReasonServerCAMissing, "Register", "waiting for the server CA: %v", err)
+	r.warned.warn(r.Recorder, c, ReasonServerCAMissing, "Register", "waiting for the server CA: %v", err)
 	return ctrl.Result{RequeueAfter: r.Retry}, nil
 }
 
@@ -239,14 +244,14 @@ func onlyConflicts(err error) bool {
 // conflict reports a name held by a db resource this Cluster does not own:
 // nothing is touched, and retrying would not help until a person acts.
 func (r *ClusterReconciler) conflict(c *cnpgv1.Cluster, name, why string) error {
-	r.Recorder.Eventf(c, nil, corev1.EventTypeWarning, ReasonNameConflict, "Register",
+	r.warned.warn(r.Recorder, c, ReasonNameConflict, "Register",
 		"Teleport db %s %s: left untouched; set the cnpg-teleport.io/name annotation to choose another name", name, why)
 	return fmt.Errorf("teleport db %s: %w", name, errConflict)
 }
 
 // unavailable reports a failed Teleport call; the error is returned for a retry with backoff.
 func (r *ClusterReconciler) unavailable(c *cnpgv1.Cluster, action string, err error) error {
-	r.Recorder.Eventf(c, nil, corev1.EventTypeWarning, ReasonTeleportUnavailable, action, "Teleport call failed, retrying: %v", err)
+	r.warned.warn(r.Recorder, c, ReasonTeleportUnavailable, action, "Teleport call failed, retrying: %v", err)
 	return fmt.Errorf("teleport: %w", err)
 }
 
@@ -258,7 +263,7 @@ func (r *ClusterReconciler) finalize(ctx context.Context, c *cnpgv1.Cluster) err
 	}
 	all, err := r.Teleport.ListDatabases(ctx)
 	if err != nil {
-		r.Recorder.Eventf(c, nil, corev1.EventTypeWarning, ReasonTeleportUnavailable, "Deregister",
+		r.warned.warn(r.Recorder, c, ReasonTeleportUnavailable, "Deregister",
 			"deregistration waits for Teleport (%v); to give up, remove the finalizer %s by hand (orphan collection deletes the db resources later)", err, Finalizer)
 		return fmt.Errorf("teleport: %w", err)
 	}
@@ -271,6 +276,7 @@ func (r *ClusterReconciler) finalize(ctx context.Context, c *cnpgv1.Cluster) err
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
+	r.warned.clear(c)
 	return r.patchFinalizer(ctx, c, false)
 }
 
