@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -62,7 +63,7 @@ func newReg(t *testing.T, ctx context.Context) *reg {
 		}
 		tp.Stop()
 	})
-	for _, ns := range []string{regNS, "other"} {
+	for _, ns := range []string{regNS, "other", "tbot"} {
 		if err := w.Namespace(ctx, ns); err != nil {
 			t.Fatal(err)
 		}
@@ -443,6 +444,50 @@ func TestRegistration(t *testing.T) {
 		time.Sleep(5 * resync)
 		r.waitNames("k1-reg-same-", "k1-reg-same-rw")
 		_ = mine
+	})
+
+	t.Run("tbot directory: a renewed identity is used without a restart", func(t *testing.T) {
+		r.t = t
+		// Two users with the same least-privilege role: the audit log tells which identity wrote.
+		if err := r.tp.Create(ctx, "kind: user\nversion: v2\nmetadata:\n  name: renewed-bot\nspec:\n  roles: [cnpg-teleport-controller]\n"); err != nil {
+			t.Fatal(err)
+		}
+		botDir := t.TempDir()
+		first, err := os.ReadFile(filepath.Join(r.tp.Dir, "cnpg-teleport.identity"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(botDir, "identity"), first, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		kc := filepath.Join(r.w.Dir, "cnpg-teleport.kubeconfig")
+		if _, err := r.w.StartControllerAs("controller-tbot", kc, "--teleport-addr="+r.tp.AuthAddr, "--tbot-dir="+botDir,
+			"--identity-reload-interval=200ms", "--kube-cluster=k3", "--namespaces=tbot", "--resync-period="+resync.String(),
+			"--metrics-bind-address=127.0.0.1:18095", "--health-probe-bind-address=127.0.0.1:18096"); err != nil {
+			t.Fatal(err)
+		}
+		r.cluster("tbot", "before", 1, register())
+		r.waitNames("k3-tbot-before-", "k3-tbot-before-rw")
+
+		// tbot renews: the file is replaced (as tbot does, by rename).
+		renewed, err := r.tp.SignIdentity(ctx, "renewed-bot", time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(renewed, filepath.Join(botDir, "identity")); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Second) // several reload checks
+		// Connections made from now on use the new identity: force one.
+		r.tp.Stop()
+		if err := r.tp.Start(); err != nil {
+			t.Fatal(err)
+		}
+		r.cluster("tbot", "after", 1, register())
+		r.waitNames("k3-tbot-after-", "k3-tbot-after-rw")
+		if n := r.tp.AuditCountBy(t, "renewed-bot", "db.create"); n != 1 {
+			t.Fatalf("db.create by the renewed identity: %d, want 1", n)
+		}
 	})
 
 	t.Run("100 resyncs -> 0 writes (Teleport audit log, apiserver audit log)", func(t *testing.T) {

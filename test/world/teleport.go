@@ -325,6 +325,11 @@ func randomHex(n int) string {
 // AuditCount counts the events of the given types (e.g. db.create) in
 // Teleport's own audit log: writes counted independently of the controller.
 func (tp *Teleport) AuditCount(t interface{ Fatal(...any) }, events ...string) int {
+	return tp.AuditCountBy(t, "", events...)
+}
+
+// AuditCountBy is AuditCount for the events of one Teleport user ("" for all).
+func (tp *Teleport) AuditCountBy(t interface{ Fatal(...any) }, user string, events ...string) int {
 	files, err := filepath.Glob(filepath.Join(tp.Dir, "data", "log", "*", "*.log"))
 	if err != nil {
 		t.Fatal(err)
@@ -338,8 +343,9 @@ func (tp *Teleport) AuditCount(t interface{ Fatal(...any) }, events ...string) i
 		for _, line := range bytes.Split(b, []byte("\n")) {
 			var ev struct {
 				Event string `json:"event"`
+				User  string `json:"user"`
 			}
-			if json.Unmarshal(line, &ev) == nil && ev.Event != "" && slices.Contains(events, ev.Event) {
+			if json.Unmarshal(line, &ev) == nil && slices.Contains(events, ev.Event) && (user == "" || ev.User == user) {
 				n++
 			}
 		}
