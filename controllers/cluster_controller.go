@@ -61,7 +61,7 @@ type ClusterReconciler struct {
 // readLag bounds how long Teleport's reads may trail its writes.
 const readLag = 10 * time.Second
 
-// Reconcile: get -> deletion branch -> finalizer (own pass) -> parse -> gather -> apply.
+// Reconcile: get -> deletion branch -> parse -> finalizer (own pass) -> gather -> apply.
 func (r *ClusterReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	var c cnpgv1.Cluster
 	if err := r.Client.Get(ctx, req.NamespacedName, &c); err != nil {
@@ -73,13 +73,14 @@ func (r *ClusterReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 		}
 		return ctrl.Result{}, r.finalize(ctx, &c)
 	}
-	if !controllerutil.ContainsFinalizer(&c, Finalizer) {
-		// Its own pass: the update event of the patch starts the next one.
-		return ctrl.Result{}, r.patchFinalizer(ctx, &c, true)
-	}
+	// Bad input first: nothing, not even the finalizer, is applied.
 	if _, err := ParseAnnotations(r.Options, &c); err != nil {
 		r.Recorder.Eventf(&c, nil, corev1.EventTypeWarning, ReasonInvalidAnnotation, "Parse", "nothing applied: %v", err)
 		return ctrl.Result{}, reconcile.TerminalError(err)
+	}
+	if !controllerutil.ContainsFinalizer(&c, Finalizer) {
+		// Its own pass: the update event of the patch starts the next one.
+		return ctrl.Result{}, r.patchFinalizer(ctx, &c, true)
 	}
 	ca, err := r.serverCA(ctx, &c)
 	if err != nil {

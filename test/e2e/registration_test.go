@@ -417,6 +417,10 @@ func TestRegistration(t *testing.T) {
 		if got := r.dbs(prefix(regNS, "bad")); len(got) != 0 {
 			t.Fatalf("applied despite invalid annotations: %v", got)
 		}
+		var got cnpgv1.Cluster
+		if err := r.w.Client.Get(ctx, client.ObjectKeyFromObject(c), &got); err != nil || len(got.Finalizers) != 0 {
+			t.Fatalf("not even a finalizer may be applied: %v %v", got.Finalizers, err)
+		}
 	})
 
 	t.Run("second controller, another Kubernetes cluster name, same Teleport", func(t *testing.T) {
