@@ -44,6 +44,7 @@ const (
 	LabelSQLType     = "sql_type"
 	reservedPrefix   = "cnpg-teleport.io/"
 	teleportPrefix   = "teleport.dev/"
+	internalPrefix   = "teleport.internal/"
 	maxNameLength    = 63
 	postgresPort     = "5432"
 )
@@ -109,7 +110,7 @@ func ParseAnnotations(o Options, c *cnpgv1.Cluster) (Spec, error) {
 	var errs []error
 	bad := func(ann, reason string) { errs = append(errs, &InvalidAnnotationError{ann, a[ann], reason}) }
 
-	s := Spec{Prefix: sanitize(o.KubeCluster + "-" + c.Namespace + "-" + c.Name)}
+	s := Spec{Prefix: defaultPrefix(o.KubeCluster, c.Namespace, c.Name)}
 	if v, ok := a[AnnotationName]; ok {
 		if s.Prefix = sanitize(v); s.Prefix == "" {
 			bad(AnnotationName, "no valid name characters (letters, digits, '-')")
@@ -174,7 +175,7 @@ func checkLabelKey(k string) error {
 	switch {
 	case !types.IsValidLabelKey(k):
 		return fmt.Errorf("label key %q is not a valid Teleport label key", k)
-	case strings.HasPrefix(k, reservedPrefix), strings.HasPrefix(k, teleportPrefix), k == LabelSQLType:
+	case strings.HasPrefix(k, reservedPrefix), strings.HasPrefix(k, teleportPrefix), strings.HasPrefix(k, internalPrefix), k == LabelSQLType:
 		return fmt.Errorf("label key %q is reserved", k)
 	}
 	return nil
@@ -215,6 +216,24 @@ func sanitize(s string) string {
 		s = "db-" + s
 	}
 	return s
+}
+
+// defaultPrefix is <kube>-<namespace>-<cluster>. Joined by '-', that is
+// unambiguous only when no part contains a '-' (or a character sanitizing
+// turns into one): namespace a-b + cluster c and namespace a + cluster b-c
+// would meet. Then an 8-hex hash of kube/namespace/cluster is appended, so
+// names stay unique across namespaces and Kubernetes clusters.
+func defaultPrefix(kube, namespace, cluster string) string {
+	plain := true
+	for _, p := range []string{kube, namespace, cluster} {
+		plain = plain && p != "" && sanitize(p) == p && !strings.Contains(p, "-")
+	}
+	joined := sanitize(kube + "-" + namespace + "-" + cluster)
+	if plain {
+		return joined
+	}
+	sum := sha256.Sum256([]byte(kube + "/" + namespace + "/" + cluster))
+	return joined + "-" + hex.EncodeToString(sum[:4])
 }
 
 // databaseName is <prefix>-<endpoint>, shortened deterministically to 63
@@ -323,7 +342,8 @@ func ClusterRef(db types.Database) (namespace, name, uid string, ok bool) {
 func Kept(db types.Database) bool { return db.GetStaticLabels()[LabelKeep] == "true" }
 
 // NeedsUpdate compares only what the controller sets, never server-set
-// fields (revision, expiry, status, teleport.dev/ labels).
+// fields (revision, expiry, status, teleport.dev/ and teleport.internal/
+// labels: the server adds teleport.dev/origin=dynamic to every write).
 func NeedsUpdate(desired, actual types.Database) bool {
 	dt, at := desired.GetTLS(), actual.GetTLS()
 	return desired.GetURI() != actual.GetURI() ||
@@ -336,7 +356,7 @@ func NeedsUpdate(desired, actual types.Database) bool {
 func ownLabels(db types.Database) map[string]string {
 	out := map[string]string{}
 	for k, v := range db.GetStaticLabels() {
-		if !strings.HasPrefix(k, teleportPrefix) {
+		if !strings.HasPrefix(k, teleportPrefix) && !strings.HasPrefix(k, internalPrefix) {
 			out[k] = v
 		}
 	}

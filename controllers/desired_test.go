@@ -20,7 +20,7 @@ import (
 	k8stypes "k8s.io/apimachinery/pkg/types"
 )
 
-var opts = Options{KubeCluster: "prod-eu", StaticLabels: map[string]string{"env": "prod", "team": "platform"}, Domain: "cluster.local"}
+var opts = Options{KubeCluster: "prod", StaticLabels: map[string]string{"env": "prod", "team": "platform"}, Domain: "cluster.local"}
 
 func cluster(ns, name string, instances int, ann map[string]string) *cnpgv1.Cluster {
 	return &cnpgv1.Cluster{
@@ -79,6 +79,7 @@ func TestParseAnnotationsErrors(t *testing.T) {
 		{map[string]string{AnnotationLabels: LabelManagedBy + "=me"}, []string{AnnotationLabels}},
 		{map[string]string{AnnotationLabels: "sql_type=primary"}, []string{AnnotationLabels}},
 		{map[string]string{AnnotationLabels: "teleport.dev/origin=x"}, []string{AnnotationLabels}},
+		{map[string]string{AnnotationLabels: "teleport.internal/x=y"}, []string{AnnotationLabels}},
 		{map[string]string{AnnotationName: "---"}, []string{AnnotationName}},
 		{map[string]string{AnnotationKeep: "yes"}, []string{AnnotationKeep}},
 		{map[string]string{AnnotationEndpoints: "x", AnnotationLabels: "y", AnnotationKeep: "no"}, []string{AnnotationEndpoints, AnnotationLabels, AnnotationKeep}},
@@ -105,9 +106,9 @@ func TestDesiredDatabases(t *testing.T) {
 		c         *cnpgv1.Cluster
 		wantNames []string
 	}{
-		{"1 instance: rw", cluster("app", "pg", 1, map[string]string{AnnotationRegister: "true"}), []string{"prod-eu-app-pg-rw"}},
-		{"3 instances: rw + ro", cluster("app", "pg", 3, map[string]string{AnnotationRegister: "true"}), []string{"prod-eu-app-pg-rw", "prod-eu-app-pg-ro"}},
-		{"explicit endpoints", cluster("app", "pg", 3, map[string]string{AnnotationEndpoints: "r, rw"}), []string{"prod-eu-app-pg-rw", "prod-eu-app-pg-r"}},
+		{"1 instance: rw", cluster("app", "pg", 1, map[string]string{AnnotationRegister: "true"}), []string{"prod-app-pg-rw"}},
+		{"3 instances: rw + ro", cluster("app", "pg", 3, map[string]string{AnnotationRegister: "true"}), []string{"prod-app-pg-rw", "prod-app-pg-ro"}},
+		{"explicit endpoints", cluster("app", "pg", 3, map[string]string{AnnotationEndpoints: "r, rw"}), []string{"prod-app-pg-rw", "prod-app-pg-r"}},
 		{"name prefix", cluster("app", "pg", 1, map[string]string{AnnotationName: "Billing_DB"}), []string{"billing-db-rw"}},
 		{"leading digit", cluster("app", "pg", 1, map[string]string{AnnotationName: "9lives"}), []string{"db-9lives-rw"}},
 	}
@@ -129,7 +130,7 @@ func TestDesiredDatabases(t *testing.T) {
 					t.Errorf("protocol %s tls %+v", db.GetProtocol(), db.GetTLS())
 				}
 				l := db.GetStaticLabels()
-				want := map[string]string{"env": "prod", "team": "platform", LabelManagedBy: ManagedByValue, LabelKubeCluster: "prod-eu",
+				want := map[string]string{"env": "prod", "team": "platform", LabelManagedBy: ManagedByValue, LabelKubeCluster: "prod",
 					LabelNamespace: "app", LabelCluster: "pg", LabelClusterUID: "uid-pg", LabelSQLType: map[bool]string{true: "primary", false: "standby"}[ep == "rw"]}
 				for k, v := range want {
 					if l[k] != v {
@@ -162,9 +163,9 @@ func TestNamesUniqueAndShortened(t *testing.T) {
 	ca := testCA(t, "x")
 	seen := map[string]string{}
 	long := strings.Repeat("very-long-cluster-name-", 4)
-	for _, o := range []Options{{KubeCluster: "k1"}, {KubeCluster: "k2"}} {
-		for _, ns := range []string{"a", "b"} {
-			for _, name := range []string{"pg", long + "x1", long + "x2"} {
+	for _, o := range []Options{{KubeCluster: "k1"}, {KubeCluster: "k2"}, {KubeCluster: "k1-a"}} {
+		for _, ns := range []string{"a", "b", "a-b", "b-pg"} {
+			for _, name := range []string{"pg", "b-pg", "pg-rw", long + "x1", long + "x2"} {
 				o.Domain = "cluster.local"
 				dbs, err := DesiredDatabases(o, cluster(ns, name, 3, nil), ca)
 				if err != nil {
@@ -176,6 +177,9 @@ func TestNamesUniqueAndShortened(t *testing.T) {
 						t.Errorf("invalid name %q (%d chars)", n, len(n))
 					}
 					id := o.KubeCluster + "/" + ns + "/" + name + "/" + db.GetStaticLabels()[LabelEndpoint]
+					if !strings.HasSuffix(n, "-"+db.GetStaticLabels()[LabelEndpoint]) {
+						t.Errorf("%q does not end in its endpoint", n)
+					}
 					if prev, dup := seen[n]; dup {
 						t.Errorf("%q names both %s and %s", n, prev, id)
 					}
@@ -240,7 +244,7 @@ func TestNeedsUpdateAndDiff(t *testing.T) {
 		t.Fatal(err)
 	}
 	create, update, remove := Diff(d1, desired)
-	if len(create) != 0 || len(update) != 0 || strings.Join(names(remove), ",") != "prod-eu-a-pg-ro" {
+	if len(create) != 0 || len(update) != 0 || strings.Join(names(remove), ",") != "prod-a-pg-ro" {
 		t.Fatalf("3->1: create %v update %v remove %v", names(create), names(update), names(remove))
 	}
 	// Renamed prefix: both new created, both old removed; CA change: updates.

@@ -112,13 +112,13 @@ func (d *demo) run(ctx context.Context) error {
 		{"as CNPG would: server CA and server certificate (cert-manager); client CA = Teleport's db CA", func() error {
 			return d.pki(ctx)
 		}},
-		{"start the controller (least-privilege Teleport identity, kube cluster 'demo-k8s')", func() error {
+		{"start the controller (least-privilege Teleport identity, kube cluster 'kind')", func() error {
 			id, err := d.tp.ControllerIdentity(ctx, "cnpg-teleport", time.Hour)
 			if err != nil {
 				return err
 			}
 			_, err = d.w.StartController("cnpg-teleport", "--teleport-addr="+d.tp.AuthAddr, "--identity-file="+id,
-				"--kube-cluster=demo-k8s", "--metrics-bind-address=127.0.0.1:8080", "--health-probe-bind-address=127.0.0.1:8081",
+				"--kube-cluster=kind", "--metrics-bind-address=127.0.0.1:8080", "--health-probe-bind-address=127.0.0.1:8081",
 				"--resync-period=30s")
 			return err
 		}},
@@ -150,7 +150,7 @@ func (d *demo) run(ctx context.Context) error {
 				if err != nil {
 					return err
 				}
-				if !bytes.Contains(out, []byte("demo-k8s-default-demo-rw")) || !bytes.Contains(out, []byte("demo-k8s-default-demo-ro")) {
+				if !bytes.Contains(out, []byte("kind-default-demo-rw")) || !bytes.Contains(out, []byte("kind-default-demo-ro")) {
 					return errors.New("not registered yet")
 				}
 				// tctl prints tls.mode as its enum number: 0 is verify-full.
@@ -172,7 +172,7 @@ func (d *demo) run(ctx context.Context) error {
 				show(out)
 			}
 			return poll(30*time.Second, func() error {
-				out, err := alice.Query(ctx, "demo-k8s-default-demo-rw", "alice", "postgres", "SELECT 'connected as ' || current_user;")
+				out, err := alice.Query(ctx, "kind-default-demo-rw", "alice", "postgres", "SELECT 'connected as ' || current_user;")
 				if err != nil {
 					return err
 				}
