@@ -74,7 +74,8 @@ func (r *ClusterReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 		return ctrl.Result{}, r.finalize(ctx, &c)
 	}
 	// Bad input first: nothing, not even the finalizer, is applied.
-	if _, err := ParseAnnotations(r.Options, &c); err != nil {
+	spec, err := ParseAnnotations(r.Options, &c)
+	if err != nil {
 		r.Recorder.Eventf(&c, nil, corev1.EventTypeWarning, ReasonInvalidAnnotation, "Parse", "nothing applied: %v", err)
 		return ctrl.Result{}, reconcile.TerminalError(err)
 	}
@@ -86,7 +87,7 @@ func (r *ClusterReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 	if err != nil {
 		return r.waitForCA(&c, err)
 	}
-	desired, err := DesiredDatabases(r.Options, &c, ca)
+	desired, err := BuildDatabases(r.Options, &c, spec, ca)
 	if err != nil {
 		return r.waitForCA(&c, err)
 	}

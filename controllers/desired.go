@@ -278,6 +278,11 @@ func DesiredDatabases(o Options, c *cnpgv1.Cluster, serverCA []byte) ([]types.Da
 	if err != nil {
 		return nil, err
 	}
+	return BuildDatabases(o, c, spec, serverCA)
+}
+
+// BuildDatabases is DesiredDatabases for annotations already parsed.
+func BuildDatabases(o Options, c *cnpgv1.Cluster, spec Spec, serverCA []byte) ([]types.Database, error) {
 	if err := checkCA(serverCA); err != nil {
 		return nil, err
 	}

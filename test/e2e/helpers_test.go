@@ -54,3 +54,20 @@ func clientCert(ctx context.Context, t *testing.T, w *world.World, ns, user, iss
 	}
 	return s
 }
+
+// startTeleport starts the world's Teleport for one test: its log is printed
+// if the test fails, and it is stopped when the test ends.
+func startTeleport(t *testing.T) *world.Teleport {
+	t.Helper()
+	tp, err := world.StartTeleport(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Log("teleport log:\n" + tp.Logs())
+		}
+		tp.Stop()
+	})
+	return tp
+}

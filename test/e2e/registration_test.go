@@ -53,16 +53,7 @@ func newReg(t *testing.T, ctx context.Context) *reg {
 		t.Fatal(err)
 	}
 	w := world.Start(t, opts)
-	tp, err := world.StartTeleport(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Log("teleport log:\n" + tp.Logs())
-		}
-		tp.Stop()
-	})
+	tp := startTeleport(t)
 	for _, ns := range []string{regNS, "other", "tbot"} {
 		if err := w.Namespace(ctx, ns); err != nil {
 			t.Fatal(err)

@@ -42,16 +42,7 @@ func TestTeleportConnect(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	w := world.Start(t, world.Options{})
-	tp, err := world.StartTeleport(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Log("teleport log:\n" + tp.Logs())
-		}
-		tp.Stop()
-	})
+	tp := startTeleport(t)
 	const ns, name = "tp", "demo"
 	if err := w.Namespace(ctx, ns); err != nil {
 		t.Fatal(err)
