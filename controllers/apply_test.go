@@ -193,3 +193,48 @@ func TestPersistentWarningsAreReportedOnce(t *testing.T) {
 		t.Fatal("a new outage after recovery was not reported")
 	}
 }
+
+func TestReleaseKeepLabelsWhatItLeaves(t *testing.T) {
+	ctx := context.Background()
+	f := leastPrivilege()
+	// Registered before the keep annotation was set: no keep label yet.
+	c := cluster("app", "pg", 3, map[string]string{AnnotationRegister: "true"})
+	desired, _ := DesiredDatabases(opts, c, testCA(t, "ca"))
+	for _, d := range desired {
+		if err := f.Put(d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	other := cluster("app", "other", 1, map[string]string{AnnotationRegister: "true"})
+	theirs, _ := DesiredDatabases(opts, other, testCA(t, "ca"))
+	if err := f.Put(theirs[0]); err != nil {
+		t.Fatal(err)
+	}
+	c.Annotations[AnnotationKeep] = "true"
+	r, rec, _ := testReconciler(f)
+	all, _ := f.ListDatabases(ctx)
+	if err := r.release(ctx, c, all); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range desired {
+		got, ok := f.Stored(d.GetName())
+		if !ok || !Kept(got) {
+			t.Fatalf("%s: kept=%v, present=%v", d.GetName(), ok && Kept(got), ok)
+		}
+	}
+	if got, _ := f.Stored(theirs[0].GetName()); Kept(got) || f.Deletes() != 0 || f.Updates() != 2 {
+		t.Fatalf("another Cluster's db touched, or wrong writes: %d updates %d deletes", f.Updates(), f.Deletes())
+	}
+	if !hasReason(drain(rec), ReasonKept) {
+		t.Fatal("no Kept event")
+	}
+	// Without keep, only this Cluster's are deleted.
+	delete(c.Annotations, AnnotationKeep)
+	all, _ = f.ListDatabases(ctx)
+	if err := r.release(ctx, c, all); err != nil {
+		t.Fatal(err)
+	}
+	if names := f.StoredNames(); len(names) != 1 || names[0] != theirs[0].GetName() {
+		t.Fatalf("left: %v", names)
+	}
+}

@@ -259,27 +259,47 @@ func (r *ClusterReconciler) unavailable(c *cnpgv1.Cluster, action string, err er
 
 // finalize removes the Cluster's own db resources (unless kept), then the finalizer.
 func (r *ClusterReconciler) finalize(ctx context.Context, c *cnpgv1.Cluster) error {
-	if KeepOnDelete(c) {
-		r.Recorder.Eventf(c, nil, corev1.EventTypeNormal, ReasonKept, "Deregister", "cnpg-teleport.io/keep: db resources left in Teleport")
-		return r.patchFinalizer(ctx, c, false)
-	}
 	all, err := r.Teleport.ListDatabases(ctx)
 	if err != nil {
 		r.warned.warn(r.Recorder, c, ReasonTeleportUnavailable, "Deregister",
 			"deregistration waits for Teleport (%v); to give up, remove the finalizer %s by hand (orphan collection deletes the db resources later)", err, Finalizer)
 		return fmt.Errorf("teleport: %w", err)
 	}
+	if err := r.release(ctx, c, all); err != nil {
+		return err
+	}
+	r.warned.clear(c)
+	return r.patchFinalizer(ctx, c, false)
+}
+
+// release deletes the Cluster's own db resources or, with keep, makes sure
+// each carries the keep label before the finalizer goes: orphan collection
+// reads that label, not the annotation of a Cluster that no longer exists.
+func (r *ClusterReconciler) release(ctx context.Context, c *cnpgv1.Cluster, all []types.Database) error {
+	keep := KeepOnDelete(c)
 	var errs []error
 	for _, db := range all {
-		if OwnedByCluster(db, r.Options, c) {
+		switch {
+		case !OwnedByCluster(db, r.Options, c):
+		case !keep:
 			errs = append(errs, r.delete(ctx, c, db))
+		case !Kept(db):
+			kept := db.Copy()
+			labels := kept.GetStaticLabels()
+			labels[LabelKeep] = "true"
+			kept.SetStaticLabels(labels)
+			if err := r.Teleport.UpdateDatabase(ctx, kept); err != nil {
+				errs = append(errs, r.unavailable(c, "Deregister", err))
+			}
 		}
 	}
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
-	r.warned.clear(c)
-	return r.patchFinalizer(ctx, c, false)
+	if keep {
+		r.Recorder.Eventf(c, nil, corev1.EventTypeNormal, ReasonKept, "Deregister", "cnpg-teleport.io/keep: db resources left in Teleport")
+	}
+	return nil
 }
 
 // patchFinalizer adds or removes only our finalizer, with an optimistic lock.
