@@ -3,7 +3,8 @@
 #   make demo   the whole chain on one machine (no Kubernetes cluster needed)
 #   make test   unit, integration and end-to-end tests against the real test world
 #
-# Heavy test-world binaries (kube-apiserver, etcd, Teleport, golangci-lint) are
+# Heavy test-world binaries (kube-apiserver and kube-controller-manager, etcd,
+# CNPG's manager, PgBouncer, Teleport, golangci-lint) are
 # built once from the Go module proxy by hack/tools.sh and cached outside the
 # repository in $${XDG_CACHE_HOME:-$$HOME/.cache}/cnpg-teleport, keyed by version.
 
@@ -18,7 +19,8 @@ BIN := $(CURDIR)/bin
 TEST_TIMEOUT ?= 30m
 
 # Host tools the test world needs, by Debian package.
-HOST_PACKAGES := postgresql pgbouncer util-linux iproute2 openssl curl jq gcc bsdutils ca-certificates
+# (PgBouncer is built by hack/tools.sh: CNPG needs >= 1.20, Debian 12 has 1.18.)
+HOST_PACKAGES := postgresql util-linux iproute2 openssl curl jq gcc bsdutils ca-certificates
 
 .PHONY: all build test unit lint vet deps tools world-tools help clean demo demo-verify
 
@@ -46,6 +48,8 @@ deps:
 world-tools: deps
 	@$(TOOLS) kube-apiserver >/dev/null
 	@$(TOOLS) etcd >/dev/null
+	@$(TOOLS) cnpg >/dev/null
+	@$(TOOLS) pgbouncer >/dev/null
 	@$(TOOLS) teleport >/dev/null
 	@echo "[tools] building bin/cert-manager and bin/cnpg-teleport (cold: about 5 min on 2 cores, then seconds)"
 	@$(GO) build -o $(BIN)/cert-manager ./test/cmd/cert-manager
@@ -55,6 +59,7 @@ tools: world-tools
 	@$(TOOLS) golangci-lint >/dev/null
 
 WORLD_ENV = KUBE_APISERVER_DIR=$$($(TOOLS) kube-apiserver) ETCD_DIR=$$($(TOOLS) etcd) \
+	CNPG_BIN_DIR=$$($(TOOLS) cnpg) PGBOUNCER_BIN_DIR=$$($(TOOLS) pgbouncer) \
 	TELEPORT_BIN_DIR=$$($(TOOLS) teleport) CERT_MANAGER_BIN=$(BIN)/cert-manager CNPG_TELEPORT_BIN=$(BIN)/cnpg-teleport
 
 vet:

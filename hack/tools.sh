@@ -3,7 +3,9 @@
 # into a cache outside the repository keyed by tool version, Go version and a
 # hash of the wrapper module's go.sum. It prints the directory holding the binaries.
 #
-#   hack/tools.sh kube-apiserver|etcd|teleport|golangci-lint
+#   hack/tools.sh kube-apiserver|etcd|teleport|cnpg|pgbouncer|golangci-lint
+#
+# kube-apiserver also holds kube-controller-manager (same wrapper module).
 #
 # Each build runs in a temporary directory and is moved into place only when it
 # succeeded, so an interrupted build never leaves a half-written cache entry.
@@ -18,6 +20,10 @@ KUBE_VERSION=v1.37.2
 ETCD_VERSION=v3.7.2
 TELEPORT_VERSION=v13.3.8
 GOLANGCI_VERSION=v2.15.0
+CNPG_VERSION=v1.30.0
+# PgBouncer >= 1.20 (CNPG's pgbouncer.ini needs auth_dbname); Debian 12 ships 1.18,
+# so it is built from Debian 13's source package, against the machine's own libraries.
+PGBOUNCER_VERSION=1.24.1-1+deb13u2
 
 gover=$(go env GOVERSION)
 
@@ -70,7 +76,51 @@ build_kube_apiserver() {
 	for p in $v $c; do
 		ld+=" -X $p.gitVersion=$KUBE_VERSION -X $p.gitMajor=1 -X $p.gitMinor=37"
 	done
-	(cd "$1" && CGO_ENABLED=0 go build -trimpath -ldflags "$ld" -o "$2/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver)
+	(cd "$1" &&
+		CGO_ENABLED=0 go build -trimpath -ldflags "$ld" -o "$2/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver &&
+		CGO_ENABLED=0 go build -trimpath -ldflags "$ld" -o "$2/kube-controller-manager" k8s.io/kubernetes/cmd/kube-controller-manager)
+}
+
+build_cnpg() {
+	# The operator finds its architecture by globbing operator/manager_* relative to
+	# its working directory; the world links that name to this binary.
+	(cd "$1" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$2/manager" github.com/cloudnative-pg/cloudnative-pg/cmd/manager)
+}
+
+# debian_uri prints the machine's own Debian archive URI (from its apt sources).
+debian_uri() {
+	local uri
+	uri=$(sed -n 's/^URIs: *//p' /etc/apt/sources.list.d/*.sources 2>/dev/null | grep -v -- '-security' | grep '/debian' | head -n1)
+	[ -n "$uri" ] || uri=$(awk '$1 == "deb" && $2 ~ /\/debian$/ { print $2; exit }' /etc/apt/sources.list 2>/dev/null)
+	[ -n "$uri" ] || { echo "no Debian archive in the apt sources" >&2; return 1; }
+	echo "$uri"
+}
+
+build_pgbouncer() {
+	local work=$2/.src sudo=""
+	[ "$(id -u)" = 0 ] || sudo=sudo
+	# Build dependencies, from the machine's own (bookworm) sources.
+	local need=""
+	for p in build-essential libevent-dev libssl-dev pkg-config dpkg-dev; do
+		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need="$need $p"
+	done
+	if [ -n "$need" ]; then
+		$sudo apt-get update -qq
+		DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq $need
+	fi
+	# The source package, through private apt lists: the machine's sources stay bookworm-only.
+	mkdir -p "$work/lists/partial" "$work/src"
+	echo "deb-src $(debian_uri) trixie main" >"$work/sources.list"
+	local apt=(-o Dir::Etc::sourcelist="$work/sources.list" -o Dir::Etc::sourceparts=- -o Dir::State::Lists="$work/lists"
+		-o APT::Get::List-Cleanup=0)
+	apt-get "${apt[@]}" update
+	(cd "$work/src" && apt-get "${apt[@]}" source --download-only "pgbouncer=$PGBOUNCER_VERSION" &&
+		dpkg-source -x --no-check ./pgbouncer_*.dsc pgbouncer)
+	(cd "$work/src/pgbouncer" &&
+		./configure --prefix=/usr --without-cares --without-pam --without-ldap --without-systemd &&
+		make -j2 && cp pgbouncer "$2/pgbouncer")
+	rm -rf "$work"
+	"$2/pgbouncer" --version
 }
 
 build_etcd() {
@@ -90,7 +140,7 @@ build_golangci_lint() {
 }
 
 case "${1:-}" in
-kube-apiserver) build kube-apiserver "$KUBE_VERSION" "$root/test/tools/kube-apiserver" "8 min" kube-apiserver ;;
+kube-apiserver) build kube-apiserver "$KUBE_VERSION" "$root/test/tools/kube-apiserver" "11 min" kube-apiserver kube-controller-manager ;;
 etcd) build etcd "$ETCD_VERSION" "$root/test/tools/etcd" "1 min" etcd ;;
 teleport)
 	if [ -n "${TELEPORT_BIN_DIR:-}" ]; then
@@ -104,9 +154,11 @@ teleport)
 	fi
 	build teleport "$TELEPORT_VERSION" "$root/test/tools/teleport" "12 min" teleport tctl tsh
 	;;
+cnpg) build cnpg "$CNPG_VERSION" "$root/test/tools/cnpg" "5 min" manager ;;
+pgbouncer) build pgbouncer "$PGBOUNCER_VERSION" /nonexistent "1 min" pgbouncer ;;
 golangci-lint) build golangci-lint "$GOLANGCI_VERSION" /nonexistent "3 min" golangci-lint ;;
 *)
-	echo "usage: $0 kube-apiserver|etcd|teleport|golangci-lint" >&2
+	echo "usage: $0 kube-apiserver|etcd|teleport|cnpg|pgbouncer|golangci-lint" >&2
 	exit 2
 	;;
 esac

@@ -2,22 +2,29 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
 
 	cnpgv1 "github.com/cloudnative-pg/cloudnative-pg/api/v1"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/cnpg-teleport/cnpg-teleport/test/world"
 )
 
-// TestFoundation proves the Kubernetes + PostgreSQL half of the world: the
-// real CNPG schema, the real cert-manager issuing the server certificate,
-// and PostgreSQL serving it under verify-full with `hostssl ... cert`.
+// TestFoundation proves the world itself: CNPG's schema and webhooks reject
+// what a real cluster rejects; the real CNPG operator and instance manager
+// bring a Cluster to "Cluster in healthy state" and PostgreSQL answers
+// verify-full on the rw service with CNPG's own server certificate; a Pooler
+// serves verify-full through the real PgBouncer; owner references and
+// namespace deletion really delete; and nothing the world started outlives it.
 func TestFoundation(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 	defer cancel()
 	w := world.Start(t, world.Options{})
 	const ns, name = "foundation", "demo"
@@ -25,74 +32,149 @@ func TestFoundation(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// The apiserver validates with CNPG's real schema: instances >= 1.
-	bad := &cnpgv1.Cluster{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "invalid"},
-		Spec:       cnpgv1.ClusterSpec{Instances: 0, StorageConfiguration: cnpgv1.StorageConfiguration{Size: "1Gi"}},
-	}
+	// The CRD schema: instances >= 1.
+	bad := world.NewCluster(ns, "invalid", 0)
 	err := w.Client.Create(ctx, bad)
 	if !apierrors.IsInvalid(err) || !strings.Contains(err.Error(), "spec.instances") {
-		t.Fatalf("invalid Cluster: want an Invalid error on spec.instances, got %v", err)
+		t.Fatalf("instances 0: want an Invalid error on spec.instances, got %v", err)
+	}
+	// CNPG's validating webhook (not the schema): a fixed parameter.
+	bad = world.NewCluster(ns, "fixed-port", 1)
+	bad.Spec.PostgresConfiguration.Parameters = map[string]string{"port": "5433"}
+	err = w.Client.Create(ctx, bad)
+	if err == nil || !strings.Contains(err.Error(), "Can't set fixed configuration parameter") {
+		t.Fatalf("fixed parameter: want CNPG's webhook to reject it, got %v", err)
 	}
 
-	// The real cert-manager: a server CA, a server certificate for the rw
-	// service, and a client CA with one client certificate.
-	serverCA := serverPKI(ctx, t, w, ns, name)
-	rwName := name + "-rw." + ns + ".svc.cluster.local"
-	if _, err := w.CreateCA(ctx, ns, "demo-client-ca"); err != nil {
+	// A 1-instance Cluster whose server certificate also names the Pooler's service.
+	const pooler = name + "-pooler-rw"
+	c := world.NewCluster(ns, name, 1)
+	c.Spec.Certificates = &cnpgv1.CertificatesConfiguration{ServerAltDNSNames: []string{pooler + "." + ns + ".svc"}}
+	t0 := time.Now()
+	if err := w.Client.Create(ctx, c); err != nil {
 		t.Fatal(err)
 	}
-	app := clientCert(ctx, t, w, ns, "app", "demo-client-ca")
-	if _, err := w.CreateCA(ctx, ns, "foreign-ca"); err != nil {
+	if _, err := w.WaitClusterHealthy(ctx, ns, name, 3*time.Minute); err != nil {
 		t.Fatal(err)
 	}
-	foreign := clientCert(ctx, t, w, ns, "app-foreign", "foreign-ca")
+	t.Logf("1-instance Cluster healthy in %s", time.Since(t0).Round(100*time.Millisecond))
+	// The mutating webhook defaulted the Cluster as CNPG does.
+	var got cnpgv1.Cluster
+	if err := w.Client.Get(ctx, client.ObjectKeyFromObject(c), &got); err != nil {
+		t.Fatal(err)
+	}
+	if got.Spec.Bootstrap == nil || got.Spec.Bootstrap.InitDB == nil || got.Spec.Bootstrap.InitDB.Database != "app" {
+		t.Fatalf("the Cluster was not defaulted by CNPG's mutating webhook: %+v", got.Spec)
+	}
 
-	cluster := &cnpgv1.Cluster{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
-		Spec: cnpgv1.ClusterSpec{
-			Instances:            1,
-			StorageConfiguration: cnpgv1.StorageConfiguration{Size: "1Gi"},
-			Certificates: &cnpgv1.CertificatesConfiguration{
-				ServerCASecret:  "demo-server-ca",
-				ServerTLSSecret: "demo-server",
-				ClientCASecret:  "demo-client-ca",
-			},
-			PostgresConfiguration: cnpgv1.PostgresConfiguration{PgHBA: []string{"hostssl all all all cert"}},
+	serverCA := secret(ctx, t, w, ns, name+"-ca")
+	app := secret(ctx, t, w, ns, name+"-app")
+	query := func(host string, rootCA []byte) (string, error) {
+		conn, err := world.ConnectPassword(ctx, host, string(app.Data["username"]), string(app.Data["password"]), "app", rootCA)
+		if err != nil {
+			return "", err
+		}
+		defer func() { _ = conn.Close(ctx) }()
+		var s string
+		err = conn.QueryRow(ctx, "SELECT current_user || ' ' || (SELECT setting FROM pg_settings WHERE name = 'ssl')").Scan(&s)
+		return s, err
+	}
+	rw := name + "-rw." + ns + ".svc"
+	world.Eventually(t, 30*time.Second, "verify-full on "+rw, func() error {
+		s, err := query(rw, serverCA.Data["ca.crt"])
+		if err == nil && s != "app on" {
+			t.Fatalf("current_user, ssl = %q", s)
+		}
+		return err
+	})
+	// verify-full is in force: the server certificate does not chain to another CA.
+	other, err := w.CreateCA(ctx, ns, "other-ca")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := query(rw, other.Data["ca.crt"]); err == nil || !strings.Contains(err.Error(), "certificate signed by unknown authority") {
+		t.Fatalf("trusting another CA: want a verification failure, got %v", err)
+	}
+
+	// A Pooler (automated integration): the real PgBouncer serves verify-full.
+	p := &cnpgv1.Pooler{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: pooler},
+		Spec: cnpgv1.PoolerSpec{
+			Cluster: cnpgv1.LocalObjectReference{Name: name}, Type: cnpgv1.PoolerTypeRW, Instances: ptr(int32(1)),
+			PgBouncer: &cnpgv1.PgBouncerSpec{PoolMode: cnpgv1.PgBouncerPoolModeSession},
 		},
 	}
-	if err := w.Client.Create(ctx, cluster); err != nil {
-		t.Fatalf("valid Cluster: %v", err)
-	}
-
-	pg, err := w.StartPostgres(ctx, ns, name)
-	if err != nil {
+	t0 = time.Now()
+	if err := w.Client.Create(ctx, p); err != nil {
 		t.Fatal(err)
 	}
-	if err := pg.Exec(ctx, `CREATE ROLE app LOGIN`); err != nil {
+	host := pooler + "." + ns + ".svc"
+	world.Eventually(t, 2*time.Minute, "verify-full through PgBouncer on "+host, func() error {
+		s, err := query(host, serverCA.Data["ca.crt"])
+		if err == nil && !strings.HasPrefix(s, "app ") {
+			t.Fatalf("through the pooler: %q", s)
+		}
+		return err
+	})
+	t.Logf("Pooler serving in %s", time.Since(t0).Round(100*time.Millisecond))
+	var dep appsv1.Deployment
+	if err := w.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: pooler}, &dep); err != nil {
 		t.Fatal(err)
 	}
+	if n := podCount(ctx, t, w, ns, "cnpg.io/poolerName", pooler); n != 1 {
+		t.Fatalf("pooler pods: %d, want 1 (made by the Deployment and ReplicaSet controllers)", n)
+	}
 
-	conn, err := world.ConnectTLS(ctx, rwName, "app", serverCA.Data["ca.crt"], app)
-	if err != nil {
-		t.Fatalf("verify-full with a client certificate of the client CA: %v", err)
+	// Owner references: deleting the Pooler deletes its Deployment, ReplicaSet and Pod.
+	if err := w.Client.Delete(ctx, p); err != nil {
+		t.Fatal(err)
 	}
-	var user string
-	if err := conn.QueryRow(ctx, "SELECT current_user").Scan(&user); err != nil || user != "app" {
-		t.Fatalf("current_user = %q, %v; want app", user, err)
-	}
-	_ = conn.Close(ctx)
+	world.Eventually(t, time.Minute, "the Pooler's Deployment and Pods garbage-collected", func() error {
+		err := w.Client.Get(ctx, client.ObjectKeyFromObject(&dep), &appsv1.Deployment{})
+		if !apierrors.IsNotFound(err) {
+			return fmt.Errorf("deployment still there (%v)", err)
+		}
+		if n := podCount(ctx, t, w, ns, "cnpg.io/poolerName", pooler); n != 0 {
+			return fmt.Errorf("%d pooler pods", n)
+		}
+		return nil
+	})
 
-	// verify-full is in force: trusting another CA fails on the server cert.
-	if c, err := world.ConnectTLS(ctx, rwName, "app", foreign.Data["ca.crt"], app); err == nil {
-		_ = c.Close(ctx)
-		t.Fatal("a client trusting a foreign CA connected: verify-full not in force")
+	// Namespace deletion empties the namespace, the Cluster's Pods included.
+	if err := w.Client.Delete(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
+		t.Fatal(err)
 	}
-	// A client certificate from another CA is refused under hostssl ... cert.
-	c, err := world.ConnectTLS(ctx, rwName, "app", serverCA.Data["ca.crt"], foreign)
-	if err == nil {
-		_ = c.Close(ctx)
-		t.Fatal("a client certificate from a foreign CA was accepted")
+	world.Eventually(t, 2*time.Minute, "namespace "+ns+" deleted", func() error {
+		err := w.Client.Get(ctx, client.ObjectKey{Name: ns}, &corev1.Namespace{})
+		if apierrors.IsNotFound(err) {
+			return nil
+		}
+		return fmt.Errorf("still there: %v; %d pods", err, podCount(ctx, t, w, ns, "cnpg.io/cluster", name))
+	})
+
+	// Nothing the world started outlives it.
+	w.Stop()
+	if left := w.LeftRunning(); len(left) > 0 {
+		t.Fatalf("still running after the world stopped:\n%s", strings.Join(left, "\n"))
 	}
-	t.Logf("foreign client certificate refused: %v", err)
+}
+
+func ptr[T any](v T) *T { return &v }
+
+func secret(ctx context.Context, t *testing.T, w *world.World, ns, name string) *corev1.Secret {
+	t.Helper()
+	var s corev1.Secret
+	if err := w.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, &s); err != nil {
+		t.Fatal(err)
+	}
+	return &s
+}
+
+func podCount(ctx context.Context, t *testing.T, w *world.World, ns, label, value string) int {
+	t.Helper()
+	var pods corev1.PodList
+	if err := w.Client.List(ctx, &pods, client.InNamespace(ns), client.MatchingLabels{label: value}); err != nil {
+		t.Fatal(err)
+	}
+	return len(pods.Items)
 }

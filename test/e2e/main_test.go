@@ -1,5 +1,6 @@
 // Package e2e proves cnpg-teleport against the real components of the test
-// world: kube-apiserver + etcd, cert-manager, PostgreSQL and Teleport.
+// world: kube-apiserver + etcd, kube-controller-manager, cert-manager, the
+// CNPG operator and instance manager with PostgreSQL and PgBouncer, Teleport.
 package e2e
 
 import (
@@ -8,9 +9,4 @@ import (
 	"github.com/cnpg-teleport/cnpg-teleport/test/world"
 )
 
-func TestMain(m *testing.M) {
-	world.Main(m,
-		world.Service{Namespace: "foundation", Cluster: "demo"},
-		world.Service{Namespace: "tp", Cluster: "demo"},
-	)
-}
+func TestMain(m *testing.M) { world.Main(m) }

@@ -19,7 +19,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/cnpg-teleport/cnpg-teleport/controllers"
@@ -83,18 +82,16 @@ func newReg(t *testing.T, ctx context.Context) *reg {
 	return r
 }
 
-// cluster creates an annotated Cluster with a cert-manager server CA.
+// cluster creates an annotated Cluster, which the real CNPG runs with its own
+// server CA <name>-ca (the default path).
 func (r *reg) cluster(ns, name string, instances int, annotations map[string]string) *cnpgv1.Cluster {
 	r.t.Helper()
-	serverPKI(r.ctx, r.t, r.w, ns, name)
-	c := &cnpgv1.Cluster{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Annotations: annotations},
-		Spec: cnpgv1.ClusterSpec{
-			Instances:            instances,
-			StorageConfiguration: cnpgv1.StorageConfiguration{Size: "1Gi"},
-			Certificates:         &cnpgv1.CertificatesConfiguration{ServerCASecret: name + "-server-ca", ServerTLSSecret: name + "-server"},
-		},
-	}
+	return r.create(world.NewCluster(ns, name, instances), annotations)
+}
+
+func (r *reg) create(c *cnpgv1.Cluster, annotations map[string]string) *cnpgv1.Cluster {
+	r.t.Helper()
+	c.Annotations = annotations
 	if err := r.w.Client.Create(r.ctx, c); err != nil {
 		r.t.Fatal(err)
 	}
@@ -211,18 +208,18 @@ func TestRegistration(t *testing.T) {
 	defer cancel()
 	r := newReg(t, ctx)
 
-	t.Run("rw, verify-full, exact CA, labels; 1 -> 3 -> 1 instances", func(t *testing.T) {
+	t.Run("rw, verify-full, CNPG's own server CA, labels; 1 -> 2 -> 1 instances", func(t *testing.T) {
 		r.t = t
 		c := r.cluster(regNS, "one", 1, register(controllers.AnnotationLabels, "team=db"))
 		p := prefix(regNS, "one")
 		dbs := r.waitNames(p, p+"rw")
 		var ca corev1.Secret
-		if err := r.w.Client.Get(ctx, client.ObjectKey{Namespace: regNS, Name: "one-server-ca"}, &ca); err != nil {
+		if err := r.w.Client.Get(ctx, client.ObjectKey{Namespace: regNS, Name: "one-ca"}, &ca); err != nil {
 			t.Fatal(err)
 		}
 		db := dbs[p+"rw"]
 		if db.GetTLS().Mode != types.DatabaseTLSMode_VERIFY_FULL || db.GetTLS().CACert != string(ca.Data["ca.crt"]) {
-			t.Fatalf("tls = %+v; want verify-full with the server CA", db.GetTLS())
+			t.Fatalf("tls = %+v; want verify-full with CNPG's server CA one-ca", db.GetTLS())
 		}
 		if db.GetURI() != "one-rw.reg.svc.cluster.local:5432" || db.GetProtocol() != "postgres" {
 			t.Fatalf("uri %s protocol %s", db.GetURI(), db.GetProtocol())
@@ -237,7 +234,7 @@ func TestRegistration(t *testing.T) {
 		r.event(c, corev1.EventTypeNormal, controllers.ReasonRegistered)
 		r.waitFinalizer(c, true)
 
-		r.patch(c, func(c *cnpgv1.Cluster) { c.Spec.Instances = 3 })
+		r.patch(c, func(c *cnpgv1.Cluster) { c.Spec.Instances = 2 })
 		dbs = r.waitNames(p, p+"rw", p+"ro")
 		if dbs[p+"ro"].GetStaticLabels()["sql_type"] != "standby" || dbs[p+"ro"].GetURI() != "one-ro.reg.svc.cluster.local:5432" {
 			t.Fatalf("ro: %v %s", dbs[p+"ro"].GetStaticLabels(), dbs[p+"ro"].GetURI())
@@ -246,9 +243,12 @@ func TestRegistration(t *testing.T) {
 		r.waitNames(p, p+"rw")
 	})
 
-	t.Run("server CA renewed -> ca_cert follows", func(t *testing.T) {
+	t.Run("user server CA (cert-manager) renewed -> ca_cert follows", func(t *testing.T) {
 		r.t = t
-		r.cluster(regNS, "rot", 1, register())
+		serverPKI(ctx, t, r.w, regNS, "rot")
+		c := world.NewCluster(regNS, "rot", 1)
+		c.Spec.Certificates = &cnpgv1.CertificatesConfiguration{ServerCASecret: "rot-server-ca", ServerTLSSecret: "rot-server"}
+		r.create(c, register())
 		p := prefix(regNS, "rot")
 		r.waitNames(p, p+"rw")
 		other, err := r.w.CreateCA(ctx, regNS, "rot-next-ca")
@@ -303,7 +303,7 @@ func TestRegistration(t *testing.T) {
 
 	t.Run("Cluster deleted -> deregistered, finalizer removed", func(t *testing.T) {
 		r.t = t
-		c := r.cluster(regNS, "del", 3, register())
+		c := r.cluster(regNS, "del", 2, register())
 		p := prefix(regNS, "del")
 		r.waitNames(p, p+"rw", p+"ro")
 		r.waitFinalizer(c, true)
@@ -487,7 +487,7 @@ func TestRegistration(t *testing.T) {
 
 	t.Run("100 resyncs -> 0 writes (Teleport audit log, apiserver audit log)", func(t *testing.T) {
 		r.t = t
-		c := r.cluster(regNS, "steady", 3, register())
+		c := r.cluster(regNS, "steady", 2, register())
 		p := prefix(regNS, "steady")
 		r.waitNames(p, p+"rw", p+"ro")
 		time.Sleep(3 * resync) // let in-flight passes settle

@@ -8,11 +8,8 @@ import (
 	"testing"
 	"time"
 
-	cnpgv1 "github.com/cloudnative-pg/cloudnative-pg/api/v1"
 	"github.com/gravitational/teleport/api/types"
 	"github.com/gravitational/trace"
-	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/cnpg-teleport/cnpg-teleport/teleport"
 	"github.com/cnpg-teleport/cnpg-teleport/test/world"
@@ -33,11 +30,12 @@ func pgDB(t *testing.T, name, uri string, caPEM []byte, labels map[string]string
 	return db
 }
 
-// TestTeleportConnect proves the product's last step against a real Teleport:
-// the teleport package registers a verify-full db resource with the
-// controller's least-privilege identity, PostgreSQL trusts the Teleport
-// database-client CA fetched through the package, and `tsh db connect` lands
-// a Teleport user in PostgreSQL as the database user it asked for.
+// TestTeleportConnect proves the teleport package against a real Teleport and
+// a Cluster the real CNPG runs: it registers a verify-full db resource (CNPG's
+// own server CA) with the controller's least-privilege identity, PostgreSQL
+// trusts the Teleport database-client CA fetched through the package, and
+// `tsh db connect` lands a Teleport user in PostgreSQL as the database user
+// it asked for.
 func TestTeleportConnect(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
@@ -47,7 +45,9 @@ func TestTeleportConnect(t *testing.T) {
 	if err := w.Namespace(ctx, ns); err != nil {
 		t.Fatal(err)
 	}
-	serverCA := serverPKI(ctx, t, w, ns, name)
+	if err := w.Client.Create(ctx, world.NewCluster(ns, name, 1)); err != nil {
+		t.Fatal(err)
+	}
 
 	// The controller's identity: the shipped least-privilege role only.
 	idFile, err := tp.ControllerIdentity(ctx, "cnpg-teleport", time.Hour)
@@ -64,37 +64,19 @@ func TestTeleportConnect(t *testing.T) {
 		t.Fatalf("ping: %+v, %v", info, err)
 	}
 
-	// PostgreSQL trusts Teleport's database-client CA (db on v13), every trusted key pair.
+	// PostgreSQL trusts Teleport's database-client CA (db on v13), every
+	// trusted key pair, the way users set it up by hand; CNPG applies it.
 	cas, err := tc.DatabaseClientCAs(ctx)
 	if err != nil || len(cas) != 1 {
 		t.Fatalf("DatabaseClientCAs: %d certs, %v; want 1", len(cas), err)
 	}
-	if err := w.Client.Create(ctx, &corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name + "-client-ca"},
-		Data:       map[string][]byte{"ca.crt": bytes.Join(cas, nil)},
-	}); err != nil {
+	if err := w.TrustByHand(ctx, ns, name, bytes.Join(cas, nil), "alice"); err != nil {
 		t.Fatal(err)
 	}
-	if err := w.Client.Create(ctx, &cnpgv1.Cluster{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
-		Spec: cnpgv1.ClusterSpec{
-			Instances:            1,
-			StorageConfiguration: cnpgv1.StorageConfiguration{Size: "1Gi"},
-			Certificates: &cnpgv1.CertificatesConfiguration{
-				ServerCASecret: name + "-server-ca", ServerTLSSecret: name + "-server", ClientCASecret: name + "-client-ca",
-			},
-			PostgresConfiguration: cnpgv1.PostgresConfiguration{PgHBA: []string{"hostssl all all all cert"}},
-		},
-	}); err != nil {
+	if _, err := w.WaitClusterHealthy(ctx, ns, name, 3*time.Minute); err != nil {
 		t.Fatal(err)
 	}
-	pg, err := w.StartPostgres(ctx, ns, name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := pg.Exec(ctx, `CREATE ROLE alice LOGIN`); err != nil {
-		t.Fatal(err)
-	}
+	serverCA := secret(ctx, t, w, ns, name+"-ca")
 
 	// Register: verify-full, ca_cert = the CA cert-manager used for the server certificate.
 	labels := map[string]string{managedBy: "cnpg-teleport"}

@@ -23,6 +23,8 @@ const (
 	envCertManagerBin   = "CERT_MANAGER_BIN"
 	envControllerBin    = "CNPG_TELEPORT_BIN"
 	envPostgresBinDir   = "POSTGRES_BIN_DIR"
+	envCNPGBinDir       = "CNPG_BIN_DIR"
+	envPgBouncerBinDir  = "PGBOUNCER_BIN_DIR"
 )
 
 // RepoRoot is the repository root, found from this source file.
@@ -33,10 +35,14 @@ func RepoRoot() string {
 
 var toolDirs sync.Map
 
-var toolEnv = map[string]string{"kube-apiserver": envKubeAPIServerDir, "etcd": envEtcdDir, "teleport": envTeleportBinDir}
+var toolEnv = map[string]string{
+	"kube-apiserver": envKubeAPIServerDir, "etcd": envEtcdDir, "teleport": envTeleportBinDir,
+	"cnpg": envCNPGBinDir, "pgbouncer": envPgBouncerBinDir,
+}
 
-// ToolDir returns the directory holding the binaries of tool (kube-apiserver,
-// etcd, teleport), from its environment variable or hack/tools.sh.
+// ToolDir returns the directory holding the binaries of tool (kube-apiserver
+// and kube-controller-manager, etcd, teleport, cnpg's manager, pgbouncer),
+// from its environment variable or hack/tools.sh.
 func ToolDir(tool string) (string, error) {
 	if d := os.Getenv(toolEnv[tool]); d != "" {
 		return d, nil

@@ -1,11 +1,14 @@
 package world
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -29,7 +32,10 @@ const (
 
 // World is the Kubernetes half of the test world: a real kube-apiserver and
 // etcd (envtest) serving the real CNPG and cert-manager CRDs of the pinned
-// modules, and the real cert-manager controller.
+// modules, the real kube-controller-manager, the real cert-manager
+// controller, the real CNPG operator with its webhooks, and a kubelet (see
+// Kubelet) that runs the Pods CNPG asks for: CNPG's instance manager with the
+// host's PostgreSQL, and PgBouncer.
 type World struct {
 	Dir        string
 	Env        *envtest.Environment
@@ -37,10 +43,14 @@ type World struct {
 	Client     client.Client
 	Scheme     *runtime.Scheme
 	Kubeconfig string // admin kubeconfig file (group system:masters)
+	Kubelet    *Kubelet
 
 	certManager *Process
+	kcm, cnpg   *Process
 	procs       []*Process
 	logs        []string
+	marker      string // NAME=VALUE in the environment of every process the world starts
+	stopOnce    sync.Once
 }
 
 // Options tune the world.
@@ -98,9 +108,15 @@ func Start(t testing.TB, opts Options) *World {
 	return w
 }
 
-// StartWorld starts the apiserver, etcd and cert-manager with logs in dir.
-// The caller must Stop it; on error the partly started world is returned.
+// StartWorld starts the apiserver, etcd, kube-controller-manager,
+// cert-manager, the CNPG operator and the kubelet, with logs in dir. It must
+// run inside the world's namespace (Main or Enter). The caller must Stop it;
+// on error the partly started world is returned.
 func StartWorld(dir string, opts Options) (*World, error) {
+	if !Inside() {
+		return nil, fmt.Errorf("world: StartWorld needs the world's namespace (call world.Main from TestMain)")
+	}
+	ctx := context.Background()
 	crdDirs, err := CRDDirs()
 	if err != nil {
 		return nil, err
@@ -113,7 +129,11 @@ func StartWorld(dir string, opts Options) (*World, error) {
 	if err != nil {
 		return nil, err
 	}
-	w := &World{Dir: dir, Scheme: Scheme()}
+	cnpgDir, err := cnpgModuleDir()
+	if err != nil {
+		return nil, err
+	}
+	w := &World{Dir: dir, Scheme: Scheme(), marker: envWorldID + "=" + randomHex(8)}
 	apiLog, err := os.Create(filepath.Join(dir, "kube-apiserver.log"))
 	if err != nil {
 		return nil, err
@@ -124,9 +144,10 @@ func StartWorld(dir string, opts Options) (*World, error) {
 	}
 	w.logs = append(w.logs, apiLog.Name(), etcdLog.Name())
 	api := &envtest.APIServer{Path: filepath.Join(apiDir, "kube-apiserver"), Out: apiLog, Err: apiLog}
-	// Inside the world's namespace there is no default route to pick an
-	// advertise address from (and a loopback one needs no endpoint reconciler).
-	api.Configure().Set("advertise-address", "127.0.0.1")
+	// Pods reach the apiserver from their own network namespaces, on the
+	// world's address. One world runs at a time in a namespace: a fixed port.
+	api.SecureServing.ListenAddr.Address, api.SecureServing.ListenAddr.Port = WorldAddr, "6443"
+	api.Configure().Set("advertise-address", WorldAddr)
 	api.Configure().Set("endpoint-reconciler-type", "none")
 	for k, v := range opts.APIServerArgs {
 		api.Configure().Set(k, v)
@@ -138,6 +159,11 @@ func StartWorld(dir string, opts Options) (*World, error) {
 		},
 		CRDDirectoryPaths:     crdDirs,
 		ErrorIfCRDPathMissing: true,
+		// CNPG's own validating and mutating webhooks, served by its operator.
+		WebhookInstallOptions: envtest.WebhookInstallOptions{
+			Paths:            []string{filepath.Join(cnpgDir, "config", "webhook", "manifests.yaml")},
+			LocalServingHost: "127.0.0.1",
+		},
 		// A loaded 2-core machine (a cold build beside the tests) starts slowly.
 		ControlPlaneStartTimeout: 90 * time.Second,
 		Scheme:                   w.Scheme,
@@ -151,10 +177,38 @@ func StartWorld(dir string, opts Options) (*World, error) {
 	if w.Kubeconfig, err = w.writeKubeconfig("admin", []string{"system:masters"}); err != nil {
 		return w, err
 	}
+	if err := w.startKubeControllerManager(ctx); err != nil {
+		return w, err
+	}
 	if err := w.startCertManager(); err != nil {
 		return w, err
 	}
+	if err := w.startCNPG(ctx); err != nil {
+		return w, err
+	}
+	manager, err := cnpgManager()
+	if err != nil {
+		return w, err
+	}
+	pgb, err := pgbouncerBin()
+	if err != nil {
+		return w, err
+	}
+	if w.Kubelet, err = startKubelet(w.Config, dir, sandboxBins{manager: manager, pgbouncer: pgb}, w.marker); err != nil {
+		return w, err
+	}
 	return w, nil
+}
+
+// envWorldID marks every process a world starts, so that a test can prove
+// none is left running after Stop (see LeftRunning).
+const envWorldID = "CNPG_TELEPORT_WORLD_ID"
+
+func cnpgModuleDir() (string, error) {
+	if d := os.Getenv(moduleEnv(cnpgModule)); d != "" {
+		return d, nil
+	}
+	return moduleDir(cnpgModule)
 }
 
 // UserKubeconfig writes a kubeconfig for a client-certificate user of the
@@ -185,7 +239,7 @@ func (w *World) startCertManager() error {
 	if err := w.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "cert-manager"}}); err != nil {
 		return err
 	}
-	w.certManager, err = StartProcess(w.Dir, "cert-manager", nil, bin, "--kubeconfig", w.Kubeconfig)
+	w.certManager, err = StartProcess(w.Dir, "cert-manager", []string{w.marker}, bin, "--kubeconfig", w.Kubeconfig)
 	if err != nil {
 		return err
 	}
@@ -196,14 +250,46 @@ func (w *World) startCertManager() error {
 // Adopt hands a process to the world: stopped with it, its log printed with it.
 func (w *World) Adopt(p *Process) { w.procs = append(w.procs, p) }
 
-// Stop stops every process the world started, by PID, newest first.
-func (w *World) Stop() {
+// Stop stops every process the world started, by PID: first the operators
+// (so nothing is recreated), then every Pod's containers, then the rest
+// newest first, then the apiserver and etcd.
+func (w *World) Stop() { w.stopOnce.Do(w.stop) }
+
+func (w *World) stop() {
+	for _, p := range []*Process{w.cnpg, w.kcm} {
+		if p != nil {
+			p.Stop()
+		}
+	}
+	if w.Kubelet != nil {
+		w.Kubelet.Stop()
+	}
 	for i := len(w.procs) - 1; i >= 0; i-- {
 		w.procs[i].Stop()
 	}
 	if w.Env != nil && w.Env.ControlPlane.APIServer != nil {
 		_ = w.Env.Stop()
 	}
+}
+
+// LeftRunning lists the processes (pid and command line) that carry this
+// world's marker: after Stop there must be none.
+func (w *World) LeftRunning() []string {
+	entries, _ := os.ReadDir("/proc")
+	var left []string
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		env, err := os.ReadFile(filepath.Join("/proc", e.Name(), "environ"))
+		if err != nil || !bytes.Contains(env, append([]byte(w.marker), 0)) {
+			continue
+		}
+		cmd, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		left = append(left, fmt.Sprintf("%d %s", pid, strings.ReplaceAll(string(bytes.TrimRight(cmd, "\x00")), "\x00", " ")))
+	}
+	return left
 }
 
 // Logs returns the tail of every log of the world.
@@ -244,7 +330,7 @@ func (w *World) StartControllerAs(name, kubeconfig string, args ...string) (*Pro
 	if err != nil {
 		return nil, err
 	}
-	p, err := StartProcess(w.Dir, name, []string{"KUBECONFIG=" + kubeconfig}, append([]string{bin}, args...)...)
+	p, err := StartProcess(w.Dir, name, []string{"KUBECONFIG=" + kubeconfig, w.marker}, append([]string{bin}, args...)...)
 	if err != nil {
 		return nil, err
 	}

@@ -13,36 +13,27 @@ import (
 
 const envInside = "CNPG_TELEPORT_WORLD_NS"
 
-// Service names a CNPG Cluster whose service DNS names the world resolves:
-// <cluster>-{rw,ro,r}[.<ns>[.svc[.cluster.local]]] all map to one loopback
-// address, where the world's PostgreSQL for that Cluster listens on 5432.
-type Service struct {
-	Namespace, Cluster string
-}
-
-var services []Service
-
 // Main runs the package's tests inside a private user, mount and network
-// namespace (loopback only), re-executing the test binary under
-// `unshare -rmn` when it is not inside one yet. Inside, a private hosts file
-// is bind-mounted over /etc/hosts so that the given Clusters' service names
-// resolve to loopback addresses: Teleport's database agent then dials exactly
+// namespace, re-executing the test binary under `unshare -rmn` when it is not
+// inside one yet. Inside there is no route out: only loopback, the world's
+// address (WorldAddr, where the apiserver listens) and the Pods' own network
+// namespaces, joined to the world's by veth pairs. A private hosts file is
+// bind-mounted over /etc/hosts; the world's kubelet keeps Service names in it
+// pointing at the Pods behind them, so Teleport's database agent dials exactly
 // the URI the controller registered, with verify-full on that name.
 //
 // Teleport probes cloud metadata hosts; in the namespace those dials fail at
-// once. Fixed ports (3025, 3080, 5432) do not clash across test packages,
-// each of which has its own namespace. It works as root (CI) and as a normal
-// user with unprivileged user namespaces.
-func Main(m *testing.M, svcs ...Service) {
-	Enter(svcs...)
+// once. Fixed ports (3025, 3080) do not clash across test packages, each of
+// which has its own namespace.
+func Main(m *testing.M) {
+	Enter()
 	os.Exit(m.Run())
 }
 
 // Enter is Main for a program (make demo): outside the namespace it re-runs
 // the program inside one and exits with its code; inside it sets the
 // namespace up and returns.
-func Enter(svcs ...Service) {
-	services = svcs
+func Enter() {
 	if os.Getenv(envInside) == "" {
 		os.Exit(reexec())
 	}
@@ -95,7 +86,7 @@ func prefetch() error {
 		}
 		_ = os.Setenv(moduleEnv(m), d)
 	}
-	for _, tool := range []string{"kube-apiserver", "etcd", "teleport"} {
+	for _, tool := range []string{"kube-apiserver", "etcd", "teleport", "cnpg", "pgbouncer"} {
 		d, err := ToolDir(tool)
 		if err != nil {
 			return err
@@ -111,9 +102,14 @@ func prefetch() error {
 			return err
 		}
 	}
-	// Teleport's tsh runs psql for `tsh db connect`.
-	if _, err := exec.LookPath("psql"); err != nil {
-		return fmt.Errorf("psql not found (make test installs postgresql): %w", err)
+	// Teleport's tsh runs psql for `tsh db connect`; the kubelet needs the rest.
+	for _, bin := range []string{"psql", "ip", "unshare", "nsenter"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			return fmt.Errorf("%s not found (make deps installs it): %w", bin, err)
+		}
+	}
+	if _, err := PostgresBinDir(); err != nil {
+		return err
 	}
 	return nil
 }
@@ -122,50 +118,52 @@ func moduleEnv(module string) string {
 	return "WORLD_MODDIR_" + strings.NewReplacer("/", "_", ".", "_", "-", "_").Replace(module)
 }
 
+// WorldAddr is the world's own address inside its network namespace: the
+// apiserver listens there, and it is every Pod's gateway.
+const WorldAddr = "10.0.255.254"
+
+// hostsPath is the hosts file bind-mounted over /etc/hosts (see Main).
+var hostsPath string
+
 func setupNamespace() error {
-	if out, err := exec.Command("ip", "link", "set", "lo", "up").CombinedOutput(); err != nil {
-		return fmt.Errorf("ip link set lo up: %w: %s", err, out)
+	for _, argv := range [][]string{
+		{"ip", "link", "set", "lo", "up"},
+		{"ip", "addr", "add", WorldAddr + "/32", "dev", "lo"},
+	} {
+		if out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput(); err != nil {
+			return fmt.Errorf("%s: %w: %s", strings.Join(argv, " "), err, out)
+		}
+	}
+	// Pods reach each other through the world's namespace.
+	if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1\n"), 0o644); err != nil { //nolint:gosec // a sysctl
+		return fmt.Errorf("ip_forward: %w", err)
 	}
 	dir, err := os.MkdirTemp("", "world-hosts")
 	if err != nil {
 		return err
 	}
-	hosts := filepath.Join(dir, "hosts")
-	if err := os.WriteFile(hosts, []byte(hostsFile(services)), 0o644); err != nil { //nolint:gosec // a hosts file is world-readable
+	hostsPath = filepath.Join(dir, "hosts")
+	if err := os.WriteFile(hostsPath, []byte(hostsHeader), 0o644); err != nil { //nolint:gosec // a hosts file is world-readable
 		return err
 	}
-	if err := syscall.Mount(hosts, "/etc/hosts", "", syscall.MS_BIND, ""); err != nil {
-		return fmt.Errorf("bind-mount %s over /etc/hosts: %w", hosts, err)
+	if err := syscall.Mount(hostsPath, "/etc/hosts", "", syscall.MS_BIND, ""); err != nil {
+		return fmt.Errorf("bind-mount %s over /etc/hosts: %w", hostsPath, err)
 	}
 	return nil
 }
 
-// ServiceIP is the loopback address the Cluster's service names resolve to.
-func ServiceIP(namespace, cluster string) (string, error) {
-	for i, s := range services {
-		if s.Namespace == namespace && s.Cluster == cluster {
-			return fmt.Sprintf("127.0.1.%d", i+1), nil
-		}
-	}
-	return "", fmt.Errorf("world: %s/%s is not among the services passed to world.Main", namespace, cluster)
-}
+const hostsHeader = "127.0.0.1 localhost\n::1 localhost\n"
 
 // ServiceNames are the DNS names of a Cluster's services, as CNPG's server
 // certificate lists them.
 func ServiceNames(namespace, cluster, domain string) []string {
 	var names []string
 	for _, ep := range []string{"rw", "ro", "r"} {
-		svc := cluster + "-" + ep
-		names = append(names, svc, svc+"."+namespace, svc+"."+namespace+".svc", svc+"."+namespace+".svc."+domain)
+		names = append(names, serviceDNSNames(cluster+"-"+ep, namespace, domain)...)
 	}
 	return names
 }
 
-func hostsFile(svcs []Service) string {
-	var b strings.Builder
-	b.WriteString("127.0.0.1 localhost\n::1 localhost\n")
-	for i, s := range svcs {
-		fmt.Fprintf(&b, "127.0.1.%d %s\n", i+1, strings.Join(ServiceNames(s.Namespace, s.Cluster, "cluster.local"), " "))
-	}
-	return b.String()
+func serviceDNSNames(svc, namespace, domain string) []string {
+	return []string{svc, svc + "." + namespace, svc + "." + namespace + ".svc", svc + "." + namespace + ".svc." + domain}
 }

@@ -22,8 +22,19 @@ type Process struct {
 	err     error
 }
 
-// StartProcess starts argv with stdout and stderr appended to dir/name.log.
+// StartProcess starts argv with stdout and stderr appended to dir/name.log,
+// with this process's environment plus env.
 func StartProcess(dir, name string, env []string, argv ...string) (*Process, error) {
+	return startProcess(dir, name, append(os.Environ(), env...), argv)
+}
+
+// startProcess is StartProcess with exactly env as the environment.
+func startProcess(dir, name string, env, argv []string) (*Process, error) {
+	return startProcessIn("", dir, name, env, argv)
+}
+
+// startProcessIn is startProcess in the working directory workDir.
+func startProcessIn(workDir, dir, name string, env, argv []string) (*Process, error) {
 	logPath := filepath.Join(dir, name+".log")
 	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
@@ -31,7 +42,8 @@ func StartProcess(dir, name string, env []string, argv ...string) (*Process, err
 	}
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdout, cmd.Stderr = f, f
-	cmd.Env = append(os.Environ(), env...)
+	cmd.Env = env
+	cmd.Dir = workDir
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		_ = f.Close()
@@ -61,20 +73,26 @@ func (p *Process) Exited() (bool, error) {
 
 // Stop sends SIGTERM to the process (by PID) and its group, waits up to
 // 10 s, then kills. Stopping a stopped process is a no-op.
-func (p *Process) Stop() {
-	if ok, _ := p.Exited(); ok {
-		return
+func (p *Process) Stop() { p.StopWithin(10 * time.Second) }
+
+// StopWithin is Stop with another grace period. The process group is killed
+// at the end in any case, so no child outlives the process.
+func (p *Process) StopWithin(grace time.Duration) {
+	if ok, _ := p.Exited(); !ok {
+		_ = syscall.Kill(p.PID(), syscall.SIGTERM)
+		_ = syscall.Kill(-p.PID(), syscall.SIGTERM)
+		select {
+		case <-p.done:
+		case <-time.After(grace):
+			_ = syscall.Kill(p.PID(), syscall.SIGKILL)
+			<-p.done
+		}
 	}
-	_ = syscall.Kill(p.PID(), syscall.SIGTERM)
-	_ = syscall.Kill(-p.PID(), syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(10 * time.Second):
-		_ = syscall.Kill(-p.PID(), syscall.SIGKILL)
-		_ = syscall.Kill(p.PID(), syscall.SIGKILL)
-		<-p.done
-	}
+	_ = syscall.Kill(-p.PID(), syscall.SIGKILL)
 }
+
+// Done is closed when the process has ended.
+func (p *Process) Done() <-chan struct{} { return p.done }
 
 // Tail returns the last n bytes of the process log.
 func (p *Process) Tail(n int64) string {
