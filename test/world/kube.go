@@ -14,6 +14,7 @@ import (
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 	cnpgv1 "github.com/cloudnative-pg/cloudnative-pg/api/v1"
+	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -22,6 +23,7 @@ import (
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/yaml"
 )
 
@@ -117,6 +119,7 @@ func StartWorld(dir string, opts Options) (*World, error) {
 		return nil, fmt.Errorf("world: StartWorld needs the world's namespace (call world.Main from TestMain)")
 	}
 	ctx := context.Background()
+	ctrllog.SetLogger(logr.Discard()) // envtest's own progress lines
 	crdDirs, err := CRDDirs()
 	if err != nil {
 		return nil, err

@@ -49,11 +49,11 @@ type Kubelet struct {
 	kick     chan struct{}
 	done     chan struct{}
 
-	mu      sync.Mutex
+	mu       sync.Mutex
 	workers  map[types.UID]*podWorker
 	finished map[types.UID]bool // Pods whose containers all ended: never started again
 	stopped  bool
-	hosts   string // last hosts file written
+	hosts    string // last hosts file written
 }
 
 type sandboxBins struct{ manager, pgbouncer string }

@@ -288,7 +288,7 @@ func (s *sandbox) network(ctx context.Context, pod *corev1.Pod) error {
 		{"ip", "link", "set", s.veth, "up"},
 		{"ip", "route", "add", s.ip + "/32", "dev", s.veth, "src", WorldAddr},
 		in("ip", "link", "set", "lo", "up"),
-		in("ip", "addr", "add", s.ip + "/32", "dev", "eth0"),
+		in("ip", "addr", "add", s.ip+"/32", "dev", "eth0"),
 		in("ip", "link", "set", "eth0", "up"),
 		in("ip", "route", "add", WorldAddr, "dev", "eth0"),
 		in("ip", "route", "add", "default", "via", WorldAddr),

@@ -1,6 +1,7 @@
 // Command demo runs the whole cnpg-teleport chain on one machine, no
 // Kubernetes cluster needed (make demo, make demo-verify): the test world
-// (kube-apiserver, etcd, cert-manager, Teleport, PostgreSQL), the controller
+// (kube-apiserver, etcd, kube-controller-manager, cert-manager, the CNPG
+// operator and a kubelet running its PostgreSQL, Teleport), the controller
 // binary, a sample annotated Cluster, then its deletion.
 package main
 
@@ -16,11 +17,7 @@ import (
 	"strings"
 	"time"
 
-	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
-	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
 	cnpgv1 "github.com/cloudnative-pg/cloudnative-pg/api/v1"
-	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/yaml"
 
 	"github.com/cnpg-teleport/cnpg-teleport/test/world"
@@ -31,7 +28,7 @@ const ns, name = "default", "demo"
 func main() {
 	pause := flag.Bool("pause", false, "wait for Enter between steps")
 	flag.Parse()
-	world.Enter(world.Service{Namespace: ns, Cluster: name})
+	world.Enter()
 	d := &demo{pause: *pause, in: bufio.NewReader(os.Stdin), t0: time.Now()}
 	err := d.run(context.Background())
 	if err != nil {
@@ -101,16 +98,13 @@ func (d *demo) run(ctx context.Context) error {
 		title string
 		f     func() error
 	}{
-		{"start kube-apiserver + etcd (CNPG and cert-manager CRDs) and cert-manager", func() error {
+		{"start the world: kube-apiserver + etcd, kube-controller-manager, cert-manager, CNPG operator (webhooks), kubelet", func() error {
 			d.w, err = world.StartWorld(d.dir, world.Options{})
 			return err
 		}},
 		{"start Teleport v13.3.8 (auth, proxy, database agent)", func() error {
 			d.tp, err = world.StartTeleport(d.dir + "/teleport")
 			return err
-		}},
-		{"as CNPG would: server CA and server certificate (cert-manager); client CA = Teleport's db CA", func() error {
-			return d.pki(ctx)
 		}},
 		{"start the controller (least-privilege Teleport identity, kube cluster 'kind')", func() error {
 			id, err := d.tp.ControllerIdentity(ctx, "cnpg-teleport", time.Hour)
@@ -122,7 +116,7 @@ func (d *demo) run(ctx context.Context) error {
 				"--resync-period=30s")
 			return err
 		}},
-		{"kubectl apply -f config/samples/cluster.yaml (annotated, 3 instances)", func() error {
+		{"kubectl apply -f config/samples/cluster.yaml (annotated, 3 instances; CNPG runs it)", func() error {
 			raw, err := os.ReadFile(world.RepoRoot() + "/config/samples/cluster.yaml")
 			if err != nil {
 				return err
@@ -131,18 +125,25 @@ func (d *demo) run(ctx context.Context) error {
 				return err
 			}
 			show(raw)
-			cluster.Spec.Certificates = &cnpgv1.CertificatesConfiguration{
-				ServerCASecret: name + "-server-ca", ServerTLSSecret: name + "-server", ClientCASecret: name + "-client-ca",
-			}
-			cluster.Spec.PostgresConfiguration.PgHBA = []string{"hostssl all all all cert"}
+			// The world's kubelet runs the host's PostgreSQL: the image names its major.
+			cluster.Spec.ImageName = world.PostgresImage()
+			fmt.Printf("    (spec.imageName: %s, the host's PostgreSQL)\n", cluster.Spec.ImageName)
 			return d.w.Client.Create(ctx, &cluster)
 		}},
-		{"PostgreSQL serving the Cluster (server cert, client CA, CNPG's pg_hba)", func() error {
-			pg, err := d.w.StartPostgres(ctx, ns, name)
+		{"by hand, as users do today: client CA += Teleport's db CA, pg_hba cert rule, role alice (CNPG applies it)", func() error {
+			ca, err := d.tp.Tctl(ctx, "", "auth", "export", "--type=db")
 			if err != nil {
 				return err
 			}
-			return pg.Exec(ctx, `CREATE ROLE alice LOGIN`)
+			return d.w.TrustByHand(ctx, ns, name, ca, "alice")
+		}},
+		{"CNPG: Cluster in healthy state (primary + 2 streaming replicas)", func() error {
+			c, err := d.w.WaitClusterHealthy(ctx, ns, name, 4*time.Minute)
+			if err != nil {
+				return err
+			}
+			fmt.Printf("    | %s: %d/%d ready, primary %s\n", c.Status.Phase, c.Status.ReadyInstances, c.Spec.Instances, c.Status.CurrentPrimary)
+			return nil
 		}},
 		{"tctl get db: the controller registered rw and ro (verify-full, the server CA, labels)", func() error {
 			return poll(30*time.Second, func() error {
@@ -172,7 +173,8 @@ func (d *demo) run(ctx context.Context) error {
 				show(out)
 			}
 			return poll(30*time.Second, func() error {
-				out, err := alice.Query(ctx, "kind-default-demo-rw", "alice", "postgres", "SELECT 'connected as ' || current_user;")
+				out, err := alice.Query(ctx, "kind-default-demo-rw", "alice", "postgres",
+					"SELECT 'connected as ' || current_user || ' to ' || inet_server_addr() || ', in recovery: ' || pg_is_in_recovery();")
 				if err != nil {
 					return err
 				}
@@ -204,31 +206,6 @@ func (d *demo) run(ctx context.Context) error {
 		}
 	}
 	return nil
-}
-
-func (d *demo) pki(ctx context.Context) error {
-	if _, err := d.w.CreateCA(ctx, ns, name+"-server-ca"); err != nil {
-		return err
-	}
-	names := world.ServiceNames(ns, name, "cluster.local")
-	if _, err := d.w.IssueCertificate(ctx, &cmapi.Certificate{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name + "-server"},
-		Spec: cmapi.CertificateSpec{
-			SecretName: name + "-server", CommonName: names[3], DNSNames: names,
-			Usages:    []cmapi.KeyUsage{cmapi.UsageServerAuth, cmapi.UsageDigitalSignature, cmapi.UsageKeyEncipherment},
-			IssuerRef: cmmeta.IssuerReference{Kind: cmapi.IssuerKind, Name: name + "-server-ca"},
-		},
-	}); err != nil {
-		return err
-	}
-	out, err := d.tp.Tctl(ctx, "", "auth", "export", "--type=db")
-	if err != nil {
-		return err
-	}
-	return d.w.Client.Create(ctx, &corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name + "-client-ca"},
-		Data:       map[string][]byte{"ca.crt": out},
-	})
 }
 
 func poll(timeout time.Duration, f func() error) error {
