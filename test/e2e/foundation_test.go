@@ -132,7 +132,7 @@ func TestFoundation(t *testing.T) {
 	world.Eventually(t, time.Minute, "the Pooler's Deployment and Pods garbage-collected", func() error {
 		err := w.Client.Get(ctx, client.ObjectKeyFromObject(&dep), &appsv1.Deployment{})
 		if !apierrors.IsNotFound(err) {
-			return fmt.Errorf("deployment still there (%v)", err)
+			return fmt.Errorf("deployment still there (%w)", err)
 		}
 		if n := podCount(ctx, t, w, ns, "cnpg.io/poolerName", pooler); n != 0 {
 			return fmt.Errorf("%d pooler pods", n)
@@ -140,18 +140,35 @@ func TestFoundation(t *testing.T) {
 		return nil
 	})
 
-	// Namespace deletion empties the namespace, the Cluster's Pods included.
-	if err := w.Client.Delete(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
+	// Namespace deletion empties the namespace, a running Cluster's Pods included.
+	const doomed = "doomed"
+	if err := w.Namespace(ctx, doomed); err != nil {
 		t.Fatal(err)
 	}
-	world.Eventually(t, 2*time.Minute, "namespace "+ns+" deleted", func() error {
-		err := w.Client.Get(ctx, client.ObjectKey{Name: ns}, &corev1.Namespace{})
+	if err := w.Client.Create(ctx, world.NewCluster(doomed, name, 1)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.WaitClusterHealthy(ctx, doomed, name, 3*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Client.Delete(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: doomed}}); err != nil {
+		t.Fatal(err)
+	}
+	world.Eventually(t, 2*time.Minute, "namespace "+doomed+" deleted", func() error {
+		err := w.Client.Get(ctx, client.ObjectKey{Name: doomed}, &corev1.Namespace{})
 		if apierrors.IsNotFound(err) {
 			return nil
 		}
-		return fmt.Errorf("still there: %v; %d pods", err, podCount(ctx, t, w, ns, "cnpg.io/cluster", name))
+		return fmt.Errorf("still there: %w; %d pods", err, podCount(ctx, t, w, doomed, "cnpg.io/cluster", name))
 	})
 
+	// Nothing the world started outlives it, though a Cluster still runs.
+	if n := podCount(ctx, t, w, ns, "cnpg.io/cluster", name); n != 1 {
+		t.Fatalf("%d instance pods of %s/%s before the world stops, want 1", n, ns, name)
+	}
+	if len(w.LeftRunning()) == 0 {
+		t.Fatal("LeftRunning finds nothing while the world runs: it could not see a leftover either")
+	}
 	// Nothing the world started outlives it.
 	w.Stop()
 	if left := w.LeftRunning(); len(left) > 0 {

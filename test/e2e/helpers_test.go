@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"strings"
 	"testing"
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
@@ -35,24 +34,6 @@ func serverPKI(ctx context.Context, t *testing.T, w *world.World, ns, name strin
 		t.Fatal(err)
 	}
 	return ca
-}
-
-// clientCert issues a client certificate (CN=user) from a cert-manager CA Issuer.
-func clientCert(ctx context.Context, t *testing.T, w *world.World, ns, user, issuer string) *corev1.Secret {
-	t.Helper()
-	s, err := w.IssueCertificate(ctx, &cmapi.Certificate{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: user + "-" + issuer},
-		Spec: cmapi.CertificateSpec{
-			SecretName: user + "-" + issuer,
-			CommonName: strings.TrimSuffix(user, "-foreign"),
-			Usages:     []cmapi.KeyUsage{cmapi.UsageClientAuth, cmapi.UsageDigitalSignature, cmapi.UsageKeyEncipherment},
-			IssuerRef:  cmmeta.IssuerReference{Kind: cmapi.IssuerKind, Name: issuer},
-		},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
 }
 
 // startTeleport starts the world's Teleport for one test: its log is printed

@@ -149,7 +149,7 @@ func StartWorld(dir string, opts Options) (*World, error) {
 	api := &envtest.APIServer{Path: filepath.Join(apiDir, "kube-apiserver"), Out: apiLog, Err: apiLog}
 	// Pods reach the apiserver from their own network namespaces, on the
 	// world's address. One world runs at a time in a namespace: a fixed port.
-	api.SecureServing.ListenAddr.Address, api.SecureServing.ListenAddr.Port = WorldAddr, "6443"
+	api.Address, api.Port = WorldAddr, "6443"
 	api.Configure().Set("advertise-address", WorldAddr)
 	api.Configure().Set("endpoint-reconciler-type", "none")
 	for k, v := range opts.APIServerArgs {

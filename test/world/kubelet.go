@@ -229,43 +229,16 @@ func (k *Kubelet) token(ctx context.Context, p *corev1.Pod) ([]byte, error) {
 	return []byte(tr.Status.Token), nil
 }
 
-// syncHosts points every Service name at the first ready Pod its selector
-// matches: fully qualified names in the world's hosts file, and in each
-// sandbox's also the short names of its own namespace (the search domain).
+// syncHosts points every Service name at a ready Pod behind it: fully
+// qualified names in the world's hosts file, and in each sandbox's also the
+// short names of its own namespace (the search domain).
 func (k *Kubelet) syncHosts(pods []*corev1.Pod) {
 	svcs, err := k.services.List(labels.Everything())
 	if err != nil {
 		return
 	}
-	sort.Slice(pods, func(i, j int) bool { return pods[i].Namespace+"/"+pods[i].Name < pods[j].Namespace+"/"+pods[j].Name })
-	type entry struct{ ns, svc, ip string }
-	var entries []entry
-	for _, svc := range svcs {
-		if len(svc.Spec.Selector) == 0 {
-			continue
-		}
-		sel := labels.SelectorFromSet(svc.Spec.Selector)
-		for _, p := range pods {
-			if p.Namespace == svc.Namespace && p.DeletionTimestamp == nil && p.Status.PodIP != "" && podReady(p) && sel.Matches(labels.Set(p.Labels)) {
-				entries = append(entries, entry{svc.Namespace, svc.Name, p.Status.PodIP})
-				break
-			}
-		}
-	}
-	slices.SortFunc(entries, func(a, b entry) int { return strings.Compare(a.ns+"/"+a.svc, b.ns+"/"+b.svc) })
-	render := func(ns string) string {
-		var b strings.Builder
-		b.WriteString(hostsHeader)
-		for _, e := range entries {
-			names := serviceDNSNames(e.svc, e.ns, "cluster.local")
-			if e.ns != ns {
-				names = names[1:]
-			}
-			fmt.Fprintf(&b, "%s %s\n", e.ip, strings.Join(names, " "))
-		}
-		return b.String()
-	}
-	world := render("")
+	entries := serviceEntries(svcs, pods)
+	world := renderHosts(entries, "")
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if world != k.hosts && hostsPath != "" {
@@ -276,8 +249,48 @@ func (k *Kubelet) syncHosts(pods []*corev1.Pod) {
 		}
 	}
 	for _, w := range k.workers {
-		w.setHosts(render(w.namespace))
+		w.setHosts(renderHosts(entries, w.namespace))
 	}
+}
+
+// hostEntry is one Service name resolved to one Pod address.
+type hostEntry struct{ namespace, service, ip string }
+
+// serviceEntries resolves each Service with a selector to the first ready,
+// not terminating Pod (by name) its selector matches, as kube-proxy would
+// only send traffic to ready endpoints. Services without one are left out.
+func serviceEntries(svcs []*corev1.Service, pods []*corev1.Pod) []hostEntry {
+	pods = slices.Clone(pods)
+	sort.Slice(pods, func(i, j int) bool { return pods[i].Namespace+"/"+pods[i].Name < pods[j].Namespace+"/"+pods[j].Name })
+	var entries []hostEntry
+	for _, svc := range svcs {
+		if len(svc.Spec.Selector) == 0 {
+			continue
+		}
+		sel := labels.SelectorFromSet(svc.Spec.Selector)
+		for _, p := range pods {
+			if p.Namespace == svc.Namespace && p.DeletionTimestamp == nil && p.Status.PodIP != "" && podReady(p) && sel.Matches(labels.Set(p.Labels)) {
+				entries = append(entries, hostEntry{svc.Namespace, svc.Name, p.Status.PodIP})
+				break
+			}
+		}
+	}
+	slices.SortFunc(entries, func(a, b hostEntry) int { return strings.Compare(a.namespace+"/"+a.service, b.namespace+"/"+b.service) })
+	return entries
+}
+
+// renderHosts is the hosts file seen from namespace ns ("": the world, no short names).
+func renderHosts(entries []hostEntry, ns string) string {
+	var b strings.Builder
+	b.WriteString(hostsHeader)
+	for _, e := range entries {
+		names := serviceDNSNames(e.service, e.namespace, "cluster.local")
+		if e.namespace != ns {
+			names = names[1:]
+		}
+		fmt.Fprintf(&b, "%s %s\n", e.ip, strings.Join(names, " "))
+	}
+	return b.String()
 }
 
 // writeInPlace rewrites a bind-mounted file without replacing its inode.

@@ -306,124 +306,153 @@ func writeKeys(dir string, data map[string][]byte, items []corev1.KeyToPath) err
 }
 
 // runContainers runs the init containers in order, then the containers,
-// restarting them as the Pod's restartPolicy says, until the Pod is deleted
-// or the world stops.
+// restarting them as the Pod's restartPolicy says, until the Pod is deleted,
+// reaches Succeeded or Failed, or the world stops.
 func (w *podWorker) runContainers(ctx context.Context, sb *sandbox) {
 	p := w.current()
 	if p == nil {
 		return
 	}
-	policy := p.Spec.RestartPolicy
-	exited := make(chan string, 16)
-	launch := func(st *ctrState) {
-		st.waiting = nil
-		if err := w.launch(ctx, p, sb, st); err != nil {
-			w.logf("container %s: %v", st.spec.Name, err)
-			st.waiting = &corev1.ContainerStateWaiting{Reason: "CreateContainerError", Message: err.Error()}
-			go func() {
-				time.Sleep(restartDelay)
-				select {
-				case exited <- st.spec.Name:
-				case <-w.stopped:
-				}
-			}()
-			return
-		}
-		go func() {
-			<-st.proc.Done()
-			select {
-			case exited <- st.spec.Name:
-			case <-w.stopped:
-			}
-		}()
-	}
-	var order []*ctrState
+	r := &containerRun{w: w, ctx: ctx, sb: sb, p: p, exited: make(chan string, 16)}
 	for _, c := range p.Spec.InitContainers {
-		order = append(order, w.state(c, true))
+		r.order = append(r.order, w.state(c, true))
 	}
 	for _, c := range p.Spec.Containers {
-		order = append(order, w.state(c, false))
+		r.order = append(r.order, w.state(c, false))
 	}
-	next := 0 // the next init container to run; past them, all containers run
-	startPhase := func() {
-		if next < len(p.Spec.InitContainers) {
-			launch(order[next])
-			return
-		}
-		w.initDone = true
-		for _, st := range order[len(p.Spec.InitContainers):] {
-			launch(st)
-		}
-	}
-	startPhase()
+	r.startPhase()
 	w.report(ctx, p, sb)
 	probe := time.NewTicker(probePeriod)
 	defer probe.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			w.terminate(order, 10*time.Second)
+			w.terminate(r.order, 10*time.Second)
 			return
 		case <-w.notify:
-			cur := w.current()
-			if cur == nil {
-				w.terminate(order, time.Second)
+			if r.deleted() {
 				return
 			}
-			if cur.DeletionTimestamp != nil {
-				grace := maxGrace
-				if g := cur.DeletionGracePeriodSeconds; g != nil && time.Duration(*g)*time.Second < grace {
-					grace = time.Duration(*g) * time.Second
-				}
-				w.logf("deleted: stopping containers (grace %s)", grace)
-				w.terminate(order, grace)
-				w.finishDeletion(ctx)
-				return
-			}
-			p = cur
-		case name := <-exited:
-			st := w.status[name]
-			if st.proc != nil {
-				st.last = terminated(st)
-				st.ready, st.fails = false, 0
-				w.logf("container %s exited: %s (%d)", name, st.last.Reason, st.last.ExitCode)
-			}
-			failed := st.last == nil || st.last.ExitCode != 0
-			restart := policy == corev1.RestartPolicyAlways || (failed && policy == corev1.RestartPolicyOnFailure)
-			switch {
-			case st.init && !failed:
-				next++
-				startPhase()
-			case restart:
-				st.restarts++
-				time.Sleep(restartDelay)
-				launch(st)
-			case st.init:
-				// restartPolicy Never and an init container failed: the Pod failed.
-			}
+		case name := <-r.exited:
+			r.exit(name)
 		case <-probe.C:
-			changed := false
-			for _, st := range order {
-				if st.init || st.proc == nil {
-					continue
-				}
-				if ok, _ := st.proc.Exited(); ok {
-					continue
-				}
-				if r := w.probe(sb, st); r != st.ready {
-					st.ready, changed = r, true
-				}
-			}
-			if !changed {
+			if !r.probeAll() {
 				continue
 			}
 		}
-		if phase := w.report(ctx, p, sb); phase == corev1.PodSucceeded || phase == corev1.PodFailed {
+		if phase := w.report(ctx, r.p, sb); phase == corev1.PodSucceeded || phase == corev1.PodFailed {
 			w.finished = true
 			w.logf("%s", phase)
 			return
 		}
 	}
+}
+
+// containerRun is the state of runContainers.
+type containerRun struct {
+	w      *podWorker
+	ctx    context.Context
+	sb     *sandbox
+	p      *corev1.Pod
+	order  []*ctrState // init containers, then containers
+	next   int         // the next init container to run; past them, all containers run
+	exited chan string
+}
+
+func (r *containerRun) startPhase() {
+	if r.next < len(r.p.Spec.InitContainers) {
+		r.launch(r.order[r.next])
+		return
+	}
+	r.w.initDone = true
+	for _, st := range r.order[len(r.p.Spec.InitContainers):] {
+		r.launch(st)
+	}
+}
+
+// launch starts a container, and reports on r.exited when it ends (or could not start).
+func (r *containerRun) launch(st *ctrState) {
+	st.waiting = nil
+	report := func() {
+		select {
+		case r.exited <- st.spec.Name:
+		case <-r.w.stopped:
+		}
+	}
+	if err := r.w.launch(r.ctx, r.p, r.sb, st); err != nil {
+		r.w.logf("container %s: %v", st.spec.Name, err)
+		st.waiting = &corev1.ContainerStateWaiting{Reason: "CreateContainerError", Message: err.Error()}
+		go func() {
+			time.Sleep(restartDelay)
+			report()
+		}()
+		return
+	}
+	go func() {
+		<-st.proc.Done()
+		report()
+	}()
+}
+
+// deleted handles a new version of the Pod; true when the worker is done.
+func (r *containerRun) deleted() bool {
+	cur := r.w.current()
+	if cur == nil {
+		r.w.terminate(r.order, time.Second)
+		return true
+	}
+	if cur.DeletionTimestamp == nil {
+		r.p = cur
+		return false
+	}
+	grace := maxGrace
+	if g := cur.DeletionGracePeriodSeconds; g != nil && time.Duration(*g)*time.Second < grace {
+		grace = time.Duration(*g) * time.Second
+	}
+	r.w.logf("deleted: stopping containers (grace %s)", grace)
+	r.w.terminate(r.order, grace)
+	r.w.finishDeletion(r.ctx)
+	return true
+}
+
+// exit handles a container that ended, as the restartPolicy says.
+func (r *containerRun) exit(name string) {
+	st := r.w.status[name]
+	if st.proc != nil {
+		st.last = terminated(st)
+		st.ready, st.fails = false, 0
+		r.w.logf("container %s exited: %s (%d)", name, st.last.Reason, st.last.ExitCode)
+	}
+	failed := st.last == nil || st.last.ExitCode != 0
+	policy := r.p.Spec.RestartPolicy
+	switch {
+	case st.init && !failed:
+		r.next++
+		r.startPhase()
+	case policy == corev1.RestartPolicyAlways || (failed && policy == corev1.RestartPolicyOnFailure):
+		st.restarts++
+		time.Sleep(restartDelay)
+		r.launch(st)
+	default:
+		// Done: Succeeded, or Failed (the status says which).
+	}
+}
+
+// probeAll probes every running container; true when a readiness changed.
+func (r *containerRun) probeAll() bool {
+	changed := false
+	for _, st := range r.order {
+		if st.init || st.proc == nil {
+			continue
+		}
+		if ok, _ := st.proc.Exited(); ok {
+			continue
+		}
+		if ready := r.w.probe(r.sb, st); ready != st.ready {
+			st.ready, changed = ready, true
+		}
+	}
+	return changed
 }
 
 // launch starts one container process in the sandbox.
@@ -713,55 +742,18 @@ func (w *podWorker) podStatus(p *corev1.Pod, sb *sandbox) corev1.PodStatus {
 	if sb != nil && sb.ip != "" {
 		st.PodIP, st.PodIPs = sb.ip, []corev1.PodIP{{IP: sb.ip}}
 	}
-	cs := func(s *ctrState) corev1.ContainerStatus {
-		out := corev1.ContainerStatus{Name: s.spec.Name, Image: s.spec.Image, ImageID: s.spec.Image, RestartCount: s.restarts, Ready: s.ready}
-		running := s.proc != nil
-		if running {
-			if ok, _ := s.proc.Exited(); ok {
-				running = false
-			}
-		}
-		switch {
-		case s.waiting != nil:
-			out.State.Waiting = s.waiting
-		case running:
-			out.State.Running = &corev1.ContainerStateRunning{StartedAt: s.started}
-			out.Started = &running
-		case s.last != nil:
-			out.State.Terminated = s.last
-		default:
-			out.State.Waiting = &corev1.ContainerStateWaiting{Reason: "PodInitializing"}
-		}
-		if s.last != nil && (running || s.waiting != nil) {
-			out.LastTerminationState.Terminated = s.last
-		}
-		return out
-	}
-	allReady, anyRunning, allDone, anyFailed := true, false, true, false
 	for _, c := range p.Spec.InitContainers {
-		s := w.state(c, true)
-		st.InitContainerStatuses = append(st.InitContainerStatuses, cs(s))
-		if s.last != nil && s.last.ExitCode != 0 && p.Spec.RestartPolicy == corev1.RestartPolicyNever {
-			anyFailed = true
-		}
+		st.InitContainerStatuses = append(st.InitContainerStatuses, w.state(c, true).status())
 	}
 	for _, c := range p.Spec.Containers {
-		s := w.state(c, false)
-		x := cs(s)
-		st.ContainerStatuses = append(st.ContainerStatuses, x)
-		allReady = allReady && x.Ready
-		anyRunning = anyRunning || x.State.Running != nil
-		allDone = allDone && x.State.Terminated != nil
-		anyFailed = anyFailed || (x.State.Terminated != nil && x.State.Terminated.ExitCode != 0)
+		st.ContainerStatuses = append(st.ContainerStatuses, w.state(c, false).status())
 	}
-	switch {
-	case anyFailed && p.Spec.RestartPolicy == corev1.RestartPolicyNever && (allDone || !w.initDone):
-		st.Phase = corev1.PodFailed
-	case allDone && w.initDone && p.Spec.RestartPolicy != corev1.RestartPolicyAlways:
-		st.Phase = corev1.PodSucceeded
-	case anyRunning || (w.initDone && p.Spec.RestartPolicy == corev1.RestartPolicyAlways):
-		st.Phase = corev1.PodRunning
+	st.Phase = podPhase(p.Spec.RestartPolicy, w.initDone, st.InitContainerStatuses, st.ContainerStatuses)
+	allReady := true
+	for _, c := range st.ContainerStatuses {
+		allReady = allReady && c.Ready
 	}
+	ready := allReady && w.initDone && st.Phase == corev1.PodRunning
 	cond := func(t corev1.PodConditionType, ok bool) corev1.PodCondition {
 		c := corev1.PodCondition{Type: t, Status: corev1.ConditionFalse, LastTransitionTime: metav1.Now()}
 		if ok {
@@ -774,7 +766,6 @@ func (w *podWorker) podStatus(p *corev1.Pod, sb *sandbox) corev1.PodStatus {
 		}
 		return c
 	}
-	ready := allReady && w.initDone && st.Phase == corev1.PodRunning
 	st.Conditions = []corev1.PodCondition{
 		cond(corev1.PodReadyToStartContainers, sb != nil),
 		cond(corev1.PodInitialized, w.initDone),
@@ -783,4 +774,58 @@ func (w *podWorker) podStatus(p *corev1.Pod, sb *sandbox) corev1.PodStatus {
 		cond(corev1.PodScheduled, true),
 	}
 	return st
+}
+
+// podPhase follows the kubelet: Failed when a container failed for good,
+// Succeeded when every container ended well and none is restarted, Running
+// while a container runs (or is restarted), Pending before.
+func podPhase(policy corev1.RestartPolicy, initDone bool, inits, ctrs []corev1.ContainerStatus) corev1.PodPhase {
+	failed := func(c corev1.ContainerStatus) bool {
+		return c.State.Terminated != nil && c.State.Terminated.ExitCode != 0
+	}
+	initFailed := false
+	for _, c := range inits {
+		initFailed = initFailed || (failed(c) && policy == corev1.RestartPolicyNever)
+	}
+	anyRunning, allDone, anyFailed := false, true, false
+	for _, c := range ctrs {
+		anyRunning = anyRunning || c.State.Running != nil
+		allDone = allDone && c.State.Terminated != nil
+		anyFailed = anyFailed || failed(c)
+	}
+	switch {
+	case initFailed || (anyFailed && allDone && policy == corev1.RestartPolicyNever):
+		return corev1.PodFailed
+	case allDone && initDone && policy != corev1.RestartPolicyAlways:
+		return corev1.PodSucceeded
+	case anyRunning || (initDone && policy == corev1.RestartPolicyAlways):
+		return corev1.PodRunning
+	}
+	return corev1.PodPending
+}
+
+// status is the container's status as a kubelet reports it.
+func (s *ctrState) status() corev1.ContainerStatus {
+	out := corev1.ContainerStatus{Name: s.spec.Name, Image: s.spec.Image, ImageID: s.spec.Image, RestartCount: s.restarts, Ready: s.ready}
+	running := s.proc != nil
+	if running {
+		if ok, _ := s.proc.Exited(); ok {
+			running = false
+		}
+	}
+	switch {
+	case s.waiting != nil:
+		out.State.Waiting = s.waiting
+	case running:
+		out.State.Running = &corev1.ContainerStateRunning{StartedAt: s.started}
+		out.Started = &running
+	case s.last != nil:
+		out.State.Terminated = s.last
+	default:
+		out.State.Waiting = &corev1.ContainerStateWaiting{Reason: "PodInitializing"}
+	}
+	if s.last != nil && (running || s.waiting != nil) {
+		out.LastTerminationState.Terminated = s.last
+	}
+	return out
 }

@@ -150,7 +150,23 @@ func (s *sandbox) mountRoot(pod *corev1.Pod, parts sandboxParts) error {
 			return err
 		}
 	}
-	// /usr: the host's, with the world's PgBouncer where CNPG's image has it.
+	for _, step := range []func() error{
+		func() error { return s.mountImage(parts) },
+		s.mountDev,
+		func() error { return s.mountScratch(parts) },
+		func() error { return s.mountVolumes(pod, parts.volumeDirs) },
+		func() error { return s.mountServiceAccount(parts) },
+	} {
+		if err := step(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// mountImage mounts the "image": the host's /usr (overlay, with the world's
+// PgBouncer at CNPG's path) and /etc (read-only, with the Pod's hosts file).
+func (s *sandbox) mountImage(parts sandboxParts) error {
 	upper, work := filepath.Join(s.dir, "usr-upper"), filepath.Join(s.dir, "usr-work")
 	for _, d := range []string{filepath.Join(upper, "bin"), work} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
@@ -160,62 +176,68 @@ func (s *sandbox) mountRoot(pod *corev1.Pod, parts sandboxParts) error {
 	if err := copyFile(parts.pgbouncer, filepath.Join(upper, "bin", "pgbouncer")); err != nil {
 		return err
 	}
-	if err := mount("overlay", filepath.Join(r, "usr"), "overlay", 0, "lowerdir=/usr,upperdir="+upper+",workdir="+work); err != nil {
+	if err := mount("overlay", filepath.Join(s.root, "usr"), "overlay", 0, "lowerdir=/usr,upperdir="+upper+",workdir="+work); err != nil {
 		return err
 	}
-	if err := bind("/etc", filepath.Join(r, "etc"), true); err != nil {
+	if err := bind("/etc", filepath.Join(s.root, "etc"), true); err != nil {
 		return err
 	}
 	if err := os.WriteFile(s.hosts, []byte(hostsHeader), 0o644); err != nil { //nolint:gosec // a hosts file
 		return err
 	}
-	if err := bind(s.hosts, filepath.Join(r, "etc", "hosts"), true); err != nil {
-		return err
-	}
+	return bind(s.hosts, filepath.Join(s.root, "etc", "hosts"), true)
+}
+
+// mountDev gives the sandbox the few device nodes a container has.
+func (s *sandbox) mountDev() error {
 	for _, dev := range []string{"null", "zero", "full", "random", "urandom", "tty"} {
-		if err := bindFile("/dev/"+dev, filepath.Join(r, "dev", dev), false); err != nil {
+		if err := bindFile("/dev/"+dev, filepath.Join(s.root, "dev", dev), false); err != nil {
 			return err
 		}
 	}
 	for _, l := range [][2]string{{"/proc/self/fd", "dev/fd"}, {"/proc/self/fd/0", "dev/stdin"}, {"/proc/self/fd/1", "dev/stdout"}, {"/proc/self/fd/2", "dev/stderr"}} {
-		if err := os.Symlink(l[0], filepath.Join(r, l[1])); err != nil {
-			return err
-		}
-	}
-	if err := mount("/proc", filepath.Join(r, "proc"), "", syscall.MS_BIND|syscall.MS_REC, ""); err != nil {
-		return err
-	}
-	tmp := filepath.Join(s.dir, "tmp")
-	if err := os.MkdirAll(tmp, 0o1777); err != nil {
-		return err
-	}
-	if err := os.Chmod(tmp, 0o1777|os.ModeSticky); err != nil {
-		return err
-	}
-	if err := bind(tmp, filepath.Join(r, "tmp"), false); err != nil {
-		return err
-	}
-	if err := bindFile(parts.manager, filepath.Join(r, "manager"), true); err != nil {
-		return err
-	}
-	if err := s.mountVolumes(pod, parts.volumeDirs); err != nil {
-		return err
-	}
-	if parts.token != nil {
-		sa := filepath.Join(s.dir, "serviceaccount")
-		if err := os.MkdirAll(sa, 0o755); err != nil {
-			return err
-		}
-		for name, data := range map[string][]byte{"token": parts.token, "ca.crt": parts.caCert, "namespace": []byte(parts.namespace)} {
-			if err := os.WriteFile(filepath.Join(sa, name), data, 0o644); err != nil { //nolint:gosec // read by the container's user
-				return err
-			}
-		}
-		if err := bind(sa, filepath.Join(r, "var/run/secrets/kubernetes.io/serviceaccount"), true); err != nil {
+		if err := os.Symlink(l[0], filepath.Join(s.root, l[1])); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// mountScratch mounts /proc, a private /tmp and CNPG's manager at /manager
+// (where the operator image has it, for the bootstrap-controller init container).
+func (s *sandbox) mountScratch(parts sandboxParts) error {
+	if err := mount("/proc", filepath.Join(s.root, "proc"), "", syscall.MS_BIND|syscall.MS_REC, ""); err != nil {
+		return err
+	}
+	tmp := filepath.Join(s.dir, "tmp")
+	if err := os.MkdirAll(tmp, 0o750); err != nil {
+		return err
+	}
+	if err := os.Chmod(tmp, 0o777|os.ModeSticky); err != nil {
+		return err
+	}
+	if err := bind(tmp, filepath.Join(s.root, "tmp"), false); err != nil {
+		return err
+	}
+	return bindFile(parts.manager, filepath.Join(s.root, "manager"), true)
+}
+
+// mountServiceAccount mounts the Pod's service-account token where
+// rest.InClusterConfig reads it.
+func (s *sandbox) mountServiceAccount(parts sandboxParts) error {
+	if parts.token == nil {
+		return nil
+	}
+	sa := filepath.Join(s.dir, "serviceaccount")
+	if err := os.MkdirAll(sa, 0o755); err != nil {
+		return err
+	}
+	for name, data := range map[string][]byte{"token": parts.token, "ca.crt": parts.caCert, "namespace": []byte(parts.namespace)} {
+		if err := os.WriteFile(filepath.Join(sa, name), data, 0o644); err != nil { //nolint:gosec // read by the container's user
+			return err
+		}
+	}
+	return bind(sa, filepath.Join(s.root, "var/run/secrets/kubernetes.io/serviceaccount"), true)
 }
 
 // mountVolumes mounts the volumes every container of the Pod asks for
