@@ -95,7 +95,11 @@ func CRDDirs() ([]string, error) {
 // on failure the tail of every process log is printed.
 func Start(t testing.TB, opts Options) *World {
 	t.Helper()
+	t0 := time.Now()
 	w, err := StartWorld(t.TempDir(), opts)
+	if err == nil {
+		t.Logf("world started in %s", time.Since(t0).Round(10*time.Millisecond))
+	}
 	t.Cleanup(func() {
 		if w != nil && t.Failed() {
 			t.Log(w.Logs())
@@ -296,14 +300,24 @@ func (w *World) LeftRunning() []string {
 }
 
 // Logs returns the tail of every log of the world.
+// Logs returns the tail of every log of the world: its processes, the
+// kubelet, and each container the kubelet ran (shorter tails).
 func (w *World) Logs() string {
 	var b strings.Builder
 	paths := append([]string(nil), w.logs...)
-	for _, p := range w.procs {
-		paths = append(paths, p.LogPath)
+	for _, p := range append([]*Process{w.kcm, w.cnpg}, w.procs...) {
+		if p != nil {
+			paths = append(paths, p.LogPath)
+		}
 	}
+	paths = append(paths, filepath.Join(w.Dir, "kubelet.log"))
 	for _, p := range paths {
 		fmt.Fprintf(&b, "\n===== %s (tail) =====\n%s\n", p, tailFile(p, 8<<10))
+	}
+	if w.Kubelet != nil {
+		for _, p := range w.Kubelet.containerLogs() {
+			fmt.Fprintf(&b, "\n===== %s (tail) =====\n%s\n", p, tailFile(p, 2<<10))
+		}
 	}
 	return b.String()
 }

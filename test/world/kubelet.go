@@ -50,6 +50,8 @@ type Kubelet struct {
 	done     chan struct{}
 
 	mu       sync.Mutex
+	logs     []string // container logs, in start order
+	deleting map[types.UID]bool
 	workers  map[types.UID]*podWorker
 	finished map[types.UID]bool // Pods whose containers all ended: never started again
 	stopped  bool
@@ -73,7 +75,7 @@ func startKubelet(cfg *rest.Config, dir string, bins sandboxBins, marker string)
 		cs: cs, caCert: cfg.CAData, apiHost: strings.TrimSuffix(host, "/"), dir: dir, base: base,
 		pvcs: filepath.Join(dir, "pvcs"), bins: bins, env: []string{marker},
 		stopInf: make(chan struct{}), kick: make(chan struct{}, 1), done: make(chan struct{}),
-		workers: map[types.UID]*podWorker{}, finished: map[types.UID]bool{},
+		workers: map[types.UID]*podWorker{}, finished: map[types.UID]bool{}, deleting: map[types.UID]bool{},
 	}
 	ctx := context.Background()
 	if err := k.registerNode(ctx); err != nil {
@@ -163,7 +165,8 @@ func (k *Kubelet) sync() {
 		w, ok := k.workers[p.UID]
 		if !ok {
 			if k.finished[p.UID] || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
-				if p.DeletionTimestamp != nil && len(p.Finalizers) == 0 {
+				if p.DeletionTimestamp != nil && len(p.Finalizers) == 0 && !k.deleting[p.UID] {
+					k.deleting[p.UID] = true
 					go k.forget(p)
 				}
 				continue
@@ -182,6 +185,7 @@ func (k *Kubelet) sync() {
 	for uid := range k.finished {
 		if !live[uid] {
 			delete(k.finished, uid)
+			delete(k.deleting, uid)
 		}
 	}
 	k.mu.Unlock()
@@ -197,6 +201,21 @@ func (k *Kubelet) forget(p *corev1.Pod) {
 	if err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
 		k.logf("pod %s/%s: finish deletion: %v", p.Namespace, p.Name, err)
 	}
+}
+
+// addLog records a container log (once).
+func (k *Kubelet) addLog(path string) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if !slices.Contains(k.logs, path) {
+		k.logs = append(k.logs, path)
+	}
+}
+
+func (k *Kubelet) containerLogs() []string {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return slices.Clone(k.logs)
 }
 
 func (k *Kubelet) workerDone(uid types.UID, finished bool) {

@@ -479,6 +479,7 @@ func (w *podWorker) launch(ctx context.Context, p *corev1.Pod, sb *sandbox, st *
 	if st.proc, err = startProcess(w.k.dir, logName, env, sb.command(c.WorkingDir, argv)); err != nil {
 		return err
 	}
+	w.k.addLog(st.proc.LogPath)
 	st.started = metav1.Now()
 	return nil
 }
