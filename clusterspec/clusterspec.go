@@ -1,0 +1,204 @@
+// Package clusterspec decides, without a client, the slice of a CNPG Cluster
+// that cnpg-teleport changes so PostgreSQL trusts Teleport: the client CA
+// (spec.certificates.clientCASecret, the user's value saved for an exact
+// restore), its pg_hba lines (recognisable, always first among the user's,
+// removable exactly) and its read and write login roles (DatabaseRole
+// objects, so the Cluster's atomic managed.roles list is never touched).
+package clusterspec
+
+import (
+	"fmt"
+	"regexp"
+	"slices"
+	"strings"
+
+	cnpgv1 "github.com/cloudnative-pg/cloudnative-pg/api/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// Marker ends every pg_hba line cnpg-teleport writes (a comment is legal
+// pg_hba syntax), so exactly those lines can be found and removed.
+const Marker = "# cnpg-teleport"
+
+// AnnotationSaved keeps the user's own spec.certificates.clientCASecret
+// while the bundle replaces it: "-" when the user had no spec.certificates
+// at all, "" when it had one without a clientCASecret.
+const AnnotationSaved = "cnpg-teleport.io/saved-client-ca-secret"
+
+const noneSaved = "-"
+
+// Default role names, and the annotations that choose others.
+const (
+	DefaultReadRole  = "teleport_read"
+	DefaultWriteRole = "teleport_write"
+)
+
+var roleName = regexp.MustCompile(`^[a-z_][a-z0-9_]{0,62}$`)
+
+// ValidateRole refuses a name that is not a plain PostgreSQL identifier or
+// that names a role CNPG or PostgreSQL own, or one the Cluster already
+// manages (taking it over would widen who reaches it).
+func ValidateRole(c *cnpgv1.Cluster, name string) error {
+	switch {
+	case !roleName.MatchString(name):
+		return fmt.Errorf("role %q: want a lower-case PostgreSQL identifier ([a-z_][a-z0-9_]*, at most 63)", name)
+	case name == "postgres" || name == "streaming_replica" || strings.HasPrefix(name, "pg_") || strings.HasPrefix(name, "cnpg_"):
+		return fmt.Errorf("role %q is reserved by PostgreSQL or CNPG", name)
+	}
+	if b := c.Spec.Bootstrap; b != nil && b.InitDB != nil && b.InitDB.Owner == name {
+		return fmt.Errorf("role %q owns the Cluster's application database", name)
+	}
+	if m := c.Spec.Managed; m != nil && slices.ContainsFunc(m.Roles, func(r cnpgv1.RoleConfiguration) bool { return r.Name == name }) {
+		return fmt.Errorf("role %q is already in spec.managed.roles", name)
+	}
+	return nil
+}
+
+// HBALine is the one pg_hba rule: Teleport's client certificates, CN = role.
+func HBALine(roles ...string) string {
+	return "hostssl all " + strings.Join(roles, ",") + " all cert " + Marker
+}
+
+func ours(line string) bool { return strings.HasSuffix(strings.TrimSpace(line), Marker) }
+
+// MergeHBA puts our lines first among the user's (pg_hba is first match:
+// no user line can shadow them; only CNPG's fixed rules for its own users
+// come before), dropping any older line of ours and keeping every user line
+// in its order.
+func MergeHBA(lines []string, mine ...string) []string {
+	return append(slices.Clone(mine), StripHBA(lines)...)
+}
+
+// StripHBA removes exactly our lines.
+func StripHBA(lines []string) []string {
+	out := slices.DeleteFunc(slices.Clone(lines), ours)
+	if len(out) == 0 {
+		return nil
+	}
+	return out
+}
+
+// OwnClientCASecret is the Secret the user trusts for client certificates:
+// their own clientCASecret (saved while the bundle replaces it), else CNPG's
+// <cluster>-ca.
+func OwnClientCASecret(c *cnpgv1.Cluster, bundle string) string {
+	if saved, ok := c.Annotations[AnnotationSaved]; ok {
+		if saved != noneSaved && saved != "" {
+			return saved
+		}
+		return c.Name + "-ca"
+	}
+	if c.Spec.Certificates != nil && c.Spec.Certificates.ClientCASecret != "" && c.Spec.Certificates.ClientCASecret != bundle {
+		return c.Spec.Certificates.ClientCASecret
+	}
+	return c.Name + "-ca"
+}
+
+// Trust returns the Cluster changed to trust bundle with our pg_hba line
+// first; the user's clientCASecret is saved once, for Restore.
+func Trust(c *cnpgv1.Cluster, bundle, hbaLine string) *cnpgv1.Cluster {
+	out := c.DeepCopy()
+	if _, ok := out.Annotations[AnnotationSaved]; !ok {
+		saved := noneSaved
+		if cs := out.Spec.Certificates; cs != nil {
+			saved = cs.ClientCASecret
+			if saved == bundle {
+				saved = "" // ours already (an earlier pass lost the annotation): nothing of the user's to keep
+			}
+		}
+		if out.Annotations == nil {
+			out.Annotations = map[string]string{}
+		}
+		out.Annotations[AnnotationSaved] = saved
+	}
+	if out.Spec.Certificates == nil {
+		out.Spec.Certificates = &cnpgv1.CertificatesConfiguration{}
+	}
+	out.Spec.Certificates.ClientCASecret = bundle
+	out.Spec.PostgresConfiguration.PgHBA = MergeHBA(out.Spec.PostgresConfiguration.PgHBA, hbaLine)
+	return out
+}
+
+// Restore returns the Cluster with our slice undone: the user's
+// clientCASecret back (spec.certificates gone again if we added it), our
+// pg_hba lines removed, the saved annotation dropped. Everything else the
+// user wrote, in the meantime too, stays.
+func Restore(c *cnpgv1.Cluster) *cnpgv1.Cluster {
+	out := c.DeepCopy()
+	saved, ok := out.Annotations[AnnotationSaved]
+	if cs := out.Spec.Certificates; ok && cs != nil {
+		if saved == noneSaved {
+			cs.ClientCASecret = ""
+			if cs.ServerCASecret == "" && cs.ServerTLSSecret == "" && cs.ReplicationTLSSecret == "" && len(cs.ServerAltDNSNames) == 0 {
+				out.Spec.Certificates = nil
+			}
+		} else {
+			cs.ClientCASecret = saved
+		}
+	}
+	delete(out.Annotations, AnnotationSaved)
+	if len(out.Annotations) == 0 {
+		out.Annotations = nil
+	}
+	out.Spec.PostgresConfiguration.PgHBA = StripHBA(out.Spec.PostgresConfiguration.PgHBA)
+	return out
+}
+
+// Trusted reports whether the Cluster is in our slice's state already.
+func Trusted(c *cnpgv1.Cluster, bundle, hbaLine string) bool {
+	_, saved := c.Annotations[AnnotationSaved]
+	return saved && c.Spec.Certificates != nil && c.Spec.Certificates.ClientCASecret == bundle &&
+		slices.Equal(c.Spec.PostgresConfiguration.PgHBA, MergeHBA(c.Spec.PostgresConfiguration.PgHBA, hbaLine))
+}
+
+// Changed reports whether the Cluster has any of our slice left.
+func Changed(c *cnpgv1.Cluster) bool {
+	_, saved := c.Annotations[AnnotationSaved]
+	return saved || slices.ContainsFunc(c.Spec.PostgresConfiguration.PgHBA, ours)
+}
+
+// Role is a login role for Teleport users and the predefined roles it is granted.
+type Role struct {
+	Name    string
+	InRoles []string
+}
+
+// Roles are the read and the write role: reading all data, and reading and
+// writing all data (PostgreSQL >= 14 predefined roles).
+func Roles(read, write string) []Role {
+	return []Role{
+		{Name: read, InRoles: []string{"pg_read_all_data"}},
+		{Name: write, InRoles: []string{"pg_read_all_data", "pg_write_all_data"}},
+	}
+}
+
+// DatabaseRole is the CNPG DatabaseRole object of one role: login, no
+// password (certificate authentication only), owned by the Cluster, dropped
+// from PostgreSQL when the object is deleted.
+func DatabaseRole(c *cnpgv1.Cluster, r Role, labels map[string]string) *cnpgv1.DatabaseRole {
+	return &cnpgv1.DatabaseRole{
+		TypeMeta: metav1.TypeMeta{APIVersion: cnpgv1.SchemeGroupVersion.String(), Kind: "DatabaseRole"},
+		ObjectMeta: metav1.ObjectMeta{
+			Namespace: c.Namespace, Name: DatabaseRoleName(c, r.Name), Labels: labels,
+			OwnerReferences: []metav1.OwnerReference{{
+				APIVersion: cnpgv1.SchemeGroupVersion.String(), Kind: cnpgv1.ClusterKind, Name: c.Name, UID: c.UID,
+			}},
+		},
+		Spec: cnpgv1.DatabaseRoleSpec{
+			RoleConfiguration: cnpgv1.RoleConfiguration{
+				Name: r.Name, Comment: "Teleport users (cnpg-teleport)", Ensure: cnpgv1.EnsurePresent,
+				Login: true, Inherit: ptr(true), DisablePassword: true, InRoles: r.InRoles,
+			},
+			ClusterRef:    corev1.LocalObjectReference{Name: c.Name},
+			ReclaimPolicy: cnpgv1.DatabaseRoleReclaimDelete,
+		},
+	}
+}
+
+// DatabaseRoleName is <cluster>-<role>, '_' as '-' (object names are DNS names).
+func DatabaseRoleName(c *cnpgv1.Cluster, role string) string {
+	return c.Name + "-" + strings.ReplaceAll(role, "_", "-")
+}
+
+func ptr[T any](v T) *T { return &v }
