@@ -48,6 +48,9 @@ type ClusterReconciler struct {
 	Resync time.Duration
 	// Retry is the wait before retrying when a dependency (server CA) is missing.
 	Retry time.Duration
+	// TrustPoll is how often CNPG's status is read while the registration
+	// waits for PostgreSQL to run the client-CA bundle.
+	TrustPoll time.Duration
 	// Now is the clock (time.Now when nil).
 	Now func() time.Time
 
@@ -82,6 +85,16 @@ func (r *ClusterReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 	if !controllerutil.ContainsFinalizer(&c, Finalizer) {
 		// Its own pass: the update event of the patch starts the next one.
 		return ctrl.Result{}, r.patchFinalizer(ctx, &c, true)
+	}
+	// PostgreSQL trusts Teleport first: a db registered before would not connect.
+	trusted, err := r.trust(ctx, &c, spec)
+	switch {
+	case errors.Is(err, errNotOurs):
+		return ctrl.Result{RequeueAfter: r.Resync}, nil // waits for a person
+	case err != nil:
+		return ctrl.Result{}, err
+	case !trusted:
+		return ctrl.Result{RequeueAfter: r.TrustPoll}, nil // CNPG's status changes do not wake us
 	}
 	ca, err := r.serverCA(ctx, &c)
 	if err != nil {
@@ -257,8 +270,12 @@ func (r *ClusterReconciler) unavailable(c *cnpgv1.Cluster, action string, err er
 	return fmt.Errorf("teleport: %w", err)
 }
 
-// finalize removes the Cluster's own db resources (unless kept), then the finalizer.
+// finalize undoes the trust step (an opted-out Cluster), removes the
+// Cluster's own db resources (unless kept), then the finalizer.
 func (r *ClusterReconciler) finalize(ctx context.Context, c *cnpgv1.Cluster) error {
+	if err := r.untrust(ctx, c); err != nil {
+		return err
+	}
 	all, err := r.Teleport.ListDatabases(ctx)
 	if err != nil {
 		r.warned.warn(r.Recorder, c, ReasonTeleportUnavailable, "Deregister",

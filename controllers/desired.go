@@ -14,6 +14,8 @@ import (
 
 	cnpgv1 "github.com/cloudnative-pg/cloudnative-pg/api/v1"
 	"github.com/gravitational/teleport/api/types"
+
+	"github.com/cnpg-teleport/cnpg-teleport/clusterspec"
 )
 
 // Annotations on a CNPG Cluster: the public API.
@@ -28,6 +30,10 @@ const (
 	AnnotationEndpoints = "cnpg-teleport.io/endpoints"
 	// AnnotationKeep "true" leaves the db resources in Teleport when the Cluster goes.
 	AnnotationKeep = "cnpg-teleport.io/keep"
+	// AnnotationReadRole names the PostgreSQL login role that reads all data (default teleport_read).
+	AnnotationReadRole = "cnpg-teleport.io/read-role"
+	// AnnotationWriteRole names the login role that reads and writes all data (default teleport_write).
+	AnnotationWriteRole = "cnpg-teleport.io/write-role"
 )
 
 // Labels on the Teleport db resources. The ownership labels mark what this
@@ -86,6 +92,8 @@ type Spec struct {
 	Labels    map[string]string
 	Endpoints []string
 	Keep      bool
+	ReadRole  string // PostgreSQL login role for Teleport users, reading
+	WriteRole string // and reading and writing
 }
 
 // InvalidAnnotationError is a user error in one annotation: the controller
@@ -140,6 +148,21 @@ func ParseAnnotations(o Options, c *cnpgv1.Cluster) (Spec, error) {
 		s.Keep = true
 	case v != "false":
 		bad(AnnotationKeep, `must be "true" or "false"`)
+	}
+	s.ReadRole, s.WriteRole = clusterspec.DefaultReadRole, clusterspec.DefaultWriteRole
+	for _, r := range []struct {
+		ann  string
+		role *string
+	}{{AnnotationReadRole, &s.ReadRole}, {AnnotationWriteRole, &s.WriteRole}} {
+		if v, ok := a[r.ann]; ok {
+			*r.role = v
+		}
+		if err := clusterspec.ValidateRole(c, *r.role); err != nil {
+			bad(r.ann, err.Error())
+		}
+	}
+	if s.ReadRole == s.WriteRole {
+		bad(AnnotationWriteRole, "the read and the write role must differ")
 	}
 	return s, errors.Join(errs...)
 }

@@ -40,6 +40,7 @@ func Setup(ctx context.Context, mgr ctrl.Manager, cfg Config) error {
 		Options:   cfg.Options,
 		Resync:    cfg.Resync,
 		Retry:     cfg.Retry,
+		TrustPoll: time.Second,
 	}
 	if err := r.SetupWithManager(ctx, mgr); err != nil {
 		return err

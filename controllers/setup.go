@@ -12,10 +12,13 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	"github.com/cnpg-teleport/cnpg-teleport/clusterspec"
 )
 
-// serverCAIndex indexes Clusters by the name of their server CA Secret, so a
-// renewed CA maps back to the Clusters that use it.
+// serverCAIndex indexes Clusters by the names of the Secrets they depend on
+// (server CA, their own client CA, the bundle), so a renewed CA or a changed
+// bundle maps back to the Clusters that use it.
 const serverCAIndex = "cnpg-teleport.serverCASecret"
 
 // SetupWithManager wires the reconciler: Clusters (only changes that matter:
@@ -23,13 +26,15 @@ const serverCAIndex = "cnpg-teleport.serverCASecret"
 // renewed), never the content of every Secret.
 func (r *ClusterReconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manager) error {
 	if err := mgr.GetFieldIndexer().IndexField(ctx, &cnpgv1.Cluster{}, serverCAIndex, func(o client.Object) []string {
-		return []string{serverCASecret(o.(*cnpgv1.Cluster))}
+		c := o.(*cnpgv1.Cluster)
+		return []string{serverCASecret(c), clusterspec.OwnClientCASecret(c, BundleSecretName(c)), BundleSecretName(c)}
 	}); err != nil {
 		return err
 	}
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("cluster").
 		For(&cnpgv1.Cluster{}, builder.WithPredicates(clusterChanged())).
+		Owns(&cnpgv1.DatabaseRole{}).
 		WatchesMetadata(&corev1.Secret{}, handler.EnqueueRequestsFromMapFunc(r.clustersForSecret),
 			builder.WithPredicates(predicate.ResourceVersionChangedPredicate{})).
 		Complete(r)

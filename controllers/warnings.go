@@ -20,6 +20,15 @@ type warnings struct {
 }
 
 func (w *warnings) warn(rec events.EventRecorder, c *cnpgv1.Cluster, reason, action, format string, args ...any) {
+	w.emit(rec, c, corev1.EventTypeWarning, reason, action, format, args...)
+}
+
+// note is warn for a Normal Event: a waiting state reported once.
+func (w *warnings) note(rec events.EventRecorder, c *cnpgv1.Cluster, reason, action, format string, args ...any) {
+	w.emit(rec, c, corev1.EventTypeNormal, reason, action, format, args...)
+}
+
+func (w *warnings) emit(rec events.EventRecorder, c *cnpgv1.Cluster, eventType, reason, action, format string, args ...any) {
 	note := fmt.Sprintf(format, args...)
 	w.mu.Lock()
 	if w.last == nil {
@@ -32,7 +41,7 @@ func (w *warnings) warn(rec events.EventRecorder, c *cnpgv1.Cluster, reason, act
 	w.last[c.UID][reason] = note
 	w.mu.Unlock()
 	if !same {
-		rec.Eventf(c, nil, corev1.EventTypeWarning, reason, action, "%s", note)
+		rec.Eventf(c, nil, eventType, reason, action, "%s", note)
 	}
 }
 

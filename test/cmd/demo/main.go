@@ -130,19 +130,16 @@ func (d *demo) run(ctx context.Context) error {
 			fmt.Printf("    (spec.imageName: %s, the host's PostgreSQL)\n", cluster.Spec.ImageName)
 			return d.w.Client.Create(ctx, &cluster)
 		}},
-		{"by hand, as users do today: client CA += Teleport's db CA, pg_hba cert rule, role alice (CNPG applies it)", func() error {
-			ca, err := d.tp.Tctl(ctx, "", "auth", "export", "--type=db")
-			if err != nil {
-				return err
-			}
-			return d.w.TrustByHand(ctx, ns, name, ca, "alice")
-		}},
-		{"CNPG: Cluster in healthy state (primary + 2 streaming replicas)", func() error {
+		{"CNPG: Cluster in healthy state (primary + 2 streaming replicas), trusting Teleport's db CA", func() error {
 			c, err := d.w.WaitClusterHealthy(ctx, ns, name, 4*time.Minute)
 			if err != nil {
 				return err
 			}
 			fmt.Printf("    | %s: %d/%d ready, primary %s\n", c.Status.Phase, c.Status.ReadyInstances, c.Spec.Instances, c.Status.CurrentPrimary)
+			fmt.Printf("    | spec.certificates.clientCASecret: %s (CNPG runs %s)\n", c.Spec.Certificates.ClientCASecret, c.Status.Certificates.ClientCASecret)
+			for _, l := range c.Spec.PostgresConfiguration.PgHBA {
+				fmt.Printf("    | pg_hba: %s\n", l)
+			}
 			return nil
 		}},
 		{"tctl get db: the controller registered rw and ro (verify-full, the server CA, labels)", func() error {
@@ -165,15 +162,15 @@ func (d *demo) run(ctx context.Context) error {
 				return nil
 			})
 		}},
-		{"tsh db ls (as alice) and tsh db connect: SELECT current_user", func() error {
-			if alice, err = d.tp.User(ctx, "alice", []string{"alice"}, []string{"postgres"}); err != nil {
+		{"tsh db ls (as alice) and tsh db connect --db-user=teleport_read: SELECT", func() error {
+			if alice, err = d.tp.User(ctx, "alice", []string{"teleport_read", "teleport_write"}, []string{"app"}); err != nil {
 				return err
 			}
 			if out, err := alice.Tsh(ctx, "", "db", "ls", "-v"); err == nil {
 				show(out)
 			}
 			return poll(30*time.Second, func() error {
-				out, err := alice.Query(ctx, "kind-default-demo-rw", "alice", "postgres",
+				out, err := alice.Query(ctx, "kind-default-demo-rw", "teleport_read", "app",
 					"SELECT 'connected as ' || current_user || ' to ' || inet_server_addr() || ', in recovery: ' || pg_is_in_recovery();")
 				if err != nil {
 					return err

@@ -1,0 +1,259 @@
+package controllers
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+
+	cnpgv1 "github.com/cloudnative-pg/cloudnative-pg/api/v1"
+	corev1 "k8s.io/api/core/v1"
+	apiequality "k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	k8stypes "k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/cnpg-teleport/cnpg-teleport/certs"
+	"github.com/cnpg-teleport/cnpg-teleport/clusterspec"
+)
+
+// Event reasons of the trust step.
+const (
+	ReasonTrustConfigured = "TrustConfigured"
+	ReasonTrustPending    = "TrustPending"
+	ReasonTrustRemoved    = "TrustRemoved"
+	ReasonTrustInvalid    = "TrustInvalid"
+	ReasonObjectConflict  = "ObjectConflict"
+)
+
+// BundleSecretName is the client-CA bundle Secret of a Cluster.
+func BundleSecretName(c *cnpgv1.Cluster) string { return c.Name + "-teleport-ca" }
+
+// errNotOurs marks an object of our name that this controller did not make.
+var errNotOurs = errors.New("exists and is not ours")
+
+// errWaiting marks a step that waits for CNPG (retried with backoff).
+var errWaiting = errors.New("waiting for CNPG")
+
+// objectLabels mark the Kubernetes objects the controller makes for a Cluster.
+func objectLabels(c *cnpgv1.Cluster) map[string]string {
+	return map[string]string{LabelManagedBy: ManagedByValue, LabelCluster: c.Name}
+}
+
+func ownedBy(o metav1.Object, c *cnpgv1.Cluster) bool {
+	if o.GetLabels()[LabelManagedBy] != ManagedByValue {
+		return false
+	}
+	return slices.ContainsFunc(o.GetOwnerReferences(), func(r metav1.OwnerReference) bool { return r.UID == c.UID })
+}
+
+// trust makes PostgreSQL trust Teleport's database-client CA for the
+// Cluster, in order: the bundle Secret (valid before anything points at it),
+// the read and write DatabaseRoles, then the Cluster's slice (client CA and
+// pg_hba line). It reports whether CNPG runs the bundle's current version,
+// so the db resources are registered only once a Teleport user can log in.
+func (r *ClusterReconciler) trust(ctx context.Context, c *cnpgv1.Cluster, spec Spec) (bool, error) {
+	bundle, err := r.ensureBundle(ctx, c)
+	if err != nil {
+		return false, err
+	}
+	if err := r.ensureRoles(ctx, c, spec); err != nil {
+		return false, err
+	}
+	line := clusterspec.HBALine(spec.ReadRole, spec.WriteRole)
+	if !clusterspec.Trusted(c, bundle.Name, line) {
+		patch := client.MergeFromWithOptions(c.DeepCopy(), client.MergeFromWithOptimisticLock{})
+		next := clusterspec.Trust(c, bundle.Name, line)
+		if err := r.Client.Patch(ctx, next, patch); err != nil {
+			return false, fmt.Errorf("cluster trust slice: %w", err)
+		}
+		*c = *next
+		r.Recorder.Eventf(c, nil, corev1.EventTypeNormal, ReasonTrustConfigured, "Trust",
+			"client CA %s (own CA + Teleport's), pg_hba %q, roles %s and %s", bundle.Name, line, spec.ReadRole, spec.WriteRole)
+	}
+	st := c.Status
+	if st.Certificates.ClientCASecret != bundle.Name || st.SecretsResourceVersion.ClientCASecretVersion != bundle.ResourceVersion {
+		r.warned.note(r.Recorder, c, ReasonTrustPending, "Register",
+			"registration waits until CNPG runs client CA %s version %s (status: %q version %q)",
+			bundle.Name, bundle.ResourceVersion, st.Certificates.ClientCASecret, st.SecretsResourceVersion.ClientCASecretVersion)
+		return false, nil
+	}
+	return true, nil
+}
+
+// ensureBundle writes the bundle Secret when its content changed, and returns
+// it. The Cluster's own client CA comes first, with its key byte for byte;
+// Teleport's CA certificates follow. When Teleport cannot be asked, an
+// existing bundle is kept as it is: a CA already trusted is never dropped
+// for want of an answer.
+func (r *ClusterReconciler) ensureBundle(ctx context.Context, c *cnpgv1.Cluster) (*corev1.Secret, error) {
+	var cur corev1.Secret
+	key := k8stypes.NamespacedName{Namespace: c.Namespace, Name: BundleSecretName(c)}
+	err := r.APIReader.Get(ctx, key, &cur)
+	exists := err == nil
+	if err != nil && !apierrors.IsNotFound(err) {
+		return nil, fmt.Errorf("secret %s: %w", key, err)
+	}
+	if exists && !ownedBy(&cur, c) {
+		r.warned.warn(r.Recorder, c, ReasonObjectConflict, "Trust", "Secret %s exists and is not ours: left untouched, nothing configured", key)
+		return nil, fmt.Errorf("secret %s: %w", key, errNotOurs)
+	}
+	var own corev1.Secret
+	ownKey := k8stypes.NamespacedName{Namespace: c.Namespace, Name: clusterspec.OwnClientCASecret(c, key.Name)}
+	if err := r.APIReader.Get(ctx, ownKey, &own); err != nil {
+		return nil, fmt.Errorf("the Cluster's client CA %s: %w", ownKey, err)
+	}
+	cas, err := r.Teleport.DatabaseClientCAs(ctx)
+	if err != nil {
+		if exists {
+			r.warned.warn(r.Recorder, c, ReasonTeleportUnavailable, "Trust", "Teleport's CA not refreshed, the bundle stays as it is: %v", err)
+			return &cur, nil
+		}
+		return nil, r.unavailable(c, "Trust", err)
+	}
+	crt, err := certs.ClientCABundle(own.Data["ca.crt"], cas)
+	if err == nil && len(own.Data["ca.key"]) > 0 {
+		err = certs.CheckSigningKey(crt, own.Data["ca.key"])
+	}
+	if err != nil {
+		r.warned.warn(r.Recorder, c, ReasonTrustInvalid, "Trust", "client-CA bundle from %s not built: %v", ownKey, err)
+		return nil, fmt.Errorf("bundle: %w", err)
+	}
+	want := certs.BundleSecret(c, key.Name, crt, own.Data["ca.key"], objectLabels(c))
+	if own.Data["ca.key"] == nil {
+		delete(want.Data, "ca.key")
+	}
+	if !exists {
+		if err := r.Client.Create(ctx, want); err != nil {
+			return nil, fmt.Errorf("secret %s: %w", key, err)
+		}
+		return want, nil
+	}
+	if secretEqual(&cur, want) {
+		return &cur, nil
+	}
+	next := cur.DeepCopy()
+	next.Data, next.Labels, next.Type = want.Data, mergeLabels(cur.Labels, want.Labels), want.Type
+	if err := r.Client.Update(ctx, next); err != nil {
+		return nil, fmt.Errorf("secret %s: %w", key, err)
+	}
+	return next, nil
+}
+
+func secretEqual(cur, want *corev1.Secret) bool {
+	if len(cur.Data) != len(want.Data) {
+		return false
+	}
+	for k, v := range want.Data {
+		if !bytes.Equal(cur.Data[k], v) {
+			return false
+		}
+	}
+	for k, v := range want.Labels {
+		if cur.Labels[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+func mergeLabels(a, b map[string]string) map[string]string {
+	out := maps.Clone(a)
+	if out == nil {
+		out = map[string]string{}
+	}
+	maps.Copy(out, b)
+	return out
+}
+
+// ensureRoles makes the read and write DatabaseRoles, and deletes ours of
+// earlier role names.
+func (r *ClusterReconciler) ensureRoles(ctx context.Context, c *cnpgv1.Cluster, spec Spec) error {
+	var list cnpgv1.DatabaseRoleList
+	if err := r.Client.List(ctx, &list, client.InNamespace(c.Namespace), client.MatchingLabels(objectLabels(c))); err != nil {
+		return fmt.Errorf("databaseroles: %w", err)
+	}
+	var want []*cnpgv1.DatabaseRole
+	for _, role := range clusterspec.Roles(spec.ReadRole, spec.WriteRole) {
+		want = append(want, clusterspec.DatabaseRole(c, role, objectLabels(c)))
+	}
+	for i := range list.Items {
+		have := &list.Items[i]
+		if ownedBy(have, c) && !slices.ContainsFunc(want, func(w *cnpgv1.DatabaseRole) bool { return w.Name == have.Name }) {
+			if err := r.Client.Delete(ctx, have); client.IgnoreNotFound(err) != nil {
+				return fmt.Errorf("databaserole %s: %w", have.Name, err)
+			}
+		}
+	}
+	for _, w := range want {
+		var have cnpgv1.DatabaseRole
+		err := r.Client.Get(ctx, client.ObjectKeyFromObject(w), &have)
+		switch {
+		case apierrors.IsNotFound(err):
+			if err := r.Client.Create(ctx, w); err != nil {
+				return fmt.Errorf("databaserole %s: %w", w.Name, err)
+			}
+		case err != nil:
+			return fmt.Errorf("databaserole %s: %w", w.Name, err)
+		case !ownedBy(&have, c):
+			r.warned.warn(r.Recorder, c, ReasonObjectConflict, "Trust", "DatabaseRole %s exists and is not ours: left untouched", w.Name)
+			return fmt.Errorf("databaserole %s: %w", w.Name, errNotOurs)
+		case !apiequality.Semantic.DeepEqual(have.Spec, w.Spec):
+			have.Spec = w.Spec
+			if err := r.Client.Update(ctx, &have); err != nil {
+				return fmt.Errorf("databaserole %s: %w", w.Name, err)
+			}
+		}
+	}
+	return nil
+}
+
+// untrust undoes the trust step on a Cluster that opted out (a deleted
+// Cluster takes its owned objects along by garbage collection): the
+// Cluster's slice first, so CNPG goes back to the user's client CA before the
+// bundle disappears, then our DatabaseRoles and the bundle.
+func (r *ClusterReconciler) untrust(ctx context.Context, c *cnpgv1.Cluster) error {
+	if !c.DeletionTimestamp.IsZero() {
+		return nil
+	}
+	if clusterspec.Changed(c) {
+		patch := client.MergeFromWithOptions(c.DeepCopy(), client.MergeFromWithOptimisticLock{})
+		next := clusterspec.Restore(c)
+		if err := r.Client.Patch(ctx, next, patch); err != nil {
+			return fmt.Errorf("cluster restore: %w", err)
+		}
+		*c = *next
+		r.Recorder.Eventf(c, nil, corev1.EventTypeNormal, ReasonTrustRemoved, "Untrust", "client CA and pg_hba restored; roles and bundle removed")
+	}
+	var list cnpgv1.DatabaseRoleList
+	if err := r.Client.List(ctx, &list, client.InNamespace(c.Namespace), client.MatchingLabels(objectLabels(c))); err != nil {
+		return fmt.Errorf("databaseroles: %w", err)
+	}
+	for i := range list.Items {
+		if ownedBy(&list.Items[i], c) {
+			if err := r.Client.Delete(ctx, &list.Items[i]); client.IgnoreNotFound(err) != nil {
+				return fmt.Errorf("databaserole %s: %w", list.Items[i].Name, err)
+			}
+		}
+	}
+	if c.Status.Certificates.ClientCASecret == BundleSecretName(c) {
+		// Deleted before CNPG has left it, the bundle would leave CNPG without a client CA.
+		return fmt.Errorf("restore: %w: CNPG still runs client CA %s", errWaiting, BundleSecretName(c))
+	}
+	var bundle corev1.Secret
+	key := k8stypes.NamespacedName{Namespace: c.Namespace, Name: BundleSecretName(c)}
+	if err := r.APIReader.Get(ctx, key, &bundle); err != nil {
+		return client.IgnoreNotFound(err)
+	}
+	if !ownedBy(&bundle, c) {
+		return nil
+	}
+	uid := bundle.UID
+	if err := r.Client.Delete(ctx, &bundle, client.Preconditions{UID: &uid}); client.IgnoreNotFound(err) != nil {
+		return fmt.Errorf("secret %s: %w", key, err)
+	}
+	return nil
+}

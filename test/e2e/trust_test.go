@@ -1,0 +1,336 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
+	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
+	cnpgv1 "github.com/cloudnative-pg/cloudnative-pg/api/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/cnpg-teleport/cnpg-teleport/controllers"
+	"github.com/cnpg-teleport/cnpg-teleport/test/world"
+)
+
+// trustBed is one world, one Teleport and the controller, for a Cluster the
+// real CNPG runs with streaming replication.
+type trustBed struct {
+	t   *testing.T
+	ctx context.Context
+	w   *world.World
+	tp  *world.Teleport
+}
+
+func newTrustBed(t *testing.T, ctx context.Context, ns string) *trustBed {
+	t.Helper()
+	w := world.Start(t, world.Options{})
+	tp := startTeleport(t)
+	if err := w.Namespace(ctx, ns); err != nil {
+		t.Fatal(err)
+	}
+	id, err := tp.ControllerIdentity(ctx, "cnpg-teleport", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.UserKubeconfig("cnpg-teleport"); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.ApplyClusterRole(ctx, filepath.Join(world.RepoRoot(), "config", "rbac", "role.yaml"), "cnpg-teleport"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.StartControllerAs("controller", filepath.Join(w.Dir, "cnpg-teleport.kubeconfig"),
+		"--teleport-addr="+tp.AuthAddr, "--identity-file="+id, "--kube-cluster=k1", "--namespaces="+ns,
+		"--resync-period=2s", "--metrics-bind-address=127.0.0.1:18080", "--health-probe-bind-address=127.0.0.1:18081"); err != nil {
+		t.Fatal(err)
+	}
+	return &trustBed{t: t, ctx: ctx, w: w, tp: tp}
+}
+
+// where asks through db which server answers, whether it is a replica, and as whom.
+func where(ctx context.Context, u *world.TshUser, db, dbUser string) (string, error) {
+	out, err := u.Query(ctx, db, dbUser, "app",
+		"SELECT 'addr=' || host(inet_server_addr()) || ' recovery=' || pg_is_in_recovery() || ' user=' || current_user;")
+	if err != nil {
+		return "", fmt.Errorf("%w: %s", err, out)
+	}
+	i := strings.Index(out, "addr=")
+	if i < 0 {
+		return "", fmt.Errorf("unexpected output: %s", out)
+	}
+	f := strings.Fields(out[i:])
+	return f[0] + " " + f[1] + " " + f[2], nil
+}
+
+// expect waits until `tsh db connect` through db as dbUser lands on instance.
+func (b *trustBed) expect(u *world.TshUser, ns, db, dbUser, instance, recovery string) {
+	b.t.Helper()
+	var pod corev1.Pod
+	if err := b.w.Client.Get(b.ctx, client.ObjectKey{Namespace: ns, Name: instance}, &pod); err != nil {
+		b.t.Fatal(err)
+	}
+	want := "addr=" + pod.Status.PodIP + " recovery=" + recovery + " user=" + dbUser
+	world.Eventually(b.t, time.Minute, "tsh db connect "+db+" as "+dbUser+" reaches "+instance, func() error {
+		got, err := where(b.ctx, u, db, dbUser)
+		if err != nil {
+			return err
+		}
+		if got != want {
+			return fmt.Errorf("got %q, want %q", got, want)
+		}
+		return nil
+	})
+	b.t.Logf("%s as %s: %s (%s)", db, dbUser, want, instance)
+}
+
+// sql runs one statement through db as dbUser (database app) and returns psql's output.
+func sql(ctx context.Context, u *world.TshUser, db, dbUser, stmt string) (string, error) {
+	out, err := u.Query(ctx, db, dbUser, "app", stmt)
+	return out, err
+}
+
+// TestTrust proves the trust half on a running 2-instance Cluster the real
+// CNPG runs: annotating it makes PostgreSQL trust Teleport's database-client
+// CA (CNPG's own automation and replication keep working, no restart), the
+// read and write roles do what they say through the db resources the
+// controller registered, rw follows a switchover, an unknown CA and a
+// Teleport user without the role are refused, a user pg_hba line cannot
+// shadow ours, and removing the annotation restores the user's slice of the
+// Cluster exactly.
+func TestTrust(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	const ns, name = "trust", "pg"
+	b := newTrustBed(t, ctx, ns)
+	w := b.w
+
+	// A running Cluster, with a user pg_hba line that would shadow a rule
+	// placed after it.
+	c := world.NewCluster(ns, name, 2)
+	c.Spec.PostgresConfiguration.PgHBA = []string{"hostssl all teleport_read,teleport_write all reject"}
+	t0 := time.Now()
+	if err := w.Client.Create(ctx, c); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.WaitClusterHealthy(ctx, ns, name, 4*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("2-instance Cluster healthy in %s", time.Since(t0).Round(100*time.Millisecond))
+	app := secret(ctx, t, w, ns, name+"-app")
+	serverCA := secret(ctx, t, w, ns, name+"-ca")
+	conn, err := world.ConnectPassword(ctx, name+"-rw."+ns+".svc", "app", string(app.Data["password"]), "app", serverCA.Data["ca.crt"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, "CREATE TABLE t (x int)"); err != nil {
+		t.Fatal(err)
+	}
+	_ = conn.Close(ctx)
+	before := clusterSlice(t, ctx, w, ns, name)
+	uids := podUIDs(t, ctx, w, ns, name)
+
+	// Annotate it.
+	t0 = time.Now()
+	if err := w.UpdateCluster(ctx, ns, name, func(c *cnpgv1.Cluster) {
+		if c.Annotations == nil {
+			c.Annotations = map[string]string{}
+		}
+		c.Annotations[controllers.AnnotationRegister] = "true"
+	}); err != nil {
+		t.Fatal(err)
+	}
+	p := "k1-" + ns + "-" + name + "-"
+	world.Eventually(t, 2*time.Minute, "registered once trusted", func() error {
+		names, err := b.tp.Tctl(ctx, "", "get", "db", "--format=json")
+		if err != nil {
+			return err
+		}
+		if !strings.Contains(string(names), p+"rw") || !strings.Contains(string(names), p+"ro") {
+			return fmt.Errorf("not registered yet")
+		}
+		return nil
+	})
+	t.Logf("annotated -> trusted and registered in %s", time.Since(t0).Round(100*time.Millisecond))
+	var got cnpgv1.Cluster
+	if err := w.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, &got); err != nil {
+		t.Fatal(err)
+	}
+	if got.Status.Certificates.ClientCASecret != name+"-teleport-ca" || got.Spec.PostgresConfiguration.PgHBA[0] != "hostssl all teleport_read,teleport_write all cert # cnpg-teleport" {
+		t.Fatalf("status client CA %q, pg_hba %q", got.Status.Certificates.ClientCASecret, got.Spec.PostgresConfiguration.PgHBA)
+	}
+	bundle := secret(ctx, t, w, ns, name+"-teleport-ca")
+	if bundle.Labels["cnpg.io/reload"] != "true" || string(bundle.Data["ca.key"]) != string(serverCA.Data["ca.key"]) ||
+		!strings.HasPrefix(string(bundle.Data["ca.crt"]), strings.TrimSpace(string(serverCA.Data["ca.crt"]))) {
+		t.Fatalf("bundle: labels %v, ca.crt does not start with CNPG's CA or ca.key differs", bundle.Labels)
+	}
+	if _, err := w.WaitClusterHealthy(ctx, ns, name, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if after := podUIDs(t, ctx, w, ns, name); after != uids {
+		t.Fatalf("instances restarted: %s -> %s", uids, after)
+	}
+
+	// The roles through the registered db resources.
+	alice, err := b.tp.User(ctx, "alice", []string{"teleport_read", "teleport_write"}, []string{"app"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.expect(alice, ns, p+"rw", "teleport_read", name+"-1", "false")
+	if out, err := sql(ctx, alice, p+"rw", "teleport_read", "SELECT 'rows=' || count(*) FROM t;"); err != nil || !strings.Contains(out, "rows=0") {
+		t.Fatalf("read role SELECT: %v\n%s", err, out)
+	}
+	// psql reads the statement from stdin: an SQL error is in its output, not its exit code.
+	if out, _ := sql(ctx, alice, p+"rw", "teleport_read", "INSERT INTO t VALUES (1);"); !strings.Contains(out, "permission denied for table t") {
+		t.Fatalf("read role INSERT must fail with permission denied:\n%s", out)
+	}
+	if out, err := sql(ctx, alice, p+"rw", "teleport_write", "INSERT INTO t VALUES (42);"); err != nil || !strings.Contains(out, "INSERT 0 1") {
+		t.Fatalf("write role INSERT: %v\n%s", err, out)
+	}
+	b.expect(alice, ns, p+"ro", "teleport_read", name+"-2", "true")
+	// Replication still streams: the replica has the row written after the switch.
+	world.Eventually(t, 30*time.Second, "the row reaches the replica", func() error {
+		out, err := sql(ctx, alice, p+"ro", "teleport_read", "SELECT 'sum=' || sum(x) FROM t;")
+		if err != nil || !strings.Contains(out, "sum=42") {
+			return fmt.Errorf("%w: %s", err, out)
+		}
+		return nil
+	})
+
+	// (c) Refused: a client certificate of an unknown CA, and a Teleport user
+	// whose role does not allow the read role.
+	if _, err := w.CreateCA(ctx, ns, "unknown-ca"); err != nil {
+		t.Fatal(err)
+	}
+	foreign, err := w.IssueCertificate(ctx, &cmapi.Certificate{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "foreign-read"},
+		Spec: cmapi.CertificateSpec{SecretName: "foreign-read", CommonName: "teleport_read",
+			Usages:    []cmapi.KeyUsage{cmapi.UsageClientAuth, cmapi.UsageDigitalSignature},
+			IssuerRef: cmmeta.IssuerReference{Kind: cmapi.IssuerKind, Name: "unknown-ca"}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c, err := world.ConnectTLS(ctx, name+"-rw."+ns+".svc", "teleport_read", serverCA.Data["ca.crt"], foreign); err == nil {
+		_ = c.Close(ctx)
+		t.Fatal("a client certificate of an unknown CA logged in as teleport_read")
+	} else {
+		t.Logf("unknown CA refused: %v", err)
+	}
+	bob, err := b.tp.User(ctx, "bob", []string{"someone_else"}, []string{"app"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := sql(ctx, bob, p+"rw", "teleport_read", "SELECT 1;"); err == nil {
+		t.Fatalf("bob may not use teleport_read, yet connected:\n%s", out)
+	} else {
+		t.Logf("bob refused: %s", strings.TrimSpace(out))
+	}
+
+	// Switchover: rw follows the new primary.
+	switchover(t, ctx, w, ns, name, name+"-2")
+	b.expect(alice, ns, p+"rw", "teleport_write", name+"-2", "false")
+	b.expect(alice, ns, p+"ro", "teleport_read", name+"-1", "true")
+
+	// (f) Opt out: the user's slice comes back exactly; ours is gone.
+	if err := w.UpdateCluster(ctx, ns, name, func(c *cnpgv1.Cluster) { delete(c.Annotations, controllers.AnnotationRegister) }); err != nil {
+		t.Fatal(err)
+	}
+	world.Eventually(t, time.Minute, "restored", func() error {
+		if now := clusterSlice(t, ctx, w, ns, name); now != before {
+			return fmt.Errorf("slice %s, want %s", now, before)
+		}
+		err := w.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: name + "-teleport-ca"}, &corev1.Secret{})
+		if !apierrors.IsNotFound(err) {
+			return fmt.Errorf("bundle still there (%w)", err)
+		}
+		var roles cnpgv1.DatabaseRoleList
+		if err := w.Client.List(ctx, &roles, client.InNamespace(ns)); err != nil || len(roles.Items) > 0 {
+			return fmt.Errorf("%d DatabaseRoles left (%w)", len(roles.Items), err)
+		}
+		return nil
+	})
+	if _, err := w.WaitClusterHealthy(ctx, ns, name, 2*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	world.Eventually(t, time.Minute, "CNPG back on its own client CA", func() error {
+		var c cnpgv1.Cluster
+		if err := w.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, &c); err != nil {
+			return err
+		}
+		if c.Status.Certificates.ClientCASecret != name+"-ca" {
+			return fmt.Errorf("status client CA %q", c.Status.Certificates.ClientCASecret)
+		}
+		return nil
+	})
+}
+
+// clusterSlice is the JSON of what the controller may change in a Cluster:
+// spec.certificates, spec.postgresql.pg_hba and the annotations.
+func clusterSlice(t *testing.T, ctx context.Context, w *world.World, ns, name string) string {
+	t.Helper()
+	var c cnpgv1.Cluster
+	if err := w.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, &c); err != nil {
+		t.Fatal(err)
+	}
+	ann := map[string]string{}
+	for k, v := range c.Annotations {
+		if strings.HasPrefix(k, "cnpg-teleport.io/") {
+			ann[k] = v
+		}
+	}
+	b, err := json.Marshal([]any{c.Spec.Certificates, c.Spec.PostgresConfiguration.PgHBA, ann})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+func podUIDs(t *testing.T, ctx context.Context, w *world.World, ns, cluster string) string {
+	t.Helper()
+	var pods corev1.PodList
+	if err := w.Client.List(ctx, &pods, client.InNamespace(ns), client.MatchingLabels{"cnpg.io/cluster": cluster, "cnpg.io/podRole": "instance"}); err != nil {
+		t.Fatal(err)
+	}
+	var uids []string
+	for _, p := range pods.Items {
+		uids = append(uids, p.Name+"="+string(p.UID))
+	}
+	return strings.Join(uids, ",")
+}
+
+// switchover asks CNPG to promote target, as `kubectl cnpg promote` does,
+// and waits until the Cluster is healthy with target as primary.
+func switchover(t *testing.T, ctx context.Context, w *world.World, ns, name, target string) {
+	t.Helper()
+	var cur cnpgv1.Cluster
+	if err := w.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, &cur); err != nil {
+		t.Fatal(err)
+	}
+	patch := client.MergeFrom(cur.DeepCopy())
+	cur.Status.TargetPrimary = target
+	cur.Status.Phase = cnpgv1.PhaseSwitchover
+	cur.Status.PhaseReason = "Switching over to " + target
+	if err := w.Client.Status().Patch(ctx, &cur, patch); err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	world.Eventually(t, 3*time.Minute, "switchover to "+target, func() error {
+		got, err := w.WaitClusterHealthy(ctx, ns, name, time.Second)
+		if err != nil {
+			return err
+		}
+		if got.Status.CurrentPrimary != target {
+			return fmt.Errorf("current primary %s", got.Status.CurrentPrimary)
+		}
+		return nil
+	})
+	t.Logf("switchover -> healthy in %s", time.Since(t0).Round(100*time.Millisecond))
+}
