@@ -196,6 +196,19 @@ func DatabaseRole(c *cnpgv1.Cluster, r Role, labels map[string]string) *cnpgv1.D
 	}
 }
 
+// MergeDatabaseRole is have with every field DatabaseRole sets taken from
+// want, so fields CNPG defaults are kept (no write every pass) while a hand
+// edit of ours (superuser, say) is undone.
+func MergeDatabaseRole(have, want cnpgv1.DatabaseRoleSpec) cnpgv1.DatabaseRoleSpec {
+	out := *have.DeepCopy()
+	rc, w := &out.RoleConfiguration, want.RoleConfiguration
+	rc.Name, rc.Comment, rc.Ensure, rc.Login, rc.Inherit, rc.DisablePassword = w.Name, w.Comment, w.Ensure, w.Login, w.Inherit, w.DisablePassword
+	rc.InRoles, rc.PasswordSecret = slices.Clone(w.InRoles), w.PasswordSecret
+	rc.Superuser, rc.CreateDB, rc.CreateRole, rc.Replication, rc.BypassRLS = w.Superuser, w.CreateDB, w.CreateRole, w.Replication, w.BypassRLS
+	out.ClusterRef, out.ReclaimPolicy, out.ClientCertificate = want.ClusterRef, want.ReclaimPolicy, want.ClientCertificate
+	return out
+}
+
 // DatabaseRoleName is <cluster>-<role>, '_' as '-' (object names are DNS names).
 func DatabaseRoleName(c *cnpgv1.Cluster, role string) string {
 	return c.Name + "-" + strings.ReplaceAll(role, "_", "-")

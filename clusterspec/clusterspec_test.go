@@ -138,3 +138,18 @@ func TestDatabaseRole(t *testing.T) {
 		t.Fatalf("write role %v", w.Spec.InRoles)
 	}
 }
+
+func TestMergeDatabaseRole(t *testing.T) {
+	want := DatabaseRole(cluster(nil), Roles("r", "w")[0], nil).Spec
+	defaulted := *want.DeepCopy()
+	defaulted.ConnectionLimit = -1 // set by CNPG's webhook
+	if got := MergeDatabaseRole(defaulted, want); js(t, got) != js(t, defaulted) {
+		t.Errorf("a defaulted field must not cause an update:\n%s\n%s", js(t, got), js(t, defaulted))
+	}
+	edited := *defaulted.DeepCopy()
+	edited.Superuser, edited.InRoles = true, []string{"pg_write_all_data"}
+	got := MergeDatabaseRole(edited, want)
+	if got.Superuser || !slices.Equal(got.InRoles, []string{"pg_read_all_data"}) || got.ConnectionLimit != -1 {
+		t.Errorf("a hand edit must be undone, defaults kept: %s", js(t, got))
+	}
+}

@@ -270,12 +270,10 @@ func (r *ClusterReconciler) unavailable(c *cnpgv1.Cluster, action string, err er
 	return fmt.Errorf("teleport: %w", err)
 }
 
-// finalize undoes the trust step (an opted-out Cluster), removes the
-// Cluster's own db resources (unless kept), then the finalizer.
+// finalize removes the Cluster's own db resources (unless kept), then undoes
+// the trust step (an opted-out Cluster: Teleport stops offering the db before
+// PostgreSQL stops trusting it), then drops the finalizer.
 func (r *ClusterReconciler) finalize(ctx context.Context, c *cnpgv1.Cluster) error {
-	if err := r.untrust(ctx, c); err != nil {
-		return err
-	}
 	all, err := r.Teleport.ListDatabases(ctx)
 	if err != nil {
 		r.warned.warn(r.Recorder, c, ReasonTeleportUnavailable, "Deregister",
@@ -283,6 +281,9 @@ func (r *ClusterReconciler) finalize(ctx context.Context, c *cnpgv1.Cluster) err
 		return fmt.Errorf("teleport: %w", err)
 	}
 	if err := r.release(ctx, c, all); err != nil {
+		return err
+	}
+	if err := r.untrust(ctx, c); err != nil {
 		return err
 	}
 	r.warned.clear(c)

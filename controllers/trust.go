@@ -201,10 +201,14 @@ func (r *ClusterReconciler) ensureRoles(ctx context.Context, c *cnpgv1.Cluster, 
 		case !ownedBy(&have, c):
 			r.warned.warn(r.Recorder, c, ReasonObjectConflict, "Trust", "DatabaseRole %s exists and is not ours: left untouched", w.Name)
 			return fmt.Errorf("databaserole %s: %w", w.Name, errNotOurs)
-		case !apiequality.Semantic.DeepEqual(have.Spec, w.Spec):
-			have.Spec = w.Spec
-			if err := r.Client.Update(ctx, &have); err != nil {
-				return fmt.Errorf("databaserole %s: %w", w.Name, err)
+		default:
+			// Compare what we set, over what CNPG's webhook defaults.
+			next := clusterspec.MergeDatabaseRole(have.Spec, w.Spec)
+			if !apiequality.Semantic.DeepEqual(have.Spec, next) {
+				have.Spec = next
+				if err := r.Client.Update(ctx, &have); err != nil {
+					return fmt.Errorf("databaserole %s: %w", w.Name, err)
+				}
 			}
 		}
 	}
