@@ -18,6 +18,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/cnpg-teleport/cnpg-teleport/controllers"
+	"github.com/cnpg-teleport/cnpg-teleport/teleport"
 	"github.com/cnpg-teleport/cnpg-teleport/test/world"
 )
 
@@ -28,6 +29,59 @@ type trustBed struct {
 	ctx context.Context
 	w   *world.World
 	tp  *world.Teleport
+	id  string // the controller's identity file
+}
+
+// resync is the controller's --resync-period in these tests: the README's
+// worst-case delay for a Teleport CA change to reach the bundle.
+const trustResync = 2 * time.Second
+
+// teleportCerts are the PEM certificates Teleport trusts for database clients now.
+func (b *trustBed) teleportCerts(tc teleport.Client) []string {
+	b.t.Helper()
+	cas, err := tc.DatabaseClientCAs(b.ctx)
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	out := make([]string, 0, len(cas))
+	for _, c := range cas {
+		out = append(out, string(c))
+	}
+	return out
+}
+
+// waitBundle waits, at most the stated delay (one resync, CNPG's reload,
+// margin for this loaded machine), until Teleport trusts keys keys, the
+// bundle holds exactly CNPG's CA and those, and CNPG runs that version.
+func (b *trustBed) waitBundle(tc teleport.Client, ns, name string, keys int) {
+	b.t.Helper()
+	world.Eventually(b.t, trustResync+5*time.Second, "the bundle follows Teleport's CA", func() error {
+		want := b.teleportCerts(tc) // Teleport's reads trail its writes: read again each time
+		if len(want) != keys {
+			return fmt.Errorf("Teleport trusts %d keys, want %d", len(want), keys)
+		}
+		var s corev1.Secret
+		if err := b.w.Client.Get(b.ctx, client.ObjectKey{Namespace: ns, Name: name + "-teleport-ca"}, &s); err != nil {
+			return err
+		}
+		crt := string(s.Data["ca.crt"])
+		if n := strings.Count(crt, "BEGIN CERTIFICATE"); n != len(want)+1 {
+			return fmt.Errorf("bundle has %d certificates, want CNPG's + %d", n, len(want))
+		}
+		for _, c := range want {
+			if !strings.Contains(crt, strings.TrimSpace(c)) {
+				return fmt.Errorf("bundle lacks a trusted Teleport key")
+			}
+		}
+		var c cnpgv1.Cluster
+		if err := b.w.Client.Get(b.ctx, client.ObjectKey{Namespace: ns, Name: name}, &c); err != nil {
+			return err
+		}
+		if c.Status.SecretsResourceVersion.ClientCASecretVersion != s.ResourceVersion {
+			return fmt.Errorf("CNPG runs version %s, the bundle is %s", c.Status.SecretsResourceVersion.ClientCASecretVersion, s.ResourceVersion)
+		}
+		return nil
+	})
 }
 
 func newTrustBed(t *testing.T, ctx context.Context, ns string) *trustBed {
@@ -49,10 +103,10 @@ func newTrustBed(t *testing.T, ctx context.Context, ns string) *trustBed {
 	}
 	if _, err := w.StartControllerAs("controller", filepath.Join(w.Dir, "cnpg-teleport.kubeconfig"),
 		"--teleport-addr="+tp.AuthAddr, "--identity-file="+id, "--kube-cluster=k1", "--namespaces="+ns,
-		"--resync-period=2s", "--metrics-bind-address=127.0.0.1:18080", "--health-probe-bind-address=127.0.0.1:18081"); err != nil {
+		"--resync-period="+trustResync.String(), "--metrics-bind-address=127.0.0.1:18080", "--health-probe-bind-address=127.0.0.1:18081"); err != nil {
 		t.Fatal(err)
 	}
-	return &trustBed{t: t, ctx: ctx, w: w, tp: tp}
+	return &trustBed{t: t, ctx: ctx, w: w, tp: tp, id: id}
 }
 
 // where asks through db which server answers, whether it is a replica, and as whom.
@@ -238,6 +292,35 @@ func TestTrust(t *testing.T) {
 	switchover(t, ctx, w, ns, name, name+"-2")
 	b.expect(alice, ns, p+"rw", "teleport_write", name+"-2", "false")
 	b.expect(alice, ns, p+"ro", "teleport_read", name+"-1", "true")
+
+	// (d) A db CA rotation, and a rollback: at every phase a Teleport user gets in.
+	tc, err := teleport.New(ctx, teleport.Config{Addrs: []string{b.tp.AuthAddr}, IdentityFile: b.id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = tc.Close() }()
+	initial := b.teleportCerts(tc)
+	for _, phase := range []string{"init", "update_clients", "update_servers", "standby", "init", "update_clients", "rollback", "standby"} {
+		if _, err := b.tp.Tctl(ctx, "", "auth", "rotate", "--manual", "--type=db", "--phase="+phase); err != nil {
+			t.Fatal(err)
+		}
+		keys := 2 // from init to standby, old and new key
+		if phase == "standby" {
+			keys = 1
+		}
+		b.waitBundle(tc, ns, name, keys)
+		out, err := sql(ctx, alice, p+"rw", "teleport_read", "SELECT 'phase ok';")
+		if err != nil || !strings.Contains(out, "phase ok") {
+			t.Fatalf("tsh db connect at rotation phase %s: %v\n%s", phase, err, out)
+		}
+		t.Logf("rotation phase %s: bundle follows (%d Teleport keys), tsh db connect works", phase, keys)
+	}
+	if final := b.teleportCerts(tc); final[0] == initial[0] {
+		t.Fatal("the rotation did not change the db CA")
+	}
+	if strings.Contains(string(secret(ctx, t, w, ns, name+"-teleport-ca").Data["ca.crt"]), strings.TrimSpace(initial[0])) {
+		t.Fatal("after the rotation the old key is still in the bundle")
+	}
 
 	// (f) Opt out: the user's slice comes back exactly; ours is gone.
 	if err := w.UpdateCluster(ctx, ns, name, func(c *cnpgv1.Cluster) { delete(c.Annotations, controllers.AnnotationRegister) }); err != nil {
