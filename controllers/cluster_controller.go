@@ -59,6 +59,7 @@ type ClusterReconciler struct {
 	// create twice, nor update twice, nor be taken for someone else's name.
 	recent recentWrites
 	warned warnings
+	risky  warnings // the role check's findings: kept across successful passes
 }
 
 // readLag bounds how long Teleport's reads may trail its writes.
@@ -107,6 +108,7 @@ func (r *ClusterReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 	err = r.apply(ctx, &c, desired)
 	if err == nil {
 		r.warned.clear(&c)
+		r.checkRoles(ctx, &c, desired)
 	}
 	if err != nil && !onlyConflicts(err) {
 		return ctrl.Result{}, err
@@ -287,6 +289,8 @@ func (r *ClusterReconciler) finalize(ctx context.Context, c *cnpgv1.Cluster) err
 		return err
 	}
 	r.warned.clear(c)
+	r.risky.clear(c)
+	riskyRoles.DeleteLabelValues(c.Namespace, c.Name)
 	return r.patchFinalizer(ctx, c, false)
 }
 

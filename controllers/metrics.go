@@ -28,10 +28,14 @@ var (
 		Name: "cnpg_teleport_registered_databases",
 		Help: "Teleport db resources owned by this controller's Kubernetes cluster, as of the last orphan collection.",
 	})
+	riskyRoles = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "cnpg_teleport_risky_teleport_roles",
+		Help: "Teleport roles that let their holders reach the Cluster's db resources as a CNPG system user (or any user).",
+	}, []string{"namespace", "cluster"})
 )
 
 func init() {
-	metrics.Registry.MustRegister(teleportCalls, teleportLatency, registered)
+	metrics.Registry.MustRegister(teleportCalls, teleportLatency, registered, riskyRoles)
 }
 
 // Instrument wraps a Teleport client with call counters and latency histograms.
@@ -89,6 +93,11 @@ func (i instrumented) UpdateDatabase(ctx context.Context, db types.Database) (er
 func (i instrumented) DeleteDatabase(ctx context.Context, name string) (err error) {
 	defer func(t time.Time) { observe("DeleteDatabase", t, err) }(time.Now())
 	return i.next.DeleteDatabase(ctx, name)
+}
+
+func (i instrumented) ListRoles(ctx context.Context) (roles []types.Role, err error) {
+	defer func(t time.Time) { observe("ListRoles", t, err) }(time.Now())
+	return i.next.ListRoles(ctx)
 }
 
 func (i instrumented) DatabaseClientCAs(ctx context.Context) (cas [][]byte, err error) {

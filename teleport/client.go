@@ -14,9 +14,14 @@ import (
 
 	"github.com/go-logr/logr"
 	"github.com/gravitational/teleport/api/client"
+	"github.com/gravitational/teleport/api/client/proto"
 	"github.com/gravitational/teleport/api/types"
 	"github.com/gravitational/trace"
+	"github.com/gravitational/trace/trail"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/grpclog"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/emptypb"
 )
 
 // Client is what the controller needs from Teleport, and nothing more, so the
@@ -44,6 +49,9 @@ type Client interface {
 	// `"db_client" authority type is not supported`) it falls back to db.
 	// PostgreSQL must trust all of them so a CA rotation locks nobody out.
 	DatabaseClientCAs(ctx context.Context) ([][]byte, error)
+	// ListRoles lists the Teleport roles, to check which ones let a user log
+	// in to the controller's databases as a CNPG system user.
+	ListRoles(ctx context.Context) ([]types.Role, error)
 }
 
 // ClusterInfo is what Ping tells about the Teleport cluster.
@@ -269,6 +277,34 @@ func (c *APIClient) DatabaseClientCAs(ctx context.Context) ([][]byte, error) {
 }
 
 // nameOf names db for error messages, without panicking on a nil one.
+// ListRoles lists the Teleport roles (needs role list/read): the paginated
+// ListRoles of newer auth servers, else the GetRoles call they replaced
+// (Teleport 13 has only that; this teleport/api no longer wraps it).
+func (c *APIClient) ListRoles(ctx context.Context) ([]types.Role, error) {
+	roles, err := c.api.GetRoles(ctx)
+	if err == nil || !unimplemented(err) {
+		return roles, trace.Wrap(err)
+	}
+	var rsp proto.GetRolesResponse
+	if err := c.api.GetConnection().Invoke(ctx, "/proto.AuthService/GetRoles", &emptypb.Empty{}, &rsp); err != nil {
+		return nil, trace.Wrap(trail.FromGRPC(err))
+	}
+	roles = make([]types.Role, 0, len(rsp.Roles))
+	for _, r := range rsp.Roles {
+		roles = append(roles, r)
+	}
+	return roles, nil
+}
+
+// unimplemented reports a call the auth server does not have.
+func unimplemented(err error) bool {
+	if trace.IsNotImplemented(err) {
+		return true
+	}
+	st, ok := status.FromError(trace.Unwrap(err))
+	return ok && st.Code() == codes.Unimplemented
+}
+
 func nameOf(db types.Database) string {
 	if v3, ok := db.(*types.DatabaseV3); db == nil || (ok && v3 == nil) {
 		return ""

@@ -30,7 +30,8 @@ type Fake struct {
 	readLag  int
 	revision int
 
-	cas map[types.CertAuthType][][]byte
+	cas   map[types.CertAuthType][][]byte
+	roles []types.Role
 
 	unavailable error
 	methodErrs  map[string]error
@@ -338,6 +339,25 @@ func (f *Fake) DatabaseClientCAs(ctx context.Context) (certs [][]byte, err error
 		return nil, err
 	}
 	return databaseClientCAs(ctx, f, f.cfg.ClusterName)
+}
+
+// SetRoles sets the Teleport roles ListRoles returns (shared, not copied:
+// callers treat them as read-only, like the roles the API returns).
+func (f *Fake) SetRoles(roles ...types.Role) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.roles = append([]types.Role(nil), roles...)
+}
+
+// ListRoles returns the roles set with SetRoles.
+func (f *Fake) ListRoles(ctx context.Context) (roles []types.Role, err error) {
+	defer f.record("ListRoles", "", &err)
+	if err := f.guard(ctx, "ListRoles", ""); err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append(roles, f.roles...), nil
 }
 
 // GetCertAuthority returns the configured db or db_client CA, with

@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -13,6 +15,7 @@ import (
 	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
 	cnpgv1 "github.com/cloudnative-pg/cloudnative-pg/api/v1"
 	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -107,6 +110,30 @@ func newTrustBed(t *testing.T, ctx context.Context, ns string) *trustBed {
 		t.Fatal(err)
 	}
 	return &trustBed{t: t, ctx: ctx, w: w, tp: tp, id: id}
+}
+
+// event waits for an Event with reason on the Cluster and returns its note.
+func (b *trustBed) event(ns, name, eventType, reason string) string {
+	b.t.Helper()
+	var note string
+	world.Eventually(b.t, 30*time.Second, "event "+reason, func() error {
+		var list eventsv1.EventList
+		if err := b.w.Client.List(b.ctx, &list, client.InNamespace(ns)); err != nil {
+			return err
+		}
+		var seen []string
+		for _, e := range list.Items {
+			if e.Regarding.Name == name && e.Reason == reason && e.Type == eventType {
+				note = e.Note
+				return nil
+			}
+			if e.Regarding.Name == name && e.Type == corev1.EventTypeWarning {
+				seen = append(seen, e.Reason+": "+e.Note)
+			}
+		}
+		return fmt.Errorf("no %s/%s event yet (seen %v)", eventType, reason, seen)
+	})
+	return note
 }
 
 // where asks through db which server answers, whether it is a replica, and as whom.
@@ -287,6 +314,37 @@ func TestTrust(t *testing.T) {
 	} else {
 		t.Logf("bob refused: %s", strings.TrimSpace(out))
 	}
+
+	// (g) The role check: a role that lets its holders in as any user is
+	// reported, one allowing only our roles is not.
+	for _, r := range []string{
+		"kind: role\nversion: v6\nmetadata: {name: wide-db}\nspec:\n  allow:\n    db_labels: {cnpg-teleport.io/managed-by: cnpg-teleport}\n    db_users: ['*']\n    db_names: ['*']\n",
+		"kind: role\nversion: v6\nmetadata: {name: narrow-db}\nspec:\n  allow:\n    db_labels: {cnpg-teleport.io/managed-by: cnpg-teleport}\n    db_users: [teleport_read]\n    db_names: ['*']\n",
+	} {
+		if err := b.tp.Create(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	note := b.event(ns, name, corev1.EventTypeWarning, controllers.ReasonRiskyTeleportRole)
+	if !strings.Contains(note, "wide-db (db_users *)") || strings.Contains(note, "narrow-db") || strings.Contains(note, "alice-db") {
+		t.Fatalf("role warning: %s", note)
+	}
+	t.Logf("role warning: %s", note)
+	world.Eventually(t, 10*time.Second, "the risky-role metric", func() error {
+		resp, err := http.Get("http://127.0.0.1:18080/metrics") //nolint:noctx // loopback
+		if err != nil {
+			return err
+		}
+		defer func() { _ = resp.Body.Close() }()
+		body, err := io.ReadAll(resp.Body)
+		if err != nil {
+			return err
+		}
+		if want := `cnpg_teleport_risky_teleport_roles{cluster="pg",namespace="trust"} 1`; !strings.Contains(string(body), want) {
+			return fmt.Errorf("metrics lack %s", want)
+		}
+		return nil
+	})
 
 	// Switchover: rw follows the new primary.
 	switchover(t, ctx, w, ns, name, name+"-2")

@@ -1,0 +1,157 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+	"regexp"
+	"slices"
+	"sort"
+	"strings"
+
+	cnpgv1 "github.com/cloudnative-pg/cloudnative-pg/api/v1"
+	"github.com/gravitational/teleport/api/types"
+	"github.com/gravitational/trace"
+)
+
+// Event reasons of the Teleport role check.
+const (
+	ReasonRiskyTeleportRole = "RiskyTeleportRole"
+	ReasonRoleCheckFailed   = "RoleCheckFailed"
+)
+
+// SystemUsers are the PostgreSQL users a Teleport user must never log in as:
+// CNPG's fixed pg_hba rules let anyone with a trusted certificate of CN
+// streaming_replica or cnpg_pooler_pgbouncer in (and postgres is the superuser).
+var SystemUsers = []string{"streaming_replica", "cnpg_pooler_pgbouncer", "postgres"}
+
+// RiskyRole is a Teleport role that lets its holders reach one of our db
+// resources as a system user (or any user: "*").
+type RiskyRole struct {
+	Role  string
+	Users []string // "*" or system users, sorted
+}
+
+// RiskyRoles checks each role on its own (who holds which role is not the
+// controller's to read): its allow rules must reach a db with one of the
+// given label sets, and allow "*" or a system user as db_users that its own
+// deny rules for that db do not take back. Trait templates ({{…}}) are not
+// expanded: a role using them is not reported.
+func RiskyRoles(roles []types.Role, dbLabels []map[string]string) []RiskyRole {
+	var out []RiskyRole
+	for _, role := range roles {
+		users := map[string]bool{}
+		for _, labels := range dbLabels {
+			for _, u := range reachableSystemUsers(role, labels) {
+				users[u] = true
+			}
+		}
+		if len(users) > 0 {
+			r := RiskyRole{Role: role.GetName()}
+			for u := range users {
+				r.Users = append(r.Users, u)
+			}
+			sort.Strings(r.Users)
+			out = append(out, r)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Role < out[j].Role })
+	return out
+}
+
+// reachableSystemUsers is what role lets its holders log in as on a db with
+// labels: each system user it names, and "*" when that reaches one, minus
+// what its own deny rules for that db take back.
+func reachableSystemUsers(role types.Role, labels map[string]string) []string {
+	if !matchLabels(role.GetDatabaseLabels(types.Allow), labels) {
+		return nil
+	}
+	allowed := role.GetDatabaseUsers(types.Allow)
+	var denied []string
+	if matchLabels(role.GetDatabaseLabels(types.Deny), labels) {
+		denied = role.GetDatabaseUsers(types.Deny)
+	}
+	if slices.Contains(denied, types.Wildcard) {
+		return nil
+	}
+	wildcard := slices.Contains(allowed, types.Wildcard)
+	var out []string
+	open := false
+	for _, u := range SystemUsers {
+		if slices.Contains(denied, u) {
+			continue
+		}
+		if slices.Contains(allowed, u) {
+			out = append(out, u)
+		}
+		open = open || wildcard || slices.Contains(allowed, u)
+	}
+	if open && wildcard {
+		out = append(out, types.Wildcard)
+	}
+	return out
+}
+
+// matchLabels is Teleport's role label selector: every key must match; the
+// key "*" with value "*" matches any db; a value "*" matches any value of
+// the key; a value ^…$ is a regular expression. An empty selector matches nothing.
+func matchLabels(selector types.Labels, labels map[string]string) bool {
+	if len(selector) == 0 {
+		return false
+	}
+	for key, values := range selector {
+		if key == types.Wildcard {
+			if !slices.Contains(values, types.Wildcard) {
+				return false
+			}
+			continue
+		}
+		v, ok := labels[key]
+		if !ok || !slices.ContainsFunc(values, func(want string) bool { return matchValue(want, v) }) {
+			return false
+		}
+	}
+	return true
+}
+
+func matchValue(want, v string) bool {
+	if want == types.Wildcard || want == v {
+		return true
+	}
+	if strings.HasPrefix(want, "^") && strings.HasSuffix(want, "$") {
+		re, err := regexp.Compile(want)
+		return err == nil && re.MatchString(v)
+	}
+	return false
+}
+
+// checkRoles reports, once per finding, the Teleport roles that reach the
+// Cluster's db resources as a system user (Warning Event and metric). It
+// never fails the pass: a Teleport that refuses the read says so once.
+func (r *ClusterReconciler) checkRoles(ctx context.Context, c *cnpgv1.Cluster, desired []types.Database) {
+	roles, err := r.Teleport.ListRoles(ctx)
+	if err != nil {
+		hint := ""
+		if trace.IsAccessDenied(err) {
+			hint = " (the controller's Teleport role needs role list/read, see config/teleport/controller-role.yaml)"
+		}
+		r.risky.warn(r.Recorder, c, ReasonRoleCheckFailed, "CheckRoles", "cannot read Teleport roles%s: %v", hint, err)
+		return
+	}
+	var labels []map[string]string
+	for _, d := range desired {
+		labels = append(labels, d.GetStaticLabels())
+	}
+	found := RiskyRoles(roles, labels)
+	riskyRoles.WithLabelValues(c.Namespace, c.Name).Set(float64(len(found)))
+	if len(found) == 0 {
+		r.risky.clear(c)
+		return
+	}
+	var parts []string
+	for _, f := range found {
+		parts = append(parts, fmt.Sprintf("%s (db_users %s)", f.Role, strings.Join(f.Users, ",")))
+	}
+	r.risky.warn(r.Recorder, c, ReasonRiskyTeleportRole, "CheckRoles",
+		"Teleport roles that reach this Cluster's databases as a CNPG system user: %s; deny %s on these labels (see config/teleport/deny-cnpg-system-users.yaml)",
+		strings.Join(parts, "; "), strings.Join(SystemUsers, ", "))
+}

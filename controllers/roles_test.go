@@ -1,0 +1,47 @@
+package controllers
+
+import (
+	"fmt"
+	"testing"
+
+	"github.com/gravitational/teleport/api/types"
+)
+
+func role(t *testing.T, name string, allowLabels types.Labels, allowUsers []string, denyLabels types.Labels, denyUsers []string) types.Role {
+	t.Helper()
+	r, err := types.NewRole(name, types.RoleSpecV6{
+		Allow: types.RoleConditions{DatabaseLabels: allowLabels, DatabaseUsers: allowUsers},
+		Deny:  types.RoleConditions{DatabaseLabels: denyLabels, DatabaseUsers: denyUsers},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func TestRiskyRoles(t *testing.T) {
+	ours := types.Labels{LabelManagedBy: {ManagedByValue}}
+	all := types.Labels{types.Wildcard: {types.Wildcard}}
+	db := map[string]string{LabelManagedBy: ManagedByValue, "team": "db", "env": "prod"}
+	roles := []types.Role{
+		role(t, "wide", ours, []string{"*"}, nil, nil),
+		role(t, "narrow", ours, []string{"teleport_read", "teleport_write"}, nil, nil),
+		role(t, "wide-but-denied", ours, []string{"*"}, ours, SystemUsers),
+		role(t, "wide-partly-denied", all, []string{"*"}, ours, []string{"postgres"}),
+		role(t, "replica", types.Labels{"team": {"db"}}, []string{"streaming_replica", "app"}, nil, nil),
+		role(t, "elsewhere", types.Labels{"team": {"web"}}, []string{"*"}, nil, nil),
+		role(t, "regex", types.Labels{"env": {"^pro.*$"}}, []string{"cnpg_pooler_pgbouncer"}, nil, nil),
+		role(t, "deny-all-users", all, []string{"*"}, all, []string{"*"}),
+		role(t, "traits", all, []string{"{{internal.db_users}}"}, nil, nil),
+		role(t, "no-labels", nil, []string{"*"}, nil, nil),
+	}
+	got := fmt.Sprint(RiskyRoles(roles, []map[string]string{db}))
+	want := "[{regex [cnpg_pooler_pgbouncer]} {replica [streaming_replica]} {wide [*]} {wide-partly-denied [*]}]"
+	if got != want {
+		t.Fatalf("got  %s\nwant %s", got, want)
+	}
+	// Another db: only a "*": "*" role reaches it, and its deny rule (on our labels) does not apply.
+	if got := fmt.Sprint(RiskyRoles(roles, []map[string]string{{"other": "x"}})); got != "[{wide-partly-denied [*]}]" {
+		t.Fatalf("a db without our labels: %v", got)
+	}
+}
