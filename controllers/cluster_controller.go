@@ -92,6 +92,8 @@ func (r *ClusterReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 	switch {
 	case errors.Is(err, errNotOurs):
 		return ctrl.Result{RequeueAfter: r.Resync}, nil // waits for a person
+	case errors.Is(err, errWaiting):
+		return ctrl.Result{RequeueAfter: r.TrustPoll}, nil
 	case err != nil:
 		return ctrl.Result{}, err
 	case !trusted:

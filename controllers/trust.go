@@ -104,6 +104,10 @@ func (r *ClusterReconciler) ensureBundle(ctx context.Context, c *cnpgv1.Cluster)
 	var own corev1.Secret
 	ownKey := k8stypes.NamespacedName{Namespace: c.Namespace, Name: clusterspec.OwnClientCASecret(c, key.Name)}
 	if err := r.APIReader.Get(ctx, ownKey, &own); err != nil {
+		if apierrors.IsNotFound(err) { // CNPG makes <cluster>-ca soon after the Cluster
+			r.warned.note(r.Recorder, c, ReasonTrustPending, "Trust", "waiting for the Cluster's client CA %s", ownKey)
+			return nil, fmt.Errorf("the Cluster's client CA %s: %w", ownKey, errWaiting)
+		}
 		return nil, fmt.Errorf("the Cluster's client CA %s: %w", ownKey, err)
 	}
 	cas, err := r.Teleport.DatabaseClientCAs(ctx)
