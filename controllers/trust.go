@@ -194,7 +194,8 @@ func (r *ClusterReconciler) ensureRoles(ctx context.Context, c *cnpgv1.Cluster, 
 	}
 	for _, w := range want {
 		var have cnpgv1.DatabaseRole
-		err := r.Client.Get(ctx, client.ObjectKeyFromObject(w), &have)
+		// Uncached: the cache holds only ours, and one of our name that is not must be seen.
+		err := r.APIReader.Get(ctx, client.ObjectKeyFromObject(w), &have)
 		switch {
 		case apierrors.IsNotFound(err):
 			if err := r.Client.Create(ctx, w); err != nil {

@@ -12,10 +12,12 @@ import (
 	"time"
 
 	cnpgv1 "github.com/cloudnative-pg/cloudnative-pg/api/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
@@ -104,7 +106,10 @@ func run(ctx context.Context, f flags) error {
 	if err := cnpgv1.AddToScheme(scheme); err != nil {
 		return err
 	}
-	cacheOpts := cache.Options{}
+	// Only our own DatabaseRoles are cached, never every one in the cluster.
+	cacheOpts := cache.Options{ByObject: map[client.Object]cache.ByObject{
+		&cnpgv1.DatabaseRole{}: {Label: labels.SelectorFromSet(labels.Set{controllers.LabelManagedBy: controllers.ManagedByValue})},
+	}}
 	if f.namespaces != "" {
 		cacheOpts.DefaultNamespaces = map[string]cache.Config{}
 		for _, ns := range strings.Split(f.namespaces, ",") {
