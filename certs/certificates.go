@@ -1,0 +1,85 @@
+package certs
+
+import (
+	"fmt"
+	"strings"
+
+	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
+	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
+	cnpgv1 "github.com/cloudnative-pg/cloudnative-pg/api/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// The certificates cnpg-teleport issues through cert-manager when a Cluster's
+// client or server CA is an issuer whose key nobody holds (issuer mode), so
+// CNPG cannot sign them itself. Pure builders: the controller applies them.
+
+// ParseIssuerRef reads "Issuer/NAME" or "ClusterIssuer/NAME".
+func ParseIssuerRef(v string) (cmmeta.IssuerReference, error) {
+	kind, name, ok := strings.Cut(v, "/")
+	if !ok || name == "" || strings.Contains(name, "/") || (kind != cmapi.IssuerKind && kind != cmapi.ClusterIssuerKind) {
+		return cmmeta.IssuerReference{}, fmt.Errorf("%q: want Issuer/NAME or ClusterIssuer/NAME", v)
+	}
+	return cmmeta.IssuerReference{Kind: kind, Name: name, Group: "cert-manager.io"}, nil
+}
+
+// ServerDNSNames are the names CNPG's own server certificate carries: each
+// service <cluster>-rw, -r, -ro as svc, svc.ns, svc.ns.svc and
+// svc.ns.svc.<domain>, then spec.certificates.serverAltDNSNames.
+func ServerDNSNames(c *cnpgv1.Cluster, domain string) []string {
+	var names []string
+	for _, ep := range []string{"rw", "r", "ro"} {
+		svc := c.Name + "-" + ep
+		names = append(names, svc, svc+"."+c.Namespace, svc+"."+c.Namespace+".svc", svc+"."+c.Namespace+".svc."+domain)
+	}
+	if c.Spec.Certificates != nil {
+		names = append(names, c.Spec.Certificates.ServerAltDNSNames...)
+	}
+	return names
+}
+
+// ReplicationSecretName and ServerSecretName are the Secrets cert-manager writes.
+func ReplicationSecretName(c *cnpgv1.Cluster) string { return c.Name + "-teleport-replication" }
+
+// ServerSecretName is the server certificate's Secret (it holds ca.crt too).
+func ServerSecretName(c *cnpgv1.Cluster) string { return c.Name + "-teleport-server" }
+
+// ReplicationCertificate is the streaming replication client certificate
+// (CN streaming_replica, client auth), its Secret labelled for CNPG's reload.
+func ReplicationCertificate(c *cnpgv1.Cluster, issuer cmmeta.IssuerReference, labels map[string]string) *cmapi.Certificate {
+	return certificate(c, ReplicationSecretName(c), issuer, labels, cmapi.CertificateSpec{
+		CommonName: "streaming_replica",
+		Usages:     []cmapi.KeyUsage{cmapi.UsageClientAuth, cmapi.UsageDigitalSignature, cmapi.UsageKeyEncipherment},
+	})
+}
+
+// ServerCertificate is the PostgreSQL server certificate for every service name.
+func ServerCertificate(c *cnpgv1.Cluster, issuer cmmeta.IssuerReference, domain string, labels map[string]string) *cmapi.Certificate {
+	return certificate(c, ServerSecretName(c), issuer, labels, cmapi.CertificateSpec{
+		CommonName: c.Name + "-rw",
+		DNSNames:   ServerDNSNames(c, domain),
+		Usages:     []cmapi.KeyUsage{cmapi.UsageServerAuth, cmapi.UsageDigitalSignature, cmapi.UsageKeyEncipherment},
+	})
+}
+
+func certificate(c *cnpgv1.Cluster, name string, issuer cmmeta.IssuerReference, labels map[string]string, spec cmapi.CertificateSpec) *cmapi.Certificate {
+	secretLabels := map[string]string{}
+	for k, v := range labels {
+		secretLabels[k] = v
+	}
+	secretLabels[ReloadLabel] = "true"
+	spec.SecretName = name
+	spec.IssuerRef = issuer
+	spec.PrivateKey = &cmapi.CertificatePrivateKey{Algorithm: cmapi.ECDSAKeyAlgorithm, Size: 256, RotationPolicy: cmapi.RotationPolicyAlways}
+	spec.SecretTemplate = &cmapi.CertificateSecretTemplate{Labels: secretLabels}
+	return &cmapi.Certificate{
+		TypeMeta: metav1.TypeMeta{APIVersion: cmapi.SchemeGroupVersion.String(), Kind: cmapi.CertificateKind},
+		ObjectMeta: metav1.ObjectMeta{
+			Namespace: c.Namespace, Name: name, Labels: labels,
+			OwnerReferences: []metav1.OwnerReference{{
+				APIVersion: cnpgv1.SchemeGroupVersion.String(), Kind: cnpgv1.ClusterKind, Name: c.Name, UID: c.UID,
+			}},
+		},
+		Spec: spec,
+	}
+}
