@@ -1,6 +1,7 @@
 package certs
 
 import (
+	"encoding/pem"
 	"fmt"
 	"strings"
 
@@ -81,5 +82,27 @@ func certificate(c *cnpgv1.Cluster, name string, issuer cmmeta.IssuerReference, 
 			}},
 		},
 		Spec: spec,
+	}
+}
+
+// IssuerChain is the CA chain an issued Secret names: ca.crt, then the
+// intermediates that follow the leaf in tls.crt. PostgreSQL (OpenSSL) builds
+// a client's chain only up to a root it holds, so a bundle needs the root
+// (ca.crt of a CA issuer) and may carry the intermediates.
+func IssuerChain(caCrt, tlsCrt []byte) []byte {
+	out := append([]byte(nil), caCrt...)
+	if len(out) > 0 && out[len(out)-1] != '\n' {
+		out = append(out, '\n')
+	}
+	rest := tlsCrt
+	for first := true; ; first = false {
+		var b *pem.Block
+		b, rest = pem.Decode(rest)
+		if b == nil {
+			return out
+		}
+		if !first && b.Type == "CERTIFICATE" {
+			out = append(out, pem.EncodeToMemory(b)...)
+		}
 	}
 }

@@ -42,3 +42,16 @@ func TestCertificates(t *testing.T) {
 		t.Fatalf("server: %s %v", s.Spec.CommonName, s.Spec.DNSNames)
 	}
 }
+
+func TestIssuerChain(t *testing.T) {
+	root, inter, leaf := newCA(t, "root"), newCA(t, "intermediate"), newCA(t, "leaf")
+	tlsCrt := append(append([]byte{}, leaf.cert...), inter.cert...)
+	got := blocks(t, IssuerChain(root.cert, tlsCrt))
+	want := append(blocks(t, root.cert), blocks(t, inter.cert)...)
+	if len(got) != 2 || string(got[0]) != string(want[0]) || string(got[1]) != string(want[1]) {
+		t.Fatalf("want root then intermediate (no leaf), got %d certificates", len(got))
+	}
+	if got := blocks(t, IssuerChain(root.cert, leaf.cert)); len(got) != 1 {
+		t.Fatalf("no chain in tls.crt: want the root only, got %d", len(got))
+	}
+}

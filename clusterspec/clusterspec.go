@@ -7,6 +7,7 @@
 package clusterspec
 
 import (
+	"encoding/json"
 	"fmt"
 	"regexp"
 	"slices"
@@ -21,12 +22,50 @@ import (
 // pg_hba syntax), so exactly those lines can be found and removed.
 const Marker = "# cnpg-teleport"
 
-// AnnotationSaved keeps the user's own spec.certificates.clientCASecret
-// while the bundle replaces it: "-" when the user had no spec.certificates
-// at all, "" when it had one without a clientCASecret.
-const AnnotationSaved = "cnpg-teleport.io/saved-client-ca-secret"
+// AnnotationSaved keeps, as JSON, the user's own values of the
+// spec.certificates fields cnpg-teleport replaced (and whether the Cluster
+// had spec.certificates at all), for an exact Restore.
+const AnnotationSaved = "cnpg-teleport.io/saved-certificates"
 
-const noneSaved = "-"
+// Certs are the spec.certificates fields cnpg-teleport may set; an empty
+// field is left as the user has it.
+type Certs struct {
+	ClientCASecret       string `json:"clientCASecret,omitempty"`
+	ReplicationTLSSecret string `json:"replicationTLSSecret,omitempty"`
+	ServerTLSSecret      string `json:"serverTLSSecret,omitempty"`
+	ServerCASecret       string `json:"serverCASecret,omitempty"`
+}
+
+type saved struct {
+	HadCertificates bool              `json:"hadCertificates"`
+	Fields          map[string]string `json:"fields"` // field -> the user's value ("" if unset)
+}
+
+func fields(cs *cnpgv1.CertificatesConfiguration) map[string]*string {
+	return map[string]*string{
+		"clientCASecret": &cs.ClientCASecret, "replicationTLSSecret": &cs.ReplicationTLSSecret,
+		"serverTLSSecret": &cs.ServerTLSSecret, "serverCASecret": &cs.ServerCASecret,
+	}
+}
+
+func (w Certs) values() map[string]string {
+	return map[string]string{
+		"clientCASecret": w.ClientCASecret, "replicationTLSSecret": w.ReplicationTLSSecret,
+		"serverTLSSecret": w.ServerTLSSecret, "serverCASecret": w.ServerCASecret,
+	}
+}
+
+func readSaved(c *cnpgv1.Cluster) (saved, bool) {
+	raw, ok := c.Annotations[AnnotationSaved]
+	if !ok {
+		return saved{}, false
+	}
+	var s saved
+	if err := json.Unmarshal([]byte(raw), &s); err != nil {
+		return saved{HadCertificates: true}, true // unreadable: restore nothing of spec.certificates
+	}
+	return s, true
+}
 
 // Default role names, and the annotations that choose others.
 const (
@@ -83,9 +122,9 @@ func StripHBA(lines []string) []string {
 // their own clientCASecret (saved while the bundle replaces it), else CNPG's
 // <cluster>-ca.
 func OwnClientCASecret(c *cnpgv1.Cluster, bundle string) string {
-	if saved, ok := c.Annotations[AnnotationSaved]; ok {
-		if saved != noneSaved && saved != "" {
-			return saved
+	if sv, ok := readSaved(c); ok {
+		if v := sv.Fields["clientCASecret"]; v != "" {
+			return v
 		}
 		return c.Name + "-ca"
 	}
@@ -95,46 +134,58 @@ func OwnClientCASecret(c *cnpgv1.Cluster, bundle string) string {
 	return c.Name + "-ca"
 }
 
-// Trust returns the Cluster changed to trust bundle with our pg_hba line
-// first; the user's clientCASecret is saved once, for Restore.
-func Trust(c *cnpgv1.Cluster, bundle, hbaLine string) *cnpgv1.Cluster {
+// Trust returns the Cluster with the non-empty fields of want set in
+// spec.certificates and our pg_hba line first. The user's values of those
+// fields are saved once, for Restore.
+func Trust(c *cnpgv1.Cluster, want Certs, hbaLine string) *cnpgv1.Cluster {
 	out := c.DeepCopy()
-	if _, ok := out.Annotations[AnnotationSaved]; !ok {
-		saved := noneSaved
-		if cs := out.Spec.Certificates; cs != nil {
-			saved = cs.ClientCASecret
-			if saved == bundle {
-				saved = "" // ours already (an earlier pass lost the annotation): nothing of the user's to keep
-			}
-		}
-		if out.Annotations == nil {
-			out.Annotations = map[string]string{}
-		}
-		out.Annotations[AnnotationSaved] = saved
+	sv, ok := readSaved(out)
+	if !ok {
+		sv = saved{HadCertificates: out.Spec.Certificates != nil, Fields: map[string]string{}}
 	}
 	if out.Spec.Certificates == nil {
 		out.Spec.Certificates = &cnpgv1.CertificatesConfiguration{}
 	}
-	out.Spec.Certificates.ClientCASecret = bundle
+	cur := fields(out.Spec.Certificates)
+	for k, v := range want.values() {
+		if v == "" {
+			continue
+		}
+		if _, done := sv.Fields[k]; !done {
+			user := *cur[k]
+			if user == v {
+				user = "" // ours already (an earlier pass lost the annotation)
+			}
+			sv.Fields[k] = user
+		}
+		*cur[k] = v
+	}
+	raw, _ := json.Marshal(sv)
+	if out.Annotations == nil {
+		out.Annotations = map[string]string{}
+	}
+	out.Annotations[AnnotationSaved] = string(raw)
 	out.Spec.PostgresConfiguration.PgHBA = MergeHBA(out.Spec.PostgresConfiguration.PgHBA, hbaLine)
 	return out
 }
 
-// Restore returns the Cluster with our slice undone: the user's
-// clientCASecret back (spec.certificates gone again if we added it), our
-// pg_hba lines removed, the saved annotation dropped. Everything else the
-// user wrote, in the meantime too, stays.
+// Restore returns the Cluster with our slice undone: each field we set back
+// to the user's value (spec.certificates gone again if we added it and
+// nothing else is in it), our pg_hba lines removed, the saved annotation
+// dropped. Everything else the user wrote, in the meantime too, stays.
 func Restore(c *cnpgv1.Cluster) *cnpgv1.Cluster {
 	out := c.DeepCopy()
-	saved, ok := out.Annotations[AnnotationSaved]
-	if cs := out.Spec.Certificates; ok && cs != nil {
-		if saved == noneSaved {
-			cs.ClientCASecret = ""
-			if cs.ServerCASecret == "" && cs.ServerTLSSecret == "" && cs.ReplicationTLSSecret == "" && len(cs.ServerAltDNSNames) == 0 {
-				out.Spec.Certificates = nil
+	if sv, ok := readSaved(out); ok && out.Spec.Certificates != nil {
+		cur := fields(out.Spec.Certificates)
+		for k, v := range sv.Fields {
+			if p, known := cur[k]; known {
+				*p = v
 			}
-		} else {
-			cs.ClientCASecret = saved
+		}
+		cs := out.Spec.Certificates
+		if !sv.HadCertificates && cs.ClientCASecret == "" && cs.ServerCASecret == "" && cs.ServerTLSSecret == "" &&
+			cs.ReplicationTLSSecret == "" && len(cs.ServerAltDNSNames) == 0 {
+			out.Spec.Certificates = nil
 		}
 	}
 	delete(out.Annotations, AnnotationSaved)
@@ -146,10 +197,18 @@ func Restore(c *cnpgv1.Cluster) *cnpgv1.Cluster {
 }
 
 // Trusted reports whether the Cluster is in our slice's state already.
-func Trusted(c *cnpgv1.Cluster, bundle, hbaLine string) bool {
-	_, saved := c.Annotations[AnnotationSaved]
-	return saved && c.Spec.Certificates != nil && c.Spec.Certificates.ClientCASecret == bundle &&
-		slices.Equal(c.Spec.PostgresConfiguration.PgHBA, MergeHBA(c.Spec.PostgresConfiguration.PgHBA, hbaLine))
+func Trusted(c *cnpgv1.Cluster, want Certs, hbaLine string) bool {
+	sv, ok := readSaved(c)
+	if !ok || c.Spec.Certificates == nil {
+		return false
+	}
+	cur := fields(c.Spec.Certificates)
+	for k, v := range want.values() {
+		if _, saved := sv.Fields[k]; v != "" && (*cur[k] != v || !saved) {
+			return false
+		}
+	}
+	return slices.Equal(c.Spec.PostgresConfiguration.PgHBA, MergeHBA(c.Spec.PostgresConfiguration.PgHBA, hbaLine))
 }
 
 // Changed reports whether the Cluster has any of our slice left.

@@ -10,6 +10,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
+const bundleName = "pg-teleport-ca"
+
 func cluster(certs *cnpgv1.CertificatesConfiguration, hba ...string) *cnpgv1.Cluster {
 	c := &cnpgv1.Cluster{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "pg", UID: "u1", Annotations: map[string]string{"user": "x"}}}
 	c.Spec.Certificates = certs
@@ -38,14 +40,15 @@ func TestTrustRestore(t *testing.T) {
 		"alt names, a stale line of ours": cluster(&cnpgv1.CertificatesConfiguration{ServerAltDNSNames: []string{"x.example"}}, "hostssl all old all cert "+Marker, "host all all all md5"),
 	} {
 		before := js(t, c.Spec)
-		trusted := Trust(c, "pg-teleport-ca", line)
-		if trusted.Spec.Certificates.ClientCASecret != "pg-teleport-ca" || trusted.Spec.PostgresConfiguration.PgHBA[0] != line {
+		ours := Certs{ClientCASecret: bundleName} // a Secret's name, not a credential
+		trusted := Trust(c, ours, line)
+		if trusted.Spec.Certificates.ClientCASecret != bundleName || trusted.Spec.PostgresConfiguration.PgHBA[0] != line {
 			t.Errorf("%s: trust: %s", name, js(t, trusted.Spec))
 		}
-		if !Trusted(trusted, "pg-teleport-ca", line) || !Changed(trusted) {
+		if !Trusted(trusted, ours, line) || !Changed(trusted) {
 			t.Errorf("%s: Trusted/Changed false after Trust", name)
 		}
-		if again := Trust(trusted, "pg-teleport-ca", line); js(t, again) != js(t, trusted) {
+		if again := Trust(trusted, ours, line); js(t, again) != js(t, trusted) {
 			t.Errorf("%s: Trust is not idempotent:\n%s\n%s", name, js(t, again), js(t, trusted))
 		}
 		restored := Restore(trusted)
@@ -64,7 +67,7 @@ func TestTrustRestore(t *testing.T) {
 		}
 	}
 	// A change the user makes while trusted survives the restore.
-	c := Trust(cluster(nil, "host all all all md5"), "b", line)
+	c := Trust(cluster(nil, "host all all all md5"), Certs{ClientCASecret: "b"}, line)
 	c.Spec.PostgresConfiguration.PgHBA = append(c.Spec.PostgresConfiguration.PgHBA, "host all extra all md5")
 	c.Spec.Certificates.ServerAltDNSNames = []string{"new.example"}
 	r := Restore(c)
@@ -97,10 +100,10 @@ func TestOwnClientCASecret(t *testing.T) {
 	if got := OwnClientCASecret(cluster(&cnpgv1.CertificatesConfiguration{ClientCASecret: "mine"}), "b"); got != "mine" {
 		t.Errorf("user's: %s", got)
 	}
-	if got := OwnClientCASecret(Trust(cluster(&cnpgv1.CertificatesConfiguration{ClientCASecret: "mine"}), "b", "l"), "b"); got != "mine" {
+	if got := OwnClientCASecret(Trust(cluster(&cnpgv1.CertificatesConfiguration{ClientCASecret: "mine"}), Certs{ClientCASecret: "b"}, "l"), "b"); got != "mine" {
 		t.Errorf("user's, while trusted: %s", got)
 	}
-	if got := OwnClientCASecret(Trust(cluster(nil), "b", "l"), "b"); got != "pg-ca" {
+	if got := OwnClientCASecret(Trust(cluster(nil), Certs{ClientCASecret: "b"}, "l"), "b"); got != "pg-ca" {
 		t.Errorf("CNPG's, while trusted: %s", got)
 	}
 }
@@ -151,5 +154,25 @@ func TestMergeDatabaseRole(t *testing.T) {
 	got := MergeDatabaseRole(edited, want)
 	if got.Superuser || !slices.Equal(got.InRoles, []string{"pg_read_all_data"}) || got.ConnectionLimit != -1 {
 		t.Errorf("a hand edit must be undone, defaults kept: %s", js(t, got))
+	}
+}
+
+// TestTrustRestoreIssuerMode: several fields replaced, each restored.
+func TestTrustRestoreIssuerMode(t *testing.T) {
+	c := cluster(&cnpgv1.CertificatesConfiguration{ServerCASecret: "user-ca"}, "host all all all md5")
+	before := js(t, c.Spec)
+	want := Certs{ClientCASecret: "b", ReplicationTLSSecret: "repl", ServerTLSSecret: "srv", ServerCASecret: "srv"}
+	tr := Trust(c, want, HBALine("r", "w"))
+	cs := tr.Spec.Certificates
+	if cs.ClientCASecret != "b" || cs.ReplicationTLSSecret != "repl" || cs.ServerTLSSecret != "srv" || cs.ServerCASecret != "srv" {
+		t.Fatalf("trust: %s", js(t, cs))
+	}
+	if !Trusted(tr, want, HBALine("r", "w")) || Trusted(tr, Certs{ClientCASecret: "other"}, HBALine("r", "w")) {
+		t.Fatal("Trusted")
+	}
+	// A later pass that sets fewer fields keeps what was saved for all.
+	tr2 := Trust(tr, Certs{ClientCASecret: "b"}, HBALine("r", "w"))
+	if got := js(t, Restore(tr2).Spec); got != before {
+		t.Fatalf("restore:\n got %s\nwant %s", got, before)
 	}
 }

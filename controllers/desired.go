@@ -12,9 +12,11 @@ import (
 	"sort"
 	"strings"
 
+	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
 	cnpgv1 "github.com/cloudnative-pg/cloudnative-pg/api/v1"
 	"github.com/gravitational/teleport/api/types"
 
+	"github.com/cnpg-teleport/cnpg-teleport/certs"
 	"github.com/cnpg-teleport/cnpg-teleport/clusterspec"
 )
 
@@ -34,6 +36,11 @@ const (
 	AnnotationReadRole = "cnpg-teleport.io/read-role"
 	// AnnotationWriteRole names the login role that reads and writes all data (default teleport_write).
 	AnnotationWriteRole = "cnpg-teleport.io/write-role"
+	// AnnotationClientIssuer (Issuer/NAME or ClusterIssuer/NAME) makes that issuer's CA the Cluster's client CA;
+	// the replication client certificate is then issued through cert-manager.
+	AnnotationClientIssuer = "cnpg-teleport.io/client-issuer"
+	// AnnotationServerIssuer makes that issuer sign the server certificate (through cert-manager).
+	AnnotationServerIssuer = "cnpg-teleport.io/server-issuer"
 )
 
 // Labels on the Teleport db resources. The ownership labels mark what this
@@ -94,6 +101,8 @@ type Spec struct {
 	Keep      bool
 	ReadRole  string // PostgreSQL login role for Teleport users, reading
 	WriteRole string // and reading and writing
+	// ClientIssuer and ServerIssuer select issuer mode (nil: CNPG's own CA).
+	ClientIssuer, ServerIssuer *cmmeta.IssuerReference
 }
 
 // InvalidAnnotationError is a user error in one annotation: the controller
@@ -163,6 +172,22 @@ func ParseAnnotations(o Options, c *cnpgv1.Cluster) (Spec, error) {
 	}
 	if s.ReadRole == s.WriteRole {
 		bad(AnnotationWriteRole, "the read and the write role must differ")
+	}
+	for _, r := range []struct {
+		ann string
+		ref **cmmeta.IssuerReference
+	}{{AnnotationClientIssuer, &s.ClientIssuer}, {AnnotationServerIssuer, &s.ServerIssuer}} {
+		if v, ok := a[r.ann]; ok {
+			ref, err := certs.ParseIssuerRef(v)
+			if err != nil {
+				bad(r.ann, err.Error())
+				continue
+			}
+			*r.ref = &ref
+		}
+	}
+	if s.ServerIssuer != nil && c.Spec.Certificates != nil && len(c.Spec.Certificates.ServerAltDNSNames) > 0 {
+		bad(AnnotationServerIssuer, "CNPG rejects spec.certificates.serverAltDNSNames beside a server TLS Secret: remove them to use a server issuer")
 	}
 	return s, errors.Join(errs...)
 }

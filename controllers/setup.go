@@ -13,6 +13,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
+	"github.com/cnpg-teleport/cnpg-teleport/certs"
 	"github.com/cnpg-teleport/cnpg-teleport/clusterspec"
 )
 
@@ -27,7 +28,8 @@ const serverCAIndex = "cnpg-teleport.serverCASecret"
 func (r *ClusterReconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manager) error {
 	if err := mgr.GetFieldIndexer().IndexField(ctx, &cnpgv1.Cluster{}, serverCAIndex, func(o client.Object) []string {
 		c := o.(*cnpgv1.Cluster)
-		return []string{serverCASecret(c), clusterspec.OwnClientCASecret(c, BundleSecretName(c)), BundleSecretName(c)}
+		return []string{serverCASecret(c), clusterspec.OwnClientCASecret(c, BundleSecretName(c)), BundleSecretName(c),
+			certs.ReplicationSecretName(c), certs.ServerSecretName(c)}
 	}); err != nil {
 		return err
 	}

@@ -8,10 +8,13 @@ import (
 	"maps"
 	"slices"
 
+	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
+	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
 	cnpgv1 "github.com/cloudnative-pg/cloudnative-pg/api/v1"
 	corev1 "k8s.io/api/core/v1"
 	apiequality "k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	k8stypes "k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -51,22 +54,40 @@ func ownedBy(o metav1.Object, c *cnpgv1.Cluster) bool {
 }
 
 // trust makes PostgreSQL trust Teleport's database-client CA for the
-// Cluster, in order: the bundle Secret (valid before anything points at it),
-// the read and write DatabaseRoles, then the Cluster's slice (client CA and
-// pg_hba line). It reports whether CNPG runs the bundle's current version,
-// so the db resources are registered only once a Teleport user can log in.
+// Cluster, in order: in issuer mode the certificates CNPG cannot sign
+// (through cert-manager), the bundle Secret (valid before anything points at
+// it), the read and write DatabaseRoles, then the Cluster's slice
+// (spec.certificates and the pg_hba line). It reports whether CNPG runs all of
+// it, so the db resources are registered only once a Teleport user can log in.
 func (r *ClusterReconciler) trust(ctx context.Context, c *cnpgv1.Cluster, spec Spec) (bool, error) {
-	bundle, err := r.ensureBundle(ctx, c)
+	var want clusterspec.Certs
+	var ownCA []byte // issuer mode: the issuer's CA chain; else read from the Cluster's own client CA Secret
+	if spec.ClientIssuer != nil {
+		s, err := r.ensureCertificate(ctx, c, certs.ReplicationCertificate(c, *spec.ClientIssuer, objectLabels(c)))
+		if err != nil {
+			return false, err
+		}
+		want.ReplicationTLSSecret, ownCA = s.Name, certs.IssuerChain(s.Data["ca.crt"], s.Data["tls.crt"])
+	}
+	if spec.ServerIssuer != nil {
+		s, err := r.ensureCertificate(ctx, c, certs.ServerCertificate(c, *spec.ServerIssuer, r.Options.Domain, objectLabels(c)))
+		if err != nil {
+			return false, err
+		}
+		want.ServerTLSSecret, want.ServerCASecret = s.Name, s.Name
+	}
+	bundle, err := r.ensureBundle(ctx, c, ownCA)
 	if err != nil {
 		return false, err
 	}
+	want.ClientCASecret = bundle.Name
 	if err := r.ensureRoles(ctx, c, spec); err != nil {
 		return false, err
 	}
 	line := clusterspec.HBALine(spec.ReadRole, spec.WriteRole)
-	if !clusterspec.Trusted(c, bundle.Name, line) {
+	if !clusterspec.Trusted(c, want, line) {
 		patch := client.MergeFromWithOptions(c.DeepCopy(), client.MergeFromWithOptimisticLock{})
-		next := clusterspec.Trust(c, bundle.Name, line)
+		next := clusterspec.Trust(c, want, line)
 		if err := r.Client.Patch(ctx, next, patch); err != nil {
 			return false, fmt.Errorf("cluster trust slice: %w", err)
 		}
@@ -75,7 +96,9 @@ func (r *ClusterReconciler) trust(ctx context.Context, c *cnpgv1.Cluster, spec S
 			"client CA %s (own CA + Teleport's), pg_hba %q, roles %s and %s", bundle.Name, line, spec.ReadRole, spec.WriteRole)
 	}
 	st := c.Status
-	if st.Certificates.ClientCASecret != bundle.Name || st.SecretsResourceVersion.ClientCASecretVersion != bundle.ResourceVersion {
+	if st.Certificates.ClientCASecret != bundle.Name || st.SecretsResourceVersion.ClientCASecretVersion != bundle.ResourceVersion ||
+		(want.ServerTLSSecret != "" && st.Certificates.ServerTLSSecret != want.ServerTLSSecret) ||
+		(want.ReplicationTLSSecret != "" && st.Certificates.ReplicationTLSSecret != want.ReplicationTLSSecret) {
 		r.warned.note(r.Recorder, c, ReasonTrustPending, "Register",
 			"registration waits until CNPG runs client CA %s version %s (status: %q version %q)",
 			bundle.Name, bundle.ResourceVersion, st.Certificates.ClientCASecret, st.SecretsResourceVersion.ClientCASecretVersion)
@@ -84,12 +107,51 @@ func (r *ClusterReconciler) trust(ctx context.Context, c *cnpgv1.Cluster, spec S
 	return true, nil
 }
 
+// ensureCertificate creates or updates a cert-manager Certificate we own
+// and returns its Secret once cert-manager has issued it (else errWaiting:
+// the Cluster is pointed at nothing that does not exist yet).
+func (r *ClusterReconciler) ensureCertificate(ctx context.Context, c *cnpgv1.Cluster, want *cmapi.Certificate) (*corev1.Secret, error) {
+	var have cmapi.Certificate
+	err := r.APIReader.Get(ctx, client.ObjectKeyFromObject(want), &have)
+	switch {
+	case apierrors.IsNotFound(err):
+		if err := r.Client.Create(ctx, want); err != nil {
+			return nil, fmt.Errorf("certificate %s: %w", want.Name, err)
+		}
+		return nil, fmt.Errorf("certificate %s: %w: created", want.Name, errWaiting)
+	case err != nil:
+		return nil, fmt.Errorf("certificate %s: %w", want.Name, err)
+	case !ownedBy(&have, c):
+		r.warned.warn(r.Recorder, c, ReasonObjectConflict, "Trust", "Certificate %s exists and is not ours: left untouched", want.Name)
+		return nil, fmt.Errorf("certificate %s: %w", want.Name, errNotOurs)
+	case !apiequality.Semantic.DeepEqual(have.Spec, want.Spec):
+		have.Spec = want.Spec
+		if err := r.Client.Update(ctx, &have); err != nil {
+			return nil, fmt.Errorf("certificate %s: %w", want.Name, err)
+		}
+		return nil, fmt.Errorf("certificate %s: %w: updated", want.Name, errWaiting)
+	}
+	ready := false
+	for _, cond := range have.Status.Conditions {
+		ready = ready || (cond.Type == cmapi.CertificateConditionReady && cond.Status == cmmeta.ConditionTrue && cond.ObservedGeneration == have.Generation)
+	}
+	var s corev1.Secret
+	if ready {
+		err = r.APIReader.Get(ctx, k8stypes.NamespacedName{Namespace: c.Namespace, Name: want.Spec.SecretName}, &s)
+	}
+	if !ready || err != nil || len(s.Data["tls.crt"]) == 0 || len(s.Data["ca.crt"]) == 0 {
+		r.warned.note(r.Recorder, c, ReasonTrustPending, "Trust", "waiting for cert-manager to issue %s", want.Name)
+		return nil, fmt.Errorf("certificate %s: %w: not issued yet", want.Name, errWaiting)
+	}
+	return &s, nil
+}
+
 // ensureBundle writes the bundle Secret when its content changed, and returns
 // it. The Cluster's own client CA comes first, with its key byte for byte;
 // Teleport's CA certificates follow. When Teleport cannot be asked, an
 // existing bundle is kept as it is: a CA already trusted is never dropped
 // for want of an answer.
-func (r *ClusterReconciler) ensureBundle(ctx context.Context, c *cnpgv1.Cluster) (*corev1.Secret, error) {
+func (r *ClusterReconciler) ensureBundle(ctx context.Context, c *cnpgv1.Cluster, issuerCA []byte) (*corev1.Secret, error) {
 	var cur corev1.Secret
 	key := k8stypes.NamespacedName{Namespace: c.Namespace, Name: BundleSecretName(c)}
 	err := r.APIReader.Get(ctx, key, &cur)
@@ -103,7 +165,9 @@ func (r *ClusterReconciler) ensureBundle(ctx context.Context, c *cnpgv1.Cluster)
 	}
 	var own corev1.Secret
 	ownKey := k8stypes.NamespacedName{Namespace: c.Namespace, Name: clusterspec.OwnClientCASecret(c, key.Name)}
-	if err := r.APIReader.Get(ctx, ownKey, &own); err != nil {
+	if issuerCA != nil { // issuer mode: the issuer's CA, no key (nobody holds it)
+		own.Data = map[string][]byte{"ca.crt": issuerCA}
+	} else if err := r.APIReader.Get(ctx, ownKey, &own); err != nil {
 		if apierrors.IsNotFound(err) { // CNPG makes <cluster>-ca soon after the Cluster
 			r.warned.note(r.Recorder, c, ReasonTrustPending, "Trust", "waiting for the Cluster's client CA %s", ownKey)
 			return nil, fmt.Errorf("the Cluster's client CA %s: %w", ownKey, errWaiting)
@@ -220,13 +284,14 @@ func (r *ClusterReconciler) ensureRoles(ctx context.Context, c *cnpgv1.Cluster, 
 	return nil
 }
 
-// untrust undoes the trust step on a Cluster that opted out (a deleted
-// Cluster takes its owned objects along by garbage collection): the
-// Cluster's slice first, so CNPG goes back to the user's client CA before the
-// bundle disappears, then our DatabaseRoles and the bundle.
+// untrust undoes the trust step on a Cluster that opted out: the Cluster's
+// slice first, so CNPG goes back to the user's certificates before ours
+// disappear, then our DatabaseRoles, Certificates, their Secrets and the
+// bundle. A deleted Cluster takes its owned objects along by garbage
+// collection; only the Secrets cert-manager wrote (not owned) are deleted.
 func (r *ClusterReconciler) untrust(ctx context.Context, c *cnpgv1.Cluster) error {
 	if !c.DeletionTimestamp.IsZero() {
-		return nil
+		return r.deleteIssued(ctx, c)
 	}
 	if clusterspec.Changed(c) {
 		patch := client.MergeFromWithOptions(c.DeepCopy(), client.MergeFromWithOptimisticLock{})
@@ -235,7 +300,7 @@ func (r *ClusterReconciler) untrust(ctx context.Context, c *cnpgv1.Cluster) erro
 			return fmt.Errorf("cluster restore: %w", err)
 		}
 		*c = *next
-		r.Recorder.Eventf(c, nil, corev1.EventTypeNormal, ReasonTrustRemoved, "Untrust", "client CA and pg_hba restored; roles and bundle removed")
+		r.Recorder.Eventf(c, nil, corev1.EventTypeNormal, ReasonTrustRemoved, "Untrust", "certificates and pg_hba restored; roles and bundle removed")
 	}
 	var list cnpgv1.DatabaseRoleList
 	if err := r.Client.List(ctx, &list, client.InNamespace(c.Namespace), client.MatchingLabels(objectLabels(c))); err != nil {
@@ -248,9 +313,13 @@ func (r *ClusterReconciler) untrust(ctx context.Context, c *cnpgv1.Cluster) erro
 			}
 		}
 	}
-	if c.Status.Certificates.ClientCASecret == BundleSecretName(c) {
-		// Deleted before CNPG has left it, the bundle would leave CNPG without a client CA.
-		return fmt.Errorf("restore: %w: CNPG still runs client CA %s", errWaiting, BundleSecretName(c))
+	if st := c.Status.Certificates; st.ClientCASecret == BundleSecretName(c) || st.ReplicationTLSSecret == certs.ReplicationSecretName(c) ||
+		st.ServerTLSSecret == certs.ServerSecretName(c) {
+		// Deleted before CNPG has left them, ours would leave CNPG without certificates.
+		return fmt.Errorf("restore: %w: CNPG still runs cnpg-teleport's certificates", errWaiting)
+	}
+	if err := r.deleteIssued(ctx, c); err != nil {
+		return err
 	}
 	var bundle corev1.Secret
 	key := k8stypes.NamespacedName{Namespace: c.Namespace, Name: BundleSecretName(c)}
@@ -263,6 +332,41 @@ func (r *ClusterReconciler) untrust(ctx context.Context, c *cnpgv1.Cluster) erro
 	uid := bundle.UID
 	if err := r.Client.Delete(ctx, &bundle, client.Preconditions{UID: &uid}); client.IgnoreNotFound(err) != nil {
 		return fmt.Errorf("secret %s: %w", key, err)
+	}
+	return nil
+}
+
+// deleteIssued deletes our cert-manager Certificates and the Secrets
+// cert-manager wrote for them (labelled ours through the secret template;
+// cert-manager does not delete them, nor do they carry an owner reference).
+func (r *ClusterReconciler) deleteIssued(ctx context.Context, c *cnpgv1.Cluster) error {
+	for _, name := range []string{certs.ReplicationSecretName(c), certs.ServerSecretName(c)} {
+		key := k8stypes.NamespacedName{Namespace: c.Namespace, Name: name}
+		var crt cmapi.Certificate
+		err := r.APIReader.Get(ctx, key, &crt)
+		switch {
+		case apierrors.IsNotFound(err) || meta.IsNoMatchError(err):
+		case err != nil:
+			return fmt.Errorf("certificate %s: %w", name, err)
+		case ownedBy(&crt, c):
+			if err := r.Client.Delete(ctx, &crt); client.IgnoreNotFound(err) != nil {
+				return fmt.Errorf("certificate %s: %w", name, err)
+			}
+		}
+		var s corev1.Secret
+		if err := r.APIReader.Get(ctx, key, &s); err != nil {
+			if apierrors.IsNotFound(err) {
+				continue
+			}
+			return fmt.Errorf("secret %s: %w", name, err)
+		}
+		if l := s.Labels; l[LabelManagedBy] != ManagedByValue || l[LabelCluster] != c.Name {
+			continue
+		}
+		uid := s.UID
+		if err := r.Client.Delete(ctx, &s, client.Preconditions{UID: &uid}); client.IgnoreNotFound(err) != nil {
+			return fmt.Errorf("secret %s: %w", name, err)
+		}
 	}
 	return nil
 }

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 	cnpgv1 "github.com/cloudnative-pg/cloudnative-pg/api/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -104,6 +105,9 @@ func run(ctx context.Context, f flags) error {
 		return err
 	}
 	if err := cnpgv1.AddToScheme(scheme); err != nil {
+		return err
+	}
+	if err := cmapi.AddToScheme(scheme); err != nil { // issuer mode
 		return err
 	}
 	// Only our own DatabaseRoles are cached, never every one in the cluster.
