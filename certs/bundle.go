@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"time"
 
 	cnpgv1 "github.com/cloudnative-pg/cloudnative-pg/api/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -132,4 +133,25 @@ func BundleSecret(c *cnpgv1.Cluster, name string, caCrt, caKey []byte, labels ma
 		Type: corev1.SecretTypeOpaque,
 		Data: map[string][]byte{"ca.crt": caCrt, "ca.key": caKey},
 	}
+}
+
+// PreviousOwnCA returns the first certificate of the current bundle when it
+// is not the first of own any more (the Cluster's client CA was renewed or
+// replaced) and has not expired at now: certificates it signed stay trusted
+// until they could have expired too. Nothing when the bundle is absent,
+// unreadable, or still starts with own.
+func PreviousOwnCA(bundle, own []byte, now time.Time) []byte {
+	prev, err := certificates(bundle)
+	if err != nil || len(prev) == 0 {
+		return nil
+	}
+	cur, err := certificates(own)
+	if err != nil || len(cur) == 0 || bytes.Equal(cur[0], prev[0]) {
+		return nil
+	}
+	c, err := x509.ParseCertificate(prev[0])
+	if err != nil || now.After(c.NotAfter) {
+		return nil
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: prev[0]})
 }

@@ -131,3 +131,29 @@ func TestBundleSecret(t *testing.T) {
 		t.Fatalf("data %v", s.Data)
 	}
 }
+
+func TestPreviousOwnCA(t *testing.T) {
+	old, renewed, tp := newCA(t, "pg-ca"), newCA(t, "pg-ca"), newCA(t, "teleport")
+	bundle, err := ClientCABundle(old.cert, [][]byte{tp.cert})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	if PreviousOwnCA(bundle, old.cert, now) != nil {
+		t.Error("own CA unchanged: nothing to carry")
+	}
+	prev := PreviousOwnCA(bundle, renewed.cert, now)
+	if !bytes.Equal(prev, old.cert) {
+		t.Fatalf("renewed: want the old own CA carried, got %q", prev)
+	}
+	next, err := ClientCABundle(renewed.cert, [][]byte{tp.cert, prev})
+	if err != nil || len(blocks(t, next)) != 3 || !bytes.HasPrefix(next, renewed.cert) {
+		t.Fatalf("bundle after renewal: %v, %d certificates", err, len(blocks(t, next)))
+	}
+	if PreviousOwnCA(bundle, renewed.cert, now.Add(2*time.Hour)) != nil {
+		t.Error("an expired predecessor must not be carried")
+	}
+	if PreviousOwnCA(nil, renewed.cert, now) != nil || PreviousOwnCA([]byte("x"), renewed.cert, now) != nil {
+		t.Error("no or unreadable bundle: nothing to carry")
+	}
+}

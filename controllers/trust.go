@@ -182,6 +182,9 @@ func (r *ClusterReconciler) ensureBundle(ctx context.Context, c *cnpgv1.Cluster,
 		}
 		return nil, r.unavailable(c, "Trust", err)
 	}
+	if prev := certs.PreviousOwnCA(cur.Data["ca.crt"], own.Data["ca.crt"], r.now()); prev != nil {
+		cas = append(cas, prev) // the renewed own CA's predecessor, until it expires
+	}
 	crt, err := certs.ClientCABundle(own.Data["ca.crt"], cas)
 	if err == nil && len(own.Data["ca.key"]) > 0 {
 		err = certs.CheckSigningKey(crt, own.Data["ca.key"])
