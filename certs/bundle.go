@@ -135,23 +135,30 @@ func BundleSecret(c *cnpgv1.Cluster, name string, caCrt, caKey []byte, labels ma
 	}
 }
 
-// PreviousOwnCA returns the first certificate of the current bundle when it
-// is not the first of own any more (the Cluster's client CA was renewed or
-// replaced) and has not expired at now: certificates it signed stay trusted
-// until they could have expired too. Nothing when the bundle is absent,
-// unreadable, or still starts with own.
-func PreviousOwnCA(bundle, own []byte, now time.Time) []byte {
-	prev, err := certificates(bundle)
-	if err != nil || len(prev) == 0 {
-		return nil
-	}
+// PreviousKey holds, in the bundle Secret, the Cluster's previous own client
+// CA certificate while it is carried (CNPG reads only ca.crt and ca.key).
+const PreviousKey = "previous-ca.crt"
+
+// PreviousOwnCA is the own client CA certificate that the current bundle
+// carries for what it signed: the bundle's first certificate when own no
+// longer starts with it (the Cluster's client CA was renewed or replaced),
+// else the one already kept; only while it has not expired at now, and never
+// own's own first certificate. Nothing when there is none.
+func PreviousOwnCA(bundle, kept, own []byte, now time.Time) []byte {
 	cur, err := certificates(own)
-	if err != nil || len(cur) == 0 || bytes.Equal(cur[0], prev[0]) {
+	if err != nil || len(cur) == 0 {
 		return nil
 	}
-	c, err := x509.ParseCertificate(prev[0])
-	if err != nil || now.After(c.NotAfter) {
-		return nil
+	for _, src := range [][]byte{bundle, kept} {
+		ders, err := certificates(src)
+		if err != nil || len(ders) == 0 || bytes.Equal(ders[0], cur[0]) {
+			continue
+		}
+		c, err := x509.ParseCertificate(ders[0])
+		if err != nil || now.After(c.NotAfter) {
+			continue
+		}
+		return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ders[0]})
 	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: prev[0]})
+	return nil
 }

@@ -139,10 +139,10 @@ func TestPreviousOwnCA(t *testing.T) {
 		t.Fatal(err)
 	}
 	now := time.Now()
-	if PreviousOwnCA(bundle, old.cert, now) != nil {
+	if PreviousOwnCA(bundle, nil, old.cert, now) != nil {
 		t.Error("own CA unchanged: nothing to carry")
 	}
-	prev := PreviousOwnCA(bundle, renewed.cert, now)
+	prev := PreviousOwnCA(bundle, nil, renewed.cert, now)
 	if !bytes.Equal(prev, old.cert) {
 		t.Fatalf("renewed: want the old own CA carried, got %q", prev)
 	}
@@ -150,10 +150,17 @@ func TestPreviousOwnCA(t *testing.T) {
 	if err != nil || len(blocks(t, next)) != 3 || !bytes.HasPrefix(next, renewed.cert) {
 		t.Fatalf("bundle after renewal: %v, %d certificates", err, len(blocks(t, next)))
 	}
-	if PreviousOwnCA(bundle, renewed.cert, now.Add(2*time.Hour)) != nil {
+	// The next pass: the bundle starts with the renewed CA; the kept one stays.
+	if again := PreviousOwnCA(next, prev, renewed.cert, now); !bytes.Equal(again, old.cert) {
+		t.Fatalf("the next pass dropped the carried CA: %q", again)
+	}
+	if PreviousOwnCA(next, prev, renewed.cert, now.Add(2*time.Hour)) != nil {
 		t.Error("an expired predecessor must not be carried")
 	}
-	if PreviousOwnCA(nil, renewed.cert, now) != nil || PreviousOwnCA([]byte("x"), renewed.cert, now) != nil {
+	if PreviousOwnCA(nil, nil, renewed.cert, now) != nil || PreviousOwnCA([]byte("x"), nil, renewed.cert, now) != nil {
 		t.Error("no or unreadable bundle: nothing to carry")
+	}
+	if PreviousOwnCA(next, renewed.cert, renewed.cert, now) != nil {
+		t.Error("own's first certificate is never its own predecessor")
 	}
 }

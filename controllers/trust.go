@@ -182,7 +182,8 @@ func (r *ClusterReconciler) ensureBundle(ctx context.Context, c *cnpgv1.Cluster,
 		}
 		return nil, r.unavailable(c, "Trust", err)
 	}
-	if prev := certs.PreviousOwnCA(cur.Data["ca.crt"], own.Data["ca.crt"], r.now()); prev != nil {
+	prev := certs.PreviousOwnCA(cur.Data["ca.crt"], cur.Data[certs.PreviousKey], own.Data["ca.crt"], r.now())
+	if prev != nil {
 		cas = append(cas, prev) // the renewed own CA's predecessor, until it expires
 	}
 	crt, err := certs.ClientCABundle(own.Data["ca.crt"], cas)
@@ -196,6 +197,9 @@ func (r *ClusterReconciler) ensureBundle(ctx context.Context, c *cnpgv1.Cluster,
 	want := certs.BundleSecret(c, key.Name, crt, own.Data["ca.key"], objectLabels(c))
 	if own.Data["ca.key"] == nil {
 		delete(want.Data, "ca.key")
+	}
+	if prev != nil {
+		want.Data[certs.PreviousKey] = prev
 	}
 	if !exists {
 		if err := r.Client.Create(ctx, want); err != nil {

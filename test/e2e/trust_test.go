@@ -2,7 +2,11 @@ package e2e
 
 import (
 	"context"
+	"crypto/rand"
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
+	"math/big"
 	"fmt"
 	"io"
 	"net/http"
@@ -55,7 +59,8 @@ func (b *trustBed) teleportCerts(tc teleport.Client) []string {
 
 // waitBundle waits, at most the stated delay (one resync, CNPG's reload,
 // margin for this loaded machine), until Teleport trusts keys keys, the
-// bundle holds exactly CNPG's CA and those, and CNPG runs that version.
+// bundle holds exactly CNPG's CA (and its carried predecessor) and those,
+// and CNPG runs that version.
 func (b *trustBed) waitBundle(tc teleport.Client, ns, name string, keys int) {
 	b.t.Helper()
 	world.Eventually(b.t, trustResync+5*time.Second, "the bundle follows Teleport's CA", func() error {
@@ -68,8 +73,12 @@ func (b *trustBed) waitBundle(tc teleport.Client, ns, name string, keys int) {
 			return err
 		}
 		crt := string(s.Data["ca.crt"])
-		if n := strings.Count(crt, "BEGIN CERTIFICATE"); n != len(want)+1 {
-			return fmt.Errorf("bundle has %d certificates, want CNPG's + %d", n, len(want))
+		carried := 0 // CNPG's previous CA, kept after its renewal until it expires
+		if len(s.Data["previous-ca.crt"]) > 0 {
+			carried = 1
+		}
+		if n := strings.Count(crt, "BEGIN CERTIFICATE"); n != len(want)+1+carried {
+			return fmt.Errorf("bundle has %d certificates, want CNPG's + %d (+ %d carried)", n, len(want), carried)
 		}
 		for _, c := range want {
 			if !strings.Contains(crt, strings.TrimSpace(c)) {
@@ -351,6 +360,28 @@ func TestTrust(t *testing.T) {
 	b.expect(alice, ns, p+"rw", "teleport_write", name+"-2", "false")
 	b.expect(alice, ns, p+"ro", "teleport_read", name+"-1", "true")
 
+	// CNPG-style renewal of <cluster>-ca (same key, new certificate): the
+	// bundle follows with the renewed certificate first, keeps the previous
+	// one, and Teleport users still get in.
+	ownCA := secret(ctx, t, w, ns, name+"-ca")
+	renewedCA := renewSameKey(t, ownCA.Data["ca.crt"], ownCA.Data["ca.key"])
+	ownCA.Data["ca.crt"] = renewedCA
+	if err := w.Client.Update(ctx, ownCA); err != nil {
+		t.Fatal(err)
+	}
+	world.Eventually(t, trustResync+5*time.Second, "the bundle follows the renewed own CA", func() error {
+		crt := string(secret(ctx, t, w, ns, name+"-teleport-ca").Data["ca.crt"])
+		if !strings.HasPrefix(crt, string(renewedCA)) || !strings.Contains(crt, strings.TrimSpace(string(serverCA.Data["ca.crt"]))) {
+			cur := string(secret(ctx, t, w, ns, name+"-ca").Data["ca.crt"])
+			return fmt.Errorf("bundle does not start with the renewed CA and keep the previous one: starts renewed %v, has old %v, <c>-ca is renewed %v, %d certs",
+				strings.HasPrefix(crt, string(renewedCA)), strings.Contains(crt, strings.TrimSpace(string(serverCA.Data["ca.crt"]))), cur == string(renewedCA), strings.Count(crt, "BEGIN"))
+		}
+		return nil
+	})
+	if out, err := sql(ctx, alice, p+"rw", "teleport_read", "SELECT 'renewed ok';"); err != nil || !strings.Contains(out, "renewed ok") {
+		t.Fatalf("after the own CA's renewal: %v\n%s", err, out)
+	}
+
 	// (d) A db CA rotation, and a rollback: at every phase a Teleport user gets in.
 	tc, err := teleport.New(ctx, teleport.Config{Addrs: []string{b.tp.AuthAddr}, IdentityFile: b.id})
 	if err != nil {
@@ -411,6 +442,33 @@ func TestTrust(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// renewSameKey re-issues a self-signed CA certificate with the same key and
+// subject and a new validity, as CNPG renews <cluster>-ca.
+func renewSameKey(t *testing.T, crtPEM, keyPEM []byte) []byte {
+	t.Helper()
+	cb, _ := pem.Decode(crtPEM)
+	kb, _ := pem.Decode(keyPEM)
+	if cb == nil || kb == nil {
+		t.Fatal("CNPG's CA Secret is not PEM")
+	}
+	old, err := x509.ParseCertificate(cb.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := x509.ParseECPrivateKey(kb.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := *old
+	tmpl.SerialNumber = new(big.Int).Add(old.SerialNumber, big.NewInt(1))
+	tmpl.NotBefore, tmpl.NotAfter = time.Now().Add(-time.Minute), time.Now().Add(90*24*time.Hour)
+	der, err := x509.CreateCertificate(rand.Reader, &tmpl, &tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
 }
 
 // clusterSlice is the JSON of what the controller may change in a Cluster:
