@@ -265,8 +265,11 @@ func (r *ClusterReconciler) ensureRoles(ctx context.Context, c *cnpgv1.Cluster, 
 	}
 	for _, w := range want {
 		var have cnpgv1.DatabaseRole
-		// Uncached: the cache holds only ours, and one of our name that is not must be seen.
-		err := r.APIReader.Get(ctx, client.ObjectKeyFromObject(w), &have)
+		err := r.Client.Get(ctx, client.ObjectKeyFromObject(w), &have)
+		if apierrors.IsNotFound(err) {
+			// The cache holds only ours: one of our name that is not must still be seen.
+			err = r.APIReader.Get(ctx, client.ObjectKeyFromObject(w), &have)
+		}
 		switch {
 		case apierrors.IsNotFound(err):
 			if err := r.Client.Create(ctx, w); err != nil {

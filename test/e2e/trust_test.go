@@ -181,6 +181,28 @@ func (b *trustBed) expect(u *world.TshUser, ns, db, dbUser, instance, recovery s
 	b.t.Logf("%s as %s: %s (%s)", db, dbUser, want, instance)
 }
 
+// insert writes x into table t through db as dbUser, or fails the test.
+func (b *trustBed) insert(u *world.TshUser, db, dbUser string, x int) {
+	b.t.Helper()
+	out, err := sql(b.ctx, u, db, dbUser, fmt.Sprintf("INSERT INTO t VALUES (%d);", x))
+	if err != nil || !strings.Contains(out, "INSERT 0 1") {
+		b.t.Fatalf("%s INSERT through %s: %v\n%s", dbUser, db, err, out)
+	}
+}
+
+// waitSum waits until sum(x) of table t read through db (a replica) is want:
+// the rows written on the primary have streamed there.
+func (b *trustBed) waitSum(u *world.TshUser, db string, want int) {
+	b.t.Helper()
+	world.Eventually(b.t, 30*time.Second, "the rows reach "+db, func() error {
+		out, err := sql(b.ctx, u, db, "teleport_read", "SELECT 'sum=' || sum(x) FROM t;")
+		if err != nil || !strings.Contains(out, fmt.Sprintf("sum=%d", want)) {
+			return fmt.Errorf("%w: %s", err, out)
+		}
+		return nil
+	})
+}
+
 // sql runs one statement through db as dbUser (database app) and returns psql's output.
 func sql(ctx context.Context, u *world.TshUser, db, dbUser, stmt string) (string, error) {
 	out, err := u.Query(ctx, db, dbUser, "app", stmt)
@@ -281,18 +303,10 @@ func TestTrust(t *testing.T) {
 	if out, _ := sql(ctx, alice, p+"rw", "teleport_read", "INSERT INTO t VALUES (1);"); !strings.Contains(out, "permission denied for table t") {
 		t.Fatalf("read role INSERT must fail with permission denied:\n%s", out)
 	}
-	if out, err := sql(ctx, alice, p+"rw", "teleport_write", "INSERT INTO t VALUES (42);"); err != nil || !strings.Contains(out, "INSERT 0 1") {
-		t.Fatalf("write role INSERT: %v\n%s", err, out)
-	}
+	b.insert(alice, p+"rw", "teleport_write", 42)
 	b.expect(alice, ns, p+"ro", "teleport_read", name+"-2", "true")
 	// Replication still streams: the replica has the row written after the switch.
-	world.Eventually(t, 30*time.Second, "the row reaches the replica", func() error {
-		out, err := sql(ctx, alice, p+"ro", "teleport_read", "SELECT 'sum=' || sum(x) FROM t;")
-		if err != nil || !strings.Contains(out, "sum=42") {
-			return fmt.Errorf("%w: %s", err, out)
-		}
-		return nil
-	})
+	b.waitSum(alice, p+"ro", 42)
 
 	// (c) Refused: a client certificate of an unknown CA, and a Teleport user
 	// whose role does not allow the read role.
