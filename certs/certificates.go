@@ -1,9 +1,11 @@
 package certs
 
 import (
+	"crypto/x509"
 	"encoding/pem"
 	"fmt"
 	"strings"
+	"time"
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
@@ -54,13 +56,79 @@ func ReplicationCertificate(c *cnpgv1.Cluster, issuer cmmeta.IssuerReference, la
 	})
 }
 
-// ServerCertificate is the PostgreSQL server certificate for every service name.
-func ServerCertificate(c *cnpgv1.Cluster, issuer cmmeta.IssuerReference, domain string, labels map[string]string) *cmapi.Certificate {
+// ServerCertificate is the PostgreSQL server certificate for every service
+// name, and extra (the Poolers' services: PgBouncer presents the Cluster's
+// server certificate to its clients).
+func ServerCertificate(c *cnpgv1.Cluster, issuer cmmeta.IssuerReference, domain string, extra []string, labels map[string]string) *cmapi.Certificate {
 	return certificate(c, ServerSecretName(c), issuer, labels, cmapi.CertificateSpec{
 		CommonName: c.Name + "-rw",
-		DNSNames:   ServerDNSNames(c, domain),
+		DNSNames:   append(ServerDNSNames(c, domain), extra...),
 		Usages:     []cmapi.KeyUsage{cmapi.UsageServerAuth, cmapi.UsageDigitalSignature, cmapi.UsageKeyEncipherment},
 	})
+}
+
+// PoolerSecretName is the Secret CNPG's automated Pooler integration reads:
+// PgBouncer's client certificate towards PostgreSQL.
+func PoolerSecretName(c *cnpgv1.Cluster) string { return c.Name + "-pooler" }
+
+// PoolerCertificateName is the cert-manager Certificate that writes it in issuer mode.
+func PoolerCertificateName(c *cnpgv1.Cluster) string { return c.Name + "-teleport-pooler" }
+
+// CNPG renews a certificate it finds within 7 days of expiry (its
+// ExpiringCheckThreshold), which in issuer mode it cannot sign: cert-manager
+// renews this one 30 days before, so CNPG never tries.
+var (
+	poolerDuration    = metav1.Duration{Duration: 90 * 24 * time.Hour}
+	poolerRenewBefore = metav1.Duration{Duration: 30 * 24 * time.Hour}
+)
+
+// PoolerCertificate is PgBouncer's client certificate towards PostgreSQL
+// (CN cnpg_pooler_pgbouncer, client auth), written under the name CNPG's
+// automated integration expects, so CNPG keeps creating the
+// cnpg_pooler_pgbouncer role and its user_search function and keeps the
+// Pooler automated; only the signing moves to the client issuer.
+func PoolerCertificate(c *cnpgv1.Cluster, issuer cmmeta.IssuerReference, labels map[string]string) *cmapi.Certificate {
+	crt := certificate(c, PoolerSecretName(c), issuer, labels, cmapi.CertificateSpec{
+		CommonName:  "cnpg_pooler_pgbouncer",
+		Usages:      []cmapi.KeyUsage{cmapi.UsageClientAuth, cmapi.UsageDigitalSignature, cmapi.UsageKeyEncipherment},
+		Duration:    &poolerDuration,
+		RenewBefore: &poolerRenewBefore,
+	})
+	crt.Name = PoolerCertificateName(c)
+	return crt
+}
+
+// VerifyClient checks that the first certificate of tlsCrt (the rest are
+// intermediates) is a client certificate that chains, at now, to a
+// certificate of bundle: what PostgreSQL will check against ssl_ca_file.
+func VerifyClient(tlsCrt, bundle []byte, now time.Time) error {
+	ders, err := certificates(tlsCrt)
+	if err != nil {
+		return err
+	}
+	if len(ders) == 0 {
+		return fmt.Errorf("%w: no certificate", ErrNotCertificate)
+	}
+	leaf, err := x509.ParseCertificate(ders[0])
+	if err != nil {
+		return err
+	}
+	inter := x509.NewCertPool()
+	for _, d := range ders[1:] {
+		if c, err := x509.ParseCertificate(d); err == nil {
+			inter.AddCert(c)
+		}
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(bundle) {
+		return fmt.Errorf("%w: the bundle holds no certificate", ErrNotCertificate)
+	}
+	_, err = leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: now,
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+	if err != nil {
+		return fmt.Errorf("CN=%s issued by %q: %w", leaf.Subject.CommonName, leaf.Issuer.String(), err)
+	}
+	return nil
 }
 
 func certificate(c *cnpgv1.Cluster, name string, issuer cmmeta.IssuerReference, labels map[string]string, spec cmapi.CertificateSpec) *cmapi.Certificate {

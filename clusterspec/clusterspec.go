@@ -15,6 +15,7 @@ import (
 
 	cnpgv1 "github.com/cloudnative-pg/cloudnative-pg/api/v1"
 	corev1 "k8s.io/api/core/v1"
+	apiequality "k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
@@ -39,6 +40,20 @@ type Certs struct {
 type saved struct {
 	HadCertificates bool              `json:"hadCertificates"`
 	Fields          map[string]string `json:"fields"` // field -> the user's value ("" if unset)
+	// AltDNSNames are the spec.certificates.serverAltDNSNames cnpg-teleport
+	// added (the Poolers' service names), never one the user had.
+	AltDNSNames []string `json:"altDNSNames,omitempty"`
+}
+
+// Slice is everything cnpg-teleport sets on a Cluster: the spec.certificates
+// fields (an empty one is left as the user has it), its pg_hba and pg_ident
+// lines (each ending in Marker) and the server names CNPG's own server
+// certificate must also carry (the Poolers' services).
+type Slice struct {
+	Certs       Certs
+	HBA         []string
+	Ident       []string
+	AltDNSNames []string
 }
 
 func fields(cs *cnpgv1.CertificatesConfiguration) map[string]*string {
@@ -99,6 +114,41 @@ func HBALine(roles ...string) string {
 	return "hostssl all " + strings.Join(roles, ",") + " all cert " + Marker
 }
 
+// IdentMap is the pg_ident map of the rule when a Pooler is registered.
+const IdentMap = "cnpg-teleport"
+
+// PoolerUser is the user CNPG's PgBouncer logs in to PostgreSQL as (CN of
+// its client certificate <cluster>-pooler).
+const PoolerUser = "cnpg_pooler_pgbouncer"
+
+// MappedHBALine is HBALine with the pg_ident map that also lets PgBouncer's
+// client certificate (CN cnpg_pooler_pgbouncer) log in as the roles: how a
+// Teleport user, authenticated by certificate at a registered Pooler,
+// reaches PostgreSQL through it. Only while a Pooler is registered.
+func MappedHBALine(roles ...string) string {
+	return "hostssl all " + strings.Join(roles, ",") + " all cert map=" + IdentMap + " " + Marker
+}
+
+// IdentLines are the map of MappedHBALine: each role as itself (a Teleport
+// certificate straight to PostgreSQL) and PgBouncer's user as each role.
+func IdentLines(roles ...string) []string {
+	var out []string
+	for _, r := range roles {
+		out = append(out, IdentMap+" "+r+" "+r+" "+Marker)
+	}
+	for _, r := range roles {
+		out = append(out, IdentMap+" "+PoolerUser+" "+r+" "+Marker)
+	}
+	return out
+}
+
+// PoolerHBALine is the PgBouncer hba rule of a registered Pooler: the roles
+// only by a client certificate whose CN is the role (PgBouncer checks the
+// name and the chain against its client CA, the Cluster's bundle).
+func PoolerHBALine(roles ...string) string {
+	return "hostssl all " + strings.Join(roles, ",") + " all cert " + Marker
+}
+
 func ours(line string) bool { return strings.HasSuffix(strings.TrimSpace(line), Marker) }
 
 // MergeHBA puts our lines first among the user's (pg_hba is first match:
@@ -135,9 +185,9 @@ func OwnClientCASecret(c *cnpgv1.Cluster, bundle string) string {
 }
 
 // Trust returns the Cluster with the non-empty fields of want set in
-// spec.certificates and our pg_hba line first. The user's values of those
-// fields are saved once, for Restore.
-func Trust(c *cnpgv1.Cluster, want Certs, hbaLine string) *cnpgv1.Cluster {
+// spec.certificates, our pg_hba and pg_ident lines first and our server
+// names added. The user's values of those fields are saved once, for Restore.
+func Trust(c *cnpgv1.Cluster, want Slice) *cnpgv1.Cluster {
 	out := c.DeepCopy()
 	sv, ok := readSaved(out)
 	if !ok {
@@ -147,7 +197,7 @@ func Trust(c *cnpgv1.Cluster, want Certs, hbaLine string) *cnpgv1.Cluster {
 		out.Spec.Certificates = &cnpgv1.CertificatesConfiguration{}
 	}
 	cur := fields(out.Spec.Certificates)
-	for k, v := range want.values() {
+	for k, v := range want.Certs.values() {
 		if v == "" {
 			continue
 		}
@@ -160,19 +210,39 @@ func Trust(c *cnpgv1.Cluster, want Certs, hbaLine string) *cnpgv1.Cluster {
 		}
 		*cur[k] = v
 	}
+	out.Spec.Certificates.ServerAltDNSNames, sv.AltDNSNames = mergeNames(out.Spec.Certificates.ServerAltDNSNames, sv.AltDNSNames, want.AltDNSNames)
 	raw, _ := json.Marshal(sv)
 	if out.Annotations == nil {
 		out.Annotations = map[string]string{}
 	}
 	out.Annotations[AnnotationSaved] = string(raw)
-	out.Spec.PostgresConfiguration.PgHBA = MergeHBA(out.Spec.PostgresConfiguration.PgHBA, hbaLine)
+	out.Spec.PostgresConfiguration.PgHBA = MergeHBA(out.Spec.PostgresConfiguration.PgHBA, want.HBA...)
+	out.Spec.PostgresConfiguration.PgIdent = MergeHBA(out.Spec.PostgresConfiguration.PgIdent, want.Ident...)
 	return out
+}
+
+// mergeNames returns the user's names (cur without the ones we added) then
+// the wanted ones the user lacks, and those as the new added set.
+func mergeNames(cur, added, want []string) (names, nowAdded []string) {
+	user := slices.DeleteFunc(slices.Clone(cur), func(n string) bool { return slices.Contains(added, n) })
+	names = slices.Clone(user)
+	for _, n := range want {
+		if !slices.Contains(names, n) {
+			names = append(names, n)
+			nowAdded = append(nowAdded, n)
+		}
+	}
+	if len(names) == 0 {
+		names = nil
+	}
+	return names, nowAdded
 }
 
 // Restore returns the Cluster with our slice undone: each field we set back
 // to the user's value (spec.certificates gone again if we added it and
-// nothing else is in it), our pg_hba lines removed, the saved annotation
-// dropped. Everything else the user wrote, in the meantime too, stays.
+// nothing else is in it), our pg_hba and pg_ident lines and our server names
+// removed, the saved annotation dropped. Everything else the user wrote, in
+// the meantime too, stays.
 func Restore(c *cnpgv1.Cluster) *cnpgv1.Cluster {
 	out := c.DeepCopy()
 	if sv, ok := readSaved(out); ok && out.Spec.Certificates != nil {
@@ -183,6 +253,7 @@ func Restore(c *cnpgv1.Cluster) *cnpgv1.Cluster {
 			}
 		}
 		cs := out.Spec.Certificates
+		cs.ServerAltDNSNames, _ = mergeNames(cs.ServerAltDNSNames, sv.AltDNSNames, nil)
 		if !sv.HadCertificates && cs.ClientCASecret == "" && cs.ServerCASecret == "" && cs.ServerTLSSecret == "" &&
 			cs.ReplicationTLSSecret == "" && len(cs.ServerAltDNSNames) == 0 {
 			out.Spec.Certificates = nil
@@ -193,28 +264,24 @@ func Restore(c *cnpgv1.Cluster) *cnpgv1.Cluster {
 		out.Annotations = nil
 	}
 	out.Spec.PostgresConfiguration.PgHBA = StripHBA(out.Spec.PostgresConfiguration.PgHBA)
+	out.Spec.PostgresConfiguration.PgIdent = StripHBA(out.Spec.PostgresConfiguration.PgIdent)
 	return out
 }
 
-// Trusted reports whether the Cluster is in our slice's state already.
-func Trusted(c *cnpgv1.Cluster, want Certs, hbaLine string) bool {
-	sv, ok := readSaved(c)
-	if !ok || c.Spec.Certificates == nil {
+// Trusted reports whether the Cluster is in our slice's state already:
+// Trust would change nothing.
+func Trusted(c *cnpgv1.Cluster, want Slice) bool {
+	if _, ok := readSaved(c); !ok {
 		return false
 	}
-	cur := fields(c.Spec.Certificates)
-	for k, v := range want.values() {
-		if _, saved := sv.Fields[k]; v != "" && (*cur[k] != v || !saved) {
-			return false
-		}
-	}
-	return slices.Equal(c.Spec.PostgresConfiguration.PgHBA, MergeHBA(c.Spec.PostgresConfiguration.PgHBA, hbaLine))
+	next := Trust(c, want)
+	return apiequality.Semantic.DeepEqual(next.Spec, c.Spec) && next.Annotations[AnnotationSaved] == c.Annotations[AnnotationSaved]
 }
 
 // Changed reports whether the Cluster has any of our slice left.
 func Changed(c *cnpgv1.Cluster) bool {
 	_, saved := c.Annotations[AnnotationSaved]
-	return saved || slices.ContainsFunc(c.Spec.PostgresConfiguration.PgHBA, ours)
+	return saved || slices.ContainsFunc(c.Spec.PostgresConfiguration.PgHBA, ours) || slices.ContainsFunc(c.Spec.PostgresConfiguration.PgIdent, ours)
 }
 
 // Role is a login role for Teleport users and the predefined roles it is granted.

@@ -41,14 +41,14 @@ func TestTrustRestore(t *testing.T) {
 	} {
 		before := js(t, c.Spec)
 		ours := Certs{ClientCASecret: bundleName} // a Secret's name, not a credential
-		trusted := Trust(c, ours, line)
+		trusted := Trust(c, sl(ours, line))
 		if trusted.Spec.Certificates.ClientCASecret != bundleName || trusted.Spec.PostgresConfiguration.PgHBA[0] != line {
 			t.Errorf("%s: trust: %s", name, js(t, trusted.Spec))
 		}
-		if !Trusted(trusted, ours, line) || !Changed(trusted) {
+		if !Trusted(trusted, sl(ours, line)) || !Changed(trusted) {
 			t.Errorf("%s: Trusted/Changed false after Trust", name)
 		}
-		if again := Trust(trusted, ours, line); js(t, again) != js(t, trusted) {
+		if again := Trust(trusted, sl(ours, line)); js(t, again) != js(t, trusted) {
 			t.Errorf("%s: Trust is not idempotent:\n%s\n%s", name, js(t, again), js(t, trusted))
 		}
 		restored := Restore(trusted)
@@ -67,7 +67,7 @@ func TestTrustRestore(t *testing.T) {
 		}
 	}
 	// A change the user makes while trusted survives the restore.
-	c := Trust(cluster(nil, "host all all all md5"), Certs{ClientCASecret: "b"}, line)
+	c := Trust(cluster(nil, "host all all all md5"), sl(Certs{ClientCASecret: "b"}, line))
 	c.Spec.PostgresConfiguration.PgHBA = append(c.Spec.PostgresConfiguration.PgHBA, "host all extra all md5")
 	c.Spec.Certificates.ServerAltDNSNames = []string{"new.example"}
 	r := Restore(c)
@@ -100,10 +100,10 @@ func TestOwnClientCASecret(t *testing.T) {
 	if got := OwnClientCASecret(cluster(&cnpgv1.CertificatesConfiguration{ClientCASecret: "mine"}), "b"); got != "mine" {
 		t.Errorf("user's: %s", got)
 	}
-	if got := OwnClientCASecret(Trust(cluster(&cnpgv1.CertificatesConfiguration{ClientCASecret: "mine"}), Certs{ClientCASecret: "b"}, "l"), "b"); got != "mine" {
+	if got := OwnClientCASecret(Trust(cluster(&cnpgv1.CertificatesConfiguration{ClientCASecret: "mine"}), sl(Certs{ClientCASecret: "b"}, "l")), "b"); got != "mine" {
 		t.Errorf("user's, while trusted: %s", got)
 	}
-	if got := OwnClientCASecret(Trust(cluster(nil), Certs{ClientCASecret: "b"}, "l"), "b"); got != "pg-ca" {
+	if got := OwnClientCASecret(Trust(cluster(nil), sl(Certs{ClientCASecret: "b"}, "l")), "b"); got != "pg-ca" {
 		t.Errorf("CNPG's, while trusted: %s", got)
 	}
 }
@@ -162,17 +162,81 @@ func TestTrustRestoreIssuerMode(t *testing.T) {
 	c := cluster(&cnpgv1.CertificatesConfiguration{ServerCASecret: "user-ca"}, "host all all all md5")
 	before := js(t, c.Spec)
 	want := Certs{ClientCASecret: "b", ReplicationTLSSecret: "repl", ServerTLSSecret: "srv", ServerCASecret: "srv"}
-	tr := Trust(c, want, HBALine("r", "w"))
+	tr := Trust(c, sl(want, HBALine("r", "w")))
 	cs := tr.Spec.Certificates
 	if cs.ClientCASecret != "b" || cs.ReplicationTLSSecret != "repl" || cs.ServerTLSSecret != "srv" || cs.ServerCASecret != "srv" {
 		t.Fatalf("trust: %s", js(t, cs))
 	}
-	if !Trusted(tr, want, HBALine("r", "w")) || Trusted(tr, Certs{ClientCASecret: "other"}, HBALine("r", "w")) {
+	if !Trusted(tr, sl(want, HBALine("r", "w"))) || Trusted(tr, sl(Certs{ClientCASecret: "other"}, HBALine("r", "w"))) {
 		t.Fatal("Trusted")
 	}
 	// A later pass that sets fewer fields keeps what was saved for all.
-	tr2 := Trust(tr, Certs{ClientCASecret: "b"}, HBALine("r", "w"))
+	tr2 := Trust(tr, sl(Certs{ClientCASecret: "b"}, HBALine("r", "w")))
 	if got := js(t, Restore(tr2).Spec); got != before {
 		t.Fatalf("restore:\n got %s\nwant %s", got, before)
+	}
+}
+
+func sl(c Certs, line string) Slice { return Slice{Certs: c, HBA: []string{line}} }
+
+// TestTrustRestorePoolers: the mapped line, the pg_ident lines and the
+// Poolers' server names come and go exactly; a name the user had stays.
+func TestTrustRestorePoolers(t *testing.T) {
+	c := cluster(&cnpgv1.CertificatesConfiguration{ServerAltDNSNames: []string{"pg-pooler.ns.svc", "x.example"}}, "host all all all md5")
+	c.Spec.PostgresConfiguration.PgIdent = []string{"mymap alice app"}
+	before := js(t, c.Spec)
+	want := Slice{
+		Certs: Certs{ClientCASecret: "b"}, HBA: []string{MappedHBALine("r", "w")}, Ident: IdentLines("r", "w"),
+		AltDNSNames: []string{"pg-pooler", "pg-pooler.ns.svc", "other-pooler"},
+	}
+	tr := Trust(c, want)
+	cs, pg := tr.Spec.Certificates, tr.Spec.PostgresConfiguration
+	if !slices.Equal(cs.ServerAltDNSNames, []string{"pg-pooler.ns.svc", "x.example", "pg-pooler", "other-pooler"}) {
+		t.Fatalf("alt names %q", cs.ServerAltDNSNames)
+	}
+	if pg.PgHBA[0] != "hostssl all r,w all cert map=cnpg-teleport # cnpg-teleport" || len(pg.PgIdent) != 5 ||
+		pg.PgIdent[0] != "cnpg-teleport r r # cnpg-teleport" || pg.PgIdent[3] != "cnpg-teleport cnpg_pooler_pgbouncer w # cnpg-teleport" || pg.PgIdent[4] != "mymap alice app" {
+		t.Fatalf("hba %q ident %q", pg.PgHBA, pg.PgIdent)
+	}
+	if !Trusted(tr, want) || Trusted(tr, Slice{Certs: want.Certs, HBA: want.HBA, Ident: want.Ident}) {
+		t.Fatal("Trusted must see the names")
+	}
+	// A Pooler goes: its names and the map go, the user's name stays.
+	fewer := Slice{Certs: want.Certs, HBA: []string{HBALine("r", "w")}, AltDNSNames: []string{"pg-pooler.ns.svc"}}
+	tr2 := Trust(tr, fewer)
+	if !slices.Equal(tr2.Spec.Certificates.ServerAltDNSNames, []string{"pg-pooler.ns.svc", "x.example"}) || tr2.Spec.PostgresConfiguration.PgIdent[0] != "mymap alice app" {
+		t.Fatalf("fewer: %s", js(t, tr2.Spec))
+	}
+	if !Trusted(tr2, fewer) {
+		t.Fatal("Trusted after fewer")
+	}
+	for _, x := range []*cnpgv1.Cluster{tr, tr2} {
+		if got := js(t, Restore(x).Spec); got != before {
+			t.Fatalf("restore:\n got %s\nwant %s", got, before)
+		}
+	}
+}
+
+func TestTrustRestorePooler(t *testing.T) {
+	p := &cnpgv1.Pooler{ObjectMeta: metav1.ObjectMeta{Name: "pg-pooler", Namespace: "ns", Annotations: map[string]string{"a": "b"}},
+		Spec: cnpgv1.PoolerSpec{PgBouncer: &cnpgv1.PgBouncerSpec{PgHBA: []string{"host all all all reject"}}}}
+	before := js(t, p)
+	line := PoolerHBALine("r", "w")
+	tr := TrustPooler(p, "d1", line)
+	if tr.Annotations[AnnotationInputs] != "d1" || !slices.Equal(tr.Spec.PgBouncer.PgHBA, []string{line, "host all all all reject"}) {
+		t.Fatalf("trust: %s", js(t, tr))
+	}
+	if !PoolerTrusted(tr, "d1", line) || PoolerTrusted(tr, "d2", line) || PoolerTrusted(tr, "d1", "") || !PoolerChanged(tr) {
+		t.Fatal("PoolerTrusted")
+	}
+	un := TrustPooler(tr, "d1", "") // no longer registered: the line goes, the digest stays
+	if len(un.Spec.PgBouncer.PgHBA) != 1 || un.Annotations[AnnotationInputs] != "d1" {
+		t.Fatalf("unregistered: %s", js(t, un))
+	}
+	if got := js(t, RestorePooler(tr)); got != before {
+		t.Fatalf("restore:\n got %s\nwant %s", got, before)
+	}
+	if names := PoolerDNSNames(p, "cluster.local"); !slices.Equal(names, []string{"pg-pooler", "pg-pooler.ns", "pg-pooler.ns.svc", "pg-pooler.ns.svc.cluster.local"}) {
+		t.Fatalf("names %q", names)
 	}
 }

@@ -88,7 +88,7 @@ func (r *ClusterReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 		return ctrl.Result{}, r.patchFinalizer(ctx, &c, true)
 	}
 	// PostgreSQL trusts Teleport first: a db registered before would not connect.
-	trusted, err := r.trust(ctx, &c, spec)
+	trusted, poolers, err := r.trust(ctx, &c, spec)
 	switch {
 	case errors.Is(err, errNotOurs):
 		return ctrl.Result{RequeueAfter: r.Resync}, nil // waits for a person
@@ -107,6 +107,14 @@ func (r *ClusterReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 	if err != nil {
 		return r.waitForCA(&c, err)
 	}
+	viaPoolers, clash, err := BuildPoolerDatabases(r.Options, &c, spec, poolers, ca)
+	if err != nil {
+		return r.waitForCA(&c, err)
+	}
+	for _, name := range clash {
+		r.warned.warn(r.Recorder, &c, ReasonNameConflict, "Register", "Pooler %s: its Teleport db name is another Pooler's; rename one of them", name)
+	}
+	desired = append(desired, viaPoolers...)
 	err = r.apply(ctx, &c, desired)
 	if err == nil {
 		r.warned.clear(&c)

@@ -41,6 +41,9 @@ const (
 	AnnotationClientIssuer = "cnpg-teleport.io/client-issuer"
 	// AnnotationServerIssuer makes that issuer sign the server certificate (through cert-manager).
 	AnnotationServerIssuer = "cnpg-teleport.io/server-issuer"
+	// AnnotationPoolers lists, on the Cluster, the Poolers (by name) to register too.
+	// The same AnnotationRegister on a Pooler of an opted-in Cluster does it as well.
+	AnnotationPoolers = "cnpg-teleport.io/poolers"
 )
 
 // Labels on the Teleport db resources. The ownership labels mark what this
@@ -54,6 +57,7 @@ const (
 	LabelClusterUID  = "cnpg-teleport.io/cluster-uid"
 	LabelEndpoint    = "cnpg-teleport.io/endpoint"
 	LabelKeep        = "cnpg-teleport.io/keep"
+	LabelPooler      = "cnpg-teleport.io/pooler"
 	LabelSQLType     = "sql_type"
 	reservedPrefix   = "cnpg-teleport.io/"
 	teleportPrefix   = "teleport.dev/"
@@ -103,6 +107,8 @@ type Spec struct {
 	WriteRole string // and reading and writing
 	// ClientIssuer and ServerIssuer select issuer mode (nil: CNPG's own CA).
 	ClientIssuer, ServerIssuer *cmmeta.IssuerReference
+	// Poolers are the Poolers the Cluster's annotation asks to register.
+	Poolers []string
 }
 
 // InvalidAnnotationError is a user error in one annotation: the controller
@@ -186,6 +192,18 @@ func ParseAnnotations(o Options, c *cnpgv1.Cluster) (Spec, error) {
 			*r.ref = &ref
 		}
 	}
+	if v, ok := a[AnnotationPoolers]; ok {
+		for item := range strings.SplitSeq(v, ",") {
+			n := strings.TrimSpace(item)
+			if !poolerName.MatchString(n) {
+				bad(AnnotationPoolers, fmt.Sprintf("%q is not a Pooler name", n))
+				continue
+			}
+			if !slices.Contains(s.Poolers, n) {
+				s.Poolers = append(s.Poolers, n)
+			}
+		}
+	}
 	if s.ServerIssuer != nil && c.Spec.Certificates != nil && len(c.Spec.Certificates.ServerAltDNSNames) > 0 {
 		bad(AnnotationServerIssuer, "CNPG rejects spec.certificates.serverAltDNSNames beside a server TLS Secret: remove them to use a server issuer")
 	}
@@ -251,6 +269,9 @@ func parseEndpoints(s string) ([]string, error) {
 }
 
 var invalidNameChars = regexp.MustCompile(`[^a-z0-9-]+`)
+
+// poolerName is a Kubernetes object name (DNS-1123 label: a Pooler names its Service).
+var poolerName = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
 
 // sanitize makes s a valid Teleport db name: lowercase, [a-z0-9-], starting
 // with a letter, no trailing or doubled '-'.
@@ -363,6 +384,69 @@ func BuildDatabases(o Options, c *cnpgv1.Cluster, spec Spec, serverCA []byte) ([
 		out = append(out, db)
 	}
 	return out, nil
+}
+
+// PoolerRegistered reports whether a Pooler of an opted-in Cluster asks to
+// be registered: its own annotation, or the Cluster's list.
+func PoolerRegistered(p *cnpgv1.Pooler, spec Spec) bool {
+	return p.Annotations[AnnotationRegister] == "true" || slices.Contains(spec.Poolers, p.Name)
+}
+
+// PoolerEndpoint is the db name suffix of a Pooler: "pooler-" and its name
+// without the Cluster's name in front (pg-pooler-rw -> pooler-rw).
+func PoolerEndpoint(c *cnpgv1.Cluster, p *cnpgv1.Pooler) string {
+	return "pooler-" + strings.TrimPrefix(strings.TrimPrefix(p.Name, c.Name+"-"), "pooler-")
+}
+
+// BuildPoolerDatabases are the db resources of registered Poolers: verify-full
+// on the Pooler's Service name against the Cluster's server CA (PgBouncer
+// presents the Cluster's server certificate, which names the Poolers), owned
+// by the Cluster like its endpoints. Two Poolers of one db name: the first
+// (by name) wins, the other is returned in clash.
+func BuildPoolerDatabases(o Options, c *cnpgv1.Cluster, spec Spec, poolers []*cnpgv1.Pooler, serverCA []byte) (dbs []types.Database, clash []string, err error) {
+	if err := checkCA(serverCA); err != nil {
+		return nil, nil, err
+	}
+	seen := map[string]bool{}
+	for _, p := range poolers {
+		ep := PoolerEndpoint(c, p)
+		name := databaseName(spec.Prefix, ep)
+		if seen[name] {
+			clash = append(clash, p.Name)
+			continue
+		}
+		seen[name] = true
+		labels := maps.Clone(o.StaticLabels)
+		if labels == nil {
+			labels = map[string]string{}
+		}
+		maps.Copy(labels, spec.Labels)
+		sql := "primary"
+		if p.Spec.Type != cnpgv1.PoolerTypeRW {
+			sql = "standby"
+		}
+		maps.Copy(labels, map[string]string{
+			LabelManagedBy: ManagedByValue, LabelKubeCluster: o.KubeCluster, LabelNamespace: c.Namespace,
+			LabelCluster: c.Name, LabelClusterUID: string(c.UID), LabelEndpoint: "pooler", LabelPooler: p.Name, LabelSQLType: sql,
+		})
+		if spec.Keep {
+			labels[LabelKeep] = "true"
+		}
+		db, err := types.NewDatabaseV3(types.Metadata{
+			Name:        name,
+			Description: fmt.Sprintf("CloudNativePG pooler %s/%s of cluster %s (%s)", p.Namespace, p.Name, c.Name, p.Spec.Type),
+			Labels:      labels,
+		}, types.DatabaseSpecV3{
+			Protocol: "postgres",
+			URI:      fmt.Sprintf("%s.%s.svc.%s:%s", p.Name, p.Namespace, o.Domain, postgresPort),
+			TLS:      types.DatabaseTLS{Mode: types.DatabaseTLSMode_VERIFY_FULL, CACert: string(serverCA)},
+		})
+		if err != nil {
+			return nil, nil, fmt.Errorf("db resource for pooler %s: %w", p.Name, err)
+		}
+		dbs = append(dbs, db)
+	}
+	return dbs, clash, nil
 }
 
 func sqlType(endpoint string) string {

@@ -5,6 +5,7 @@ import (
 
 	cnpgv1 "github.com/cloudnative-pg/cloudnative-pg/api/v1"
 	corev1 "k8s.io/api/core/v1"
+	k8stypes "k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -29,7 +30,7 @@ func (r *ClusterReconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manag
 	if err := mgr.GetFieldIndexer().IndexField(ctx, &cnpgv1.Cluster{}, serverCAIndex, func(o client.Object) []string {
 		c := o.(*cnpgv1.Cluster)
 		return []string{serverCASecret(c), clusterspec.OwnClientCASecret(c, BundleSecretName(c)), BundleSecretName(c),
-			certs.ReplicationSecretName(c), certs.ServerSecretName(c)}
+			certs.ReplicationSecretName(c), certs.ServerSecretName(c), c.Name + "-server", certs.PoolerSecretName(c)}
 	}); err != nil {
 		return err
 	}
@@ -37,6 +38,7 @@ func (r *ClusterReconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manag
 		Named("cluster").
 		For(&cnpgv1.Cluster{}, builder.WithPredicates(clusterChanged())).
 		Owns(&cnpgv1.DatabaseRole{}).
+		Watches(&cnpgv1.Pooler{}, handler.EnqueueRequestsFromMapFunc(clusterOfPooler), builder.WithPredicates(poolerChanged())).
 		WatchesMetadata(&corev1.Secret{}, handler.EnqueueRequestsFromMapFunc(r.clustersForSecret),
 			builder.WithPredicates(predicate.ResourceVersionChangedPredicate{})).
 		Complete(r)
@@ -55,6 +57,28 @@ func clusterChanged() predicate.Predicate {
 				len(o.GetFinalizers()) != len(n.GetFinalizers())
 		},
 	}
+}
+
+// poolerChanged lets through a Pooler's creation, deletion and changes of
+// spec or annotations (a Pooler asking to be registered), not its status.
+func poolerChanged() predicate.Predicate {
+	return predicate.Funcs{
+		UpdateFunc: func(e event.UpdateEvent) bool {
+			o, n := e.ObjectOld, e.ObjectNew
+			return o.GetGeneration() != n.GetGeneration() || !equalMaps(o.GetAnnotations(), n.GetAnnotations()) ||
+				!o.GetDeletionTimestamp().Equal(n.GetDeletionTimestamp())
+		},
+	}
+}
+
+// clusterOfPooler maps a Pooler to its Cluster (a Pooler of a Cluster that
+// has not opted in costs one cached read, no more).
+func clusterOfPooler(_ context.Context, o client.Object) []reconcile.Request {
+	p, ok := o.(*cnpgv1.Pooler)
+	if !ok || p.Spec.Cluster.Name == "" {
+		return nil
+	}
+	return []reconcile.Request{{NamespacedName: k8stypes.NamespacedName{Namespace: p.Namespace, Name: p.Spec.Cluster.Name}}}
 }
 
 func (r *ClusterReconciler) clustersForSecret(ctx context.Context, o client.Object) []reconcile.Request {

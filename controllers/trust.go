@@ -57,54 +57,83 @@ func ownedBy(o metav1.Object, c *cnpgv1.Cluster) bool {
 // Cluster, in order: in issuer mode the certificates CNPG cannot sign
 // (through cert-manager), the bundle Secret (valid before anything points at
 // it), the read and write DatabaseRoles, then the Cluster's slice
-// (spec.certificates and the pg_hba line). It reports whether CNPG runs all of
-// it, so the db resources are registered only once a Teleport user can log in.
-func (r *ClusterReconciler) trust(ctx context.Context, c *cnpgv1.Cluster, spec Spec) (bool, error) {
-	var want clusterspec.Certs
+// (spec.certificates, the pg_hba and pg_ident lines, the Poolers' server
+// names), then its Poolers. It reports whether CNPG runs all of it, so the db
+// resources are registered only once a Teleport user can log in, and the
+// Poolers registration can serve.
+func (r *ClusterReconciler) trust(ctx context.Context, c *cnpgv1.Cluster, spec Spec) (bool, []*cnpgv1.Pooler, error) {
+	poolers, err := r.poolersOf(ctx, c)
+	if err != nil {
+		return false, nil, err
+	}
+	names := poolerDNSNames(poolers, r.Options.Domain)
+	var want clusterspec.Slice
 	var ownCA []byte // issuer mode: the issuer's CA chain; else read from the Cluster's own client CA Secret
 	if spec.ClientIssuer != nil {
 		s, err := r.ensureCertificate(ctx, c, certs.ReplicationCertificate(c, *spec.ClientIssuer, objectLabels(c)))
 		if err != nil {
-			return false, err
+			return false, nil, err
 		}
-		want.ReplicationTLSSecret, ownCA = s.Name, certs.IssuerChain(s.Data["ca.crt"], s.Data["tls.crt"])
+		want.Certs.ReplicationTLSSecret, ownCA = s.Name, certs.IssuerChain(s.Data["ca.crt"], s.Data["tls.crt"])
+		if _, err := r.ensurePoolerCertificate(ctx, c, spec); err != nil {
+			return false, nil, err
+		}
 	}
 	if spec.ServerIssuer != nil {
-		s, err := r.ensureCertificate(ctx, c, certs.ServerCertificate(c, *spec.ServerIssuer, r.Options.Domain, objectLabels(c)))
+		s, err := r.ensureCertificate(ctx, c, certs.ServerCertificate(c, *spec.ServerIssuer, r.Options.Domain, names, objectLabels(c)))
 		if err != nil {
-			return false, err
+			return false, nil, err
 		}
-		want.ServerTLSSecret, want.ServerCASecret = s.Name, s.Name
+		want.Certs.ServerTLSSecret, want.Certs.ServerCASecret = s.Name, s.Name
+	} else if !userServerTLS(c) {
+		want.AltDNSNames = names // CNPG's own server certificate then names the Poolers too
 	}
 	bundle, err := r.ensureBundle(ctx, c, ownCA)
 	if err != nil {
-		return false, err
+		return false, nil, err
 	}
-	want.ClientCASecret = bundle.Name
+	want.Certs.ClientCASecret = bundle.Name
 	if err := r.ensureRoles(ctx, c, spec); err != nil {
-		return false, err
+		return false, nil, err
 	}
-	line := clusterspec.HBALine(spec.ReadRole, spec.WriteRole)
-	if !clusterspec.Trusted(c, want, line) {
+	registered, err := r.ensurePoolers(ctx, c, spec, poolers, bundle, serverTLSName(c, want.Certs))
+	if err != nil {
+		return false, nil, err
+	}
+	want.HBA = []string{clusterspec.HBALine(spec.ReadRole, spec.WriteRole)}
+	if len(registered) > 0 { // PgBouncer's certificate may log in as the roles
+		want.HBA = []string{clusterspec.MappedHBALine(spec.ReadRole, spec.WriteRole)}
+		want.Ident = clusterspec.IdentLines(spec.ReadRole, spec.WriteRole)
+	}
+	if !clusterspec.Trusted(c, want) {
 		patch := client.MergeFromWithOptions(c.DeepCopy(), client.MergeFromWithOptimisticLock{})
-		next := clusterspec.Trust(c, want, line)
+		next := clusterspec.Trust(c, want)
 		if err := r.Client.Patch(ctx, next, patch); err != nil {
-			return false, fmt.Errorf("cluster trust slice: %w", err)
+			return false, nil, fmt.Errorf("cluster trust slice: %w", err)
 		}
 		*c = *next
 		r.Recorder.Eventf(c, nil, corev1.EventTypeNormal, ReasonTrustConfigured, "Trust",
-			"client CA %s (own CA + Teleport's), pg_hba %q, roles %s and %s", bundle.Name, line, spec.ReadRole, spec.WriteRole)
+			"client CA %s (own CA + Teleport's), pg_hba %q, roles %s and %s, %d Pooler(s) (%d registered)", bundle.Name, want.HBA[0], spec.ReadRole, spec.WriteRole, len(poolers), len(registered))
 	}
 	st := c.Status
 	if st.Certificates.ClientCASecret != bundle.Name || st.SecretsResourceVersion.ClientCASecretVersion != bundle.ResourceVersion ||
-		(want.ServerTLSSecret != "" && st.Certificates.ServerTLSSecret != want.ServerTLSSecret) ||
-		(want.ReplicationTLSSecret != "" && st.Certificates.ReplicationTLSSecret != want.ReplicationTLSSecret) {
+		(want.Certs.ServerTLSSecret != "" && st.Certificates.ServerTLSSecret != want.Certs.ServerTLSSecret) ||
+		(want.Certs.ReplicationTLSSecret != "" && st.Certificates.ReplicationTLSSecret != want.Certs.ReplicationTLSSecret) {
 		r.warned.note(r.Recorder, c, ReasonTrustPending, "Register",
 			"registration waits until CNPG runs client CA %s version %s (status: %q version %q)",
 			bundle.Name, bundle.ResourceVersion, st.Certificates.ClientCASecret, st.SecretsResourceVersion.ClientCASecretVersion)
-		return false, nil
+		return false, nil, nil
 	}
-	return true, nil
+	return true, registered, nil
+}
+
+// userServerTLS reports whether the user gave the Cluster a server
+// certificate of their own (CNPG then rejects serverAltDNSNames).
+func userServerTLS(c *cnpgv1.Cluster) bool {
+	if c.Spec.Certificates == nil || c.Spec.Certificates.ServerTLSSecret == "" {
+		return false
+	}
+	return c.Spec.Certificates.ServerTLSSecret != certs.ServerSecretName(c)
 }
 
 // ensureCertificate creates or updates a cert-manager Certificate we own
@@ -300,6 +329,9 @@ func (r *ClusterReconciler) ensureRoles(ctx context.Context, c *cnpgv1.Cluster, 
 // bundle. A deleted Cluster takes its owned objects along by garbage
 // collection; only the Secrets cert-manager wrote (not owned) are deleted.
 func (r *ClusterReconciler) untrust(ctx context.Context, c *cnpgv1.Cluster) error {
+	if err := r.restorePoolers(ctx, c); err != nil {
+		return err
+	}
 	if !c.DeletionTimestamp.IsZero() {
 		return r.deleteIssued(ctx, c)
 	}
@@ -350,10 +382,15 @@ func (r *ClusterReconciler) untrust(ctx context.Context, c *cnpgv1.Cluster) erro
 // cert-manager wrote for them (labelled ours through the secret template;
 // cert-manager does not delete them, nor do they carry an owner reference).
 func (r *ClusterReconciler) deleteIssued(ctx context.Context, c *cnpgv1.Cluster) error {
-	for _, name := range []string{certs.ReplicationSecretName(c), certs.ServerSecretName(c)} {
+	for _, pair := range [][2]string{
+		{certs.ReplicationSecretName(c), certs.ReplicationSecretName(c)},
+		{certs.ServerSecretName(c), certs.ServerSecretName(c)},
+		{certs.PoolerCertificateName(c), certs.PoolerSecretName(c)},
+	} {
+		name := pair[1]
 		key := k8stypes.NamespacedName{Namespace: c.Namespace, Name: name}
 		var crt cmapi.Certificate
-		err := r.APIReader.Get(ctx, key, &crt)
+		err := r.APIReader.Get(ctx, k8stypes.NamespacedName{Namespace: c.Namespace, Name: pair[0]}, &crt)
 		switch {
 		case apierrors.IsNotFound(err) || meta.IsNoMatchError(err):
 		case err != nil:
