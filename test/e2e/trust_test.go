@@ -486,7 +486,7 @@ func renewSameKey(t *testing.T, crtPEM, keyPEM []byte) []byte {
 }
 
 // clusterSlice is the JSON of what the controller may change in a Cluster:
-// spec.certificates, spec.postgresql.pg_hba and the annotations.
+// spec.certificates, spec.postgresql.pg_hba and pg_ident, and the annotations.
 func clusterSlice(t *testing.T, ctx context.Context, w *world.World, ns, name string) string {
 	t.Helper()
 	var c cnpgv1.Cluster
@@ -499,7 +499,7 @@ func clusterSlice(t *testing.T, ctx context.Context, w *world.World, ns, name st
 			ann[k] = v
 		}
 	}
-	b, err := json.Marshal([]any{c.Spec.Certificates, c.Spec.PostgresConfiguration.PgHBA, ann})
+	b, err := json.Marshal([]any{c.Spec.Certificates, c.Spec.PostgresConfiguration.PgHBA, c.Spec.PostgresConfiguration.PgIdent, ann})
 	if err != nil {
 		t.Fatal(err)
 	}
