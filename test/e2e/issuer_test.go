@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"context"
+	"crypto/x509"
+	"encoding/pem"
 	"fmt"
 	"strings"
 	"testing"
@@ -10,6 +12,7 @@ import (
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
 	cnpgv1 "github.com/cloudnative-pg/cloudnative-pg/api/v1"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -40,7 +43,11 @@ func clusterCA(t *testing.T, ctx context.Context, w *world.World, name string, i
 // server intermediates, as the playground seed has it): the controller issues
 // the replication and server certificates through cert-manager, points the
 // Cluster at them and at a bundle of the client issuer's chain + Teleport's
-// CA, and verify-full (Teleport), replication and `tsh db connect` work.
+// CA, and verify-full (Teleport), replication and `tsh db connect` work. A
+// Pooler gets PgBouncer's certificate from the client issuer under the name
+// CNPG's automated integration expects: the Cluster stays healthy, pgbench
+// and Teleport go through it; a Pooler whose own certificate the bundle does
+// not trust is warned about; opting out hands <cluster>-pooler back to CNPG.
 func TestIssuerMode(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
@@ -63,6 +70,7 @@ func TestIssuerMode(t *testing.T) {
 		controllers.AnnotationRegister:     "true",
 		controllers.AnnotationClientIssuer: "ClusterIssuer/client-int",
 		controllers.AnnotationServerIssuer: "ClusterIssuer/server-int",
+		controllers.AnnotationPoolers:      name + "-pooler-rw",
 	}
 	t0 := time.Now()
 	if err := w.Client.Create(ctx, c); err != nil {
@@ -128,4 +136,94 @@ func TestIssuerMode(t *testing.T) {
 	b.insert(alice, p+"rw", "teleport_write", 7)
 	b.expect(alice, ns, p+"ro", "teleport_read", name+"-1", "true")
 	b.waitSum(alice, p+"ro", 7) // the rejoined replica
+
+	// A Pooler: <cluster>-pooler from the client issuer, the Cluster's (so
+	// CNPG keeps the integration automated), the Cluster healthy throughout.
+	const pooler = name + "-pooler-rw"
+	if err := w.Client.Create(ctx, newPooler(ns, name, pooler, nil)); err != nil {
+		t.Fatal(err)
+	}
+	poolerHost := pooler + "." + ns + ".svc"
+	world.Eventually(t, 2*time.Minute, "verify-full through "+poolerHost, func() error {
+		_, err := appQuery(ctx, w, poolerHost, app, root.Data["ca.crt"])
+		return err
+	})
+	pgb := secret(ctx, t, w, ns, name+"-pooler")
+	if pgb.Annotations["cert-manager.io/issuer-name"] != "client-int" || !metav1.IsControlledBy(pgb, &cur) {
+		t.Fatalf("%s-pooler: issuer %q, owners %+v", name, pgb.Annotations["cert-manager.io/issuer-name"], pgb.OwnerReferences)
+	}
+	if _, err := w.WaitClusterHealthy(ctx, ns, name, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	bench(t, ctx, w, poolerHost, app, root.Data["ca.crt"], 5)
+	world.Eventually(t, time.Minute, "tsh db connect through the Pooler", func() error {
+		out, err := sql(ctx, alice, p+"pooler-rw", "teleport_read", "SELECT 'via=' || current_user;")
+		if err != nil || !strings.Contains(out, "via=teleport_read") {
+			return fmt.Errorf("%v: %s", err, out)
+		}
+		return nil
+	})
+
+	// A Pooler logging in with a certificate the bundle does not trust: warned, on the Pooler.
+	if _, err := w.CreateCA(ctx, ns, "stranger"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.IssueCertificate(ctx, &cmapi.Certificate{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "stranger-pgbouncer"},
+		Spec: cmapi.CertificateSpec{SecretName: "stranger-pgbouncer", CommonName: "cnpg_pooler_pgbouncer",
+			Usages:    []cmapi.KeyUsage{cmapi.UsageClientAuth, cmapi.UsageDigitalSignature},
+			IssuerRef: cmmeta.IssuerReference{Kind: cmapi.IssuerKind, Name: "stranger"}},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	manual := newPooler(ns, name, name+"-pooler-manual", nil)
+	manual.Spec.PgBouncer.ServerTLSSecret = &cnpgv1.LocalObjectReference{Name: "stranger-pgbouncer"}
+	manual.Spec.PgBouncer.AuthQuery = "SELECT usename, passwd FROM public.user_search($1)"
+	if err := w.Client.Create(ctx, manual); err != nil {
+		t.Fatal(err)
+	}
+	note := b.event(ns, manual.Name, "Warning", controllers.ReasonPoolerUntrusted)
+	if !strings.Contains(note, "serverTLSSecret stranger-pgbouncer") || !strings.Contains(note, "sign it with the client issuer") {
+		t.Fatalf("warning: %s", note)
+	}
+	t.Logf("untrusted Pooler: %s", note)
+
+	// Opt out: CNPG signs <cluster>-pooler again, with its own CA.
+	if err := w.UpdateCluster(ctx, ns, name, func(c *cnpgv1.Cluster) { delete(c.Annotations, controllers.AnnotationRegister) }); err != nil {
+		t.Fatal(err)
+	}
+	own := secret(ctx, t, w, ns, name+"-ca")
+	world.Eventually(t, 2*time.Minute, "CNPG's own <cluster>-pooler again", func() error {
+		var s corev1.Secret
+		if err := w.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: name + "-pooler"}, &s); err != nil {
+			return err
+		}
+		if s.Labels[controllers.LabelManagedBy] != "" {
+			return fmt.Errorf("still ours")
+		}
+		ok, err := signedBy(s.Data["tls.crt"], own.Data["ca.crt"])
+		if err != nil || !ok {
+			return fmt.Errorf("not signed by %s-ca yet (%v)", name, err)
+		}
+		return nil
+	})
+	if _, err := w.WaitClusterHealthy(ctx, ns, name, 2*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// signedBy reports whether the first certificate of leafPEM verifies against caPEM.
+func signedBy(leafPEM, caPEM []byte) (bool, error) {
+	lb, _ := pem.Decode(leafPEM)
+	if lb == nil {
+		return false, fmt.Errorf("no PEM")
+	}
+	leaf, err := x509.ParseCertificate(lb.Bytes)
+	if err != nil {
+		return false, err
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(caPEM)
+	_, err = leaf.Verify(x509.VerifyOptions{Roots: roots, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
+	return err == nil, nil
 }
