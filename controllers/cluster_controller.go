@@ -73,7 +73,7 @@ func (r *ClusterReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 	}
 	if !c.DeletionTimestamp.IsZero() || !OptedIn(&c) {
 		if !controllerutil.ContainsFinalizer(&c, Finalizer) {
-			return ctrl.Result{}, nil
+			return ctrl.Result{}, r.poolersWithoutCluster(ctx, &c)
 		}
 		return ctrl.Result{}, r.finalize(ctx, &c)
 	}

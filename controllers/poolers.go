@@ -178,6 +178,23 @@ func (r *ClusterReconciler) ensurePoolers(ctx context.Context, c *cnpgv1.Cluster
 	return registered, nil
 }
 
+// poolersWithoutCluster warns on each Pooler that asks to be registered
+// while its Cluster has not opted in (nothing of it is registered: the
+// Cluster's annotation decides, a Pooler's alone widens nothing).
+func (r *ClusterReconciler) poolersWithoutCluster(ctx context.Context, c *cnpgv1.Cluster) error {
+	poolers, err := r.poolersOf(ctx, c)
+	if err != nil {
+		return err
+	}
+	for i := range poolers {
+		if p := &poolers[i]; p.Annotations[AnnotationRegister] == "true" && p.DeletionTimestamp.IsZero() {
+			r.warned.warn(r.Recorder, p, ReasonPoolerNotRegistered, "Register",
+				"not registered in Teleport: its Cluster %s has not opted in (annotate the Cluster %s: \"true\" first)", c.Name, AnnotationRegister)
+		}
+	}
+	return nil
+}
+
 // restorePoolers undoes ensurePoolers on every Pooler of the Cluster.
 func (r *ClusterReconciler) restorePoolers(ctx context.Context, c *cnpgv1.Cluster) error {
 	poolers, err := r.poolersOf(ctx, c)

@@ -155,7 +155,7 @@ func TestIssuerMode(t *testing.T) {
 	if _, err := w.WaitClusterHealthy(ctx, ns, name, time.Minute); err != nil {
 		t.Fatal(err)
 	}
-	bench(t, ctx, w, poolerHost, app, root.Data["ca.crt"], 5)
+	bench(t, ctx, w, poolerHost, app, root.Data["ca.crt"], benchSeconds())
 	world.Eventually(t, time.Minute, "tsh db connect through the Pooler", func() error {
 		out, err := sql(ctx, alice, p+"pooler-rw", "teleport_read", "SELECT 'via=' || current_user;")
 		if err != nil || !strings.Contains(out, "via=teleport_read") {

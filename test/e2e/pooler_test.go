@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -18,6 +20,15 @@ import (
 	"github.com/cnpg-teleport/cnpg-teleport/teleport"
 	"github.com/cnpg-teleport/cnpg-teleport/test/world"
 )
+
+// benchSeconds is how long each pgbench run through a Pooler lasts: 5 s in
+// make test, CNPG_TELEPORT_PGBENCH_SECONDS=30 for the seed's full run.
+func benchSeconds() int {
+	if n, err := strconv.Atoi(os.Getenv("CNPG_TELEPORT_PGBENCH_SECONDS")); err == nil && n > 0 {
+		return n
+	}
+	return 5
+}
 
 func newPooler(ns, cluster, name string, annotations map[string]string) *cnpgv1.Pooler {
 	return &cnpgv1.Pooler{
@@ -135,6 +146,20 @@ func TestPoolers(t *testing.T) {
 	})
 	beforeCluster, beforePooler := clusterSlice(t, ctx, w, ns, name), poolerSlice(t, ctx, w, ns, early)
 
+	// A Pooler alone cannot opt a Cluster in: it is told so, nothing is registered.
+	asks := newPooler(ns, name, name+"-pooler-asks", map[string]string{controllers.AnnotationRegister: "true"})
+	asks.Spec.Instances = ptr(int32(0))
+	if err := w.Client.Create(ctx, asks); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("a Pooler asking alone: %s", b.event(ns, asks.Name, corev1.EventTypeWarning, controllers.ReasonPoolerNotRegistered))
+	if err := w.Client.Delete(ctx, asks); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := b.tp.Tctl(ctx, "", "get", "db", "--format=json"); err != nil || strings.Contains(string(out), "pooler-asks") {
+		t.Fatalf("registered without its Cluster: %v %s", err, out)
+	}
+
 	// Annotate the Cluster, then make a second Pooler that asks to be registered.
 	t0 := time.Now()
 	if err := w.UpdateCluster(ctx, ns, name, func(c *cnpgv1.Cluster) {
@@ -172,7 +197,7 @@ func TestPoolers(t *testing.T) {
 			}
 			return err
 		})
-		bench(t, ctx, w, host, app, serverCA.Data["ca.crt"], 5)
+		bench(t, ctx, w, host, app, serverCA.Data["ca.crt"], benchSeconds())
 	}
 	if _, err := w.WaitClusterHealthy(ctx, ns, name, time.Minute); err != nil {
 		t.Fatal(err)
@@ -290,6 +315,31 @@ func TestPoolers(t *testing.T) {
 		t.Logf("rotation phase %s: tsh db connect through the Pooler works", phase)
 	}
 	b.event(ns, late, corev1.EventTypeNormal, controllers.ReasonPoolerConfigured)
+
+	// CNPG-style renewal of <cluster>-ca (same key, new certificate): both
+	// paths through the Poolers keep working.
+	ownCA := secret(ctx, t, w, ns, name+"-ca")
+	renewed := renewSameKey(t, ownCA.Data["ca.crt"], ownCA.Data["ca.key"])
+	ownCA.Data["ca.crt"] = renewed
+	if err := w.Client.Update(ctx, ownCA); err != nil {
+		t.Fatal(err)
+	}
+	world.Eventually(t, trustResync+5*time.Second, "the bundle follows the renewed own CA", func() error {
+		if !strings.HasPrefix(string(secret(ctx, t, w, ns, name+"-teleport-ca").Data["ca.crt"]), string(renewed)) {
+			return fmt.Errorf("not yet")
+		}
+		return nil
+	})
+	world.Eventually(t, 20*time.Second, "both Pooler paths after the renewal", func() error {
+		if _, err := appQuery(ctx, w, lateHost, app, renewed); err != nil {
+			return err
+		}
+		if out, err := sql(ctx, alice, viaPooler, "teleport_read", "SELECT 'renewed ok';"); err != nil || !strings.Contains(out, "renewed ok") {
+			return fmt.Errorf("%v: %s", err, out)
+		}
+		return nil
+	})
+	bench(t, ctx, w, lateHost, app, renewed, benchSeconds())
 
 	// The early Pooler was only told to reload: its spec is the user's.
 	if now := poolerSlice(t, ctx, w, ns, early); !strings.HasPrefix(now, beforePooler[:strings.LastIndex(beforePooler, "{")]) {
