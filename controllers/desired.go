@@ -193,16 +193,11 @@ func ParseAnnotations(o Options, c *cnpgv1.Cluster) (Spec, error) {
 		}
 	}
 	if v, ok := a[AnnotationPoolers]; ok {
-		for item := range strings.SplitSeq(v, ",") {
-			n := strings.TrimSpace(item)
-			if !poolerName.MatchString(n) {
-				bad(AnnotationPoolers, fmt.Sprintf("%q is not a Pooler name", n))
-				continue
-			}
-			if !slices.Contains(s.Poolers, n) {
-				s.Poolers = append(s.Poolers, n)
-			}
+		poolers, err := parsePoolers(v)
+		if err != nil {
+			bad(AnnotationPoolers, err.Error())
 		}
+		s.Poolers = poolers
 	}
 	if s.ServerIssuer != nil && c.Spec.Certificates != nil && len(c.Spec.Certificates.ServerAltDNSNames) > 0 {
 		bad(AnnotationServerIssuer, "CNPG rejects spec.certificates.serverAltDNSNames beside a server TLS Secret: remove them to use a server issuer")
@@ -245,6 +240,20 @@ func checkLabelKey(k string) error {
 		return fmt.Errorf("label key %q is reserved", k)
 	}
 	return nil
+}
+
+func parsePoolers(s string) ([]string, error) {
+	var out []string
+	for item := range strings.SplitSeq(s, ",") {
+		n := strings.TrimSpace(item)
+		if !poolerName.MatchString(n) {
+			return nil, fmt.Errorf("%q is not a Pooler name", n)
+		}
+		if !slices.Contains(out, n) {
+			out = append(out, n)
+		}
+	}
+	return out, nil
 }
 
 func parseEndpoints(s string) ([]string, error) {

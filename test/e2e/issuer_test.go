@@ -159,7 +159,7 @@ func TestIssuerMode(t *testing.T) {
 	world.Eventually(t, time.Minute, "tsh db connect through the Pooler", func() error {
 		out, err := sql(ctx, alice, p+"pooler-rw", "teleport_read", "SELECT 'via=' || current_user;")
 		if err != nil || !strings.Contains(out, "via=teleport_read") {
-			return fmt.Errorf("%v: %s", err, out)
+			return fmt.Errorf("%w: %s", err, out)
 		}
 		return nil
 	})
@@ -203,7 +203,7 @@ func TestIssuerMode(t *testing.T) {
 		}
 		ok, err := signedBy(s.Data["tls.crt"], own.Data["ca.crt"])
 		if err != nil || !ok {
-			return fmt.Errorf("not signed by %s-ca yet (%v)", name, err)
+			return fmt.Errorf("not signed by %s-ca yet (%w)", name, err)
 		}
 		return nil
 	})

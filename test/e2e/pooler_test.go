@@ -263,7 +263,7 @@ func TestPoolers(t *testing.T) {
 	world.Eventually(t, time.Minute, "tsh db connect through the Pooler", func() error {
 		out, err := sql(ctx, alice, viaPooler, "teleport_read", "SELECT 'who=' || current_user || '@' || host(inet_client_addr());")
 		if err != nil || !strings.Contains(out, "who=teleport_read@") {
-			return fmt.Errorf("%v: %s", err, out)
+			return fmt.Errorf("%w: %s", err, out)
 		}
 		if !strings.Contains(out, "who=teleport_read@"+poolerIP(t, ctx, w, ns, late)) {
 			t.Fatalf("not through PgBouncer (%s):\n%s", lateIP, out)
@@ -308,7 +308,7 @@ func TestPoolers(t *testing.T) {
 		world.Eventually(t, 20*time.Second, "through the Pooler at rotation phase "+phase, func() error {
 			out, err := sql(ctx, alice, viaPooler, "teleport_read", "SELECT 'phase ok';")
 			if err != nil || !strings.Contains(out, "phase ok") {
-				return fmt.Errorf("%v: %s", err, out)
+				return fmt.Errorf("%w: %s", err, out)
 			}
 			return nil
 		})
@@ -335,7 +335,7 @@ func TestPoolers(t *testing.T) {
 			return err
 		}
 		if out, err := sql(ctx, alice, viaPooler, "teleport_read", "SELECT 'renewed ok';"); err != nil || !strings.Contains(out, "renewed ok") {
-			return fmt.Errorf("%v: %s", err, out)
+			return fmt.Errorf("%w: %s", err, out)
 		}
 		return nil
 	})
