@@ -238,6 +238,17 @@ func mergeNames(cur, added, want []string) (names, nowAdded []string) {
 	return names, nowAdded
 }
 
+// UserAltDNSNames are the Cluster's serverAltDNSNames without those
+// cnpg-teleport added.
+func UserAltDNSNames(c *cnpgv1.Cluster) []string {
+	if c.Spec.Certificates == nil {
+		return nil
+	}
+	sv, _ := readSaved(c)
+	names, _ := mergeNames(c.Spec.Certificates.ServerAltDNSNames, sv.AltDNSNames, nil)
+	return names
+}
+
 // Restore returns the Cluster with our slice undone: each field we set back
 // to the user's value (spec.certificates gone again if we added it and
 // nothing else is in it), our pg_hba and pg_ident lines and our server names

@@ -198,6 +198,9 @@ func TestTrustRestorePoolers(t *testing.T) {
 		pg.PgIdent[0] != "cnpg-teleport r r # cnpg-teleport" || pg.PgIdent[3] != "cnpg-teleport cnpg_pooler_pgbouncer w # cnpg-teleport" || pg.PgIdent[4] != "mymap alice app" {
 		t.Fatalf("hba %q ident %q", pg.PgHBA, pg.PgIdent)
 	}
+	if u := UserAltDNSNames(tr); !slices.Equal(u, []string{"pg-pooler.ns.svc", "x.example"}) {
+		t.Fatalf("user's names %q", u)
+	}
 	if !Trusted(tr, want) || Trusted(tr, Slice{Certs: want.Certs, HBA: want.HBA, Ident: want.Ident}) {
 		t.Fatal("Trusted must see the names")
 	}

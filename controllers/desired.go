@@ -199,7 +199,7 @@ func ParseAnnotations(o Options, c *cnpgv1.Cluster) (Spec, error) {
 		}
 		s.Poolers = poolers
 	}
-	if s.ServerIssuer != nil && c.Spec.Certificates != nil && len(c.Spec.Certificates.ServerAltDNSNames) > 0 {
+	if s.ServerIssuer != nil && len(clusterspec.UserAltDNSNames(c)) > 0 { // ours (the Poolers') move into the issued certificate
 		bad(AnnotationServerIssuer, "CNPG rejects spec.certificates.serverAltDNSNames beside a server TLS Secret: remove them to use a server issuer")
 	}
 	return s, errors.Join(errs...)

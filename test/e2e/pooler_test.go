@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
 	"strconv"
@@ -48,17 +47,7 @@ func poolerSlice(t *testing.T, ctx context.Context, w *world.World, ns, name str
 	if err := w.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, &p); err != nil {
 		t.Fatal(err)
 	}
-	ann := map[string]string{}
-	for k, v := range p.Annotations {
-		if strings.HasPrefix(k, "cnpg-teleport.io/") {
-			ann[k] = v
-		}
-	}
-	b, err := json.Marshal([]any{p.Spec, ann})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(b)
+	return sliceJSON(t, p.Annotations, p.Spec)
 }
 
 // appQuery logs in through host as app (password, verify-full against rootCA)

@@ -493,13 +493,19 @@ func clusterSlice(t *testing.T, ctx context.Context, w *world.World, ns, name st
 	if err := w.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, &c); err != nil {
 		t.Fatal(err)
 	}
+	return sliceJSON(t, c.Annotations, c.Spec.Certificates, c.Spec.PostgresConfiguration.PgHBA, c.Spec.PostgresConfiguration.PgIdent)
+}
+
+// sliceJSON is the JSON of parts then the cnpg-teleport.io/ annotations.
+func sliceJSON(t *testing.T, annotations map[string]string, parts ...any) string {
+	t.Helper()
 	ann := map[string]string{}
-	for k, v := range c.Annotations {
+	for k, v := range annotations {
 		if strings.HasPrefix(k, "cnpg-teleport.io/") {
 			ann[k] = v
 		}
 	}
-	b, err := json.Marshal([]any{c.Spec.Certificates, c.Spec.PostgresConfiguration.PgHBA, c.Spec.PostgresConfiguration.PgIdent, ann})
+	b, err := json.Marshal(append(parts, ann))
 	if err != nil {
 		t.Fatal(err)
 	}
