@@ -85,7 +85,7 @@ demo-verify: world-tools
 
 ## unit: the tests that need no test world.
 unit:
-	$(GO) test -count=1 ./teleport/... ./controllers/... ./certs/...
+	$(GO) test -count=1 ./teleport/... ./controllers/... ./certs/... ./clusterspec/... ./cmd/...
 
 clean:
 	rm -rf $(BIN)

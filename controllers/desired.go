@@ -52,18 +52,22 @@ const (
 	LabelManagedBy   = "cnpg-teleport.io/managed-by"
 	ManagedByValue   = "cnpg-teleport" // the controller's Teleport role selects on it
 	LabelKubeCluster = "cnpg-teleport.io/kube-cluster"
-	LabelNamespace   = "cnpg-teleport.io/namespace"
-	LabelCluster     = "cnpg-teleport.io/cluster"
-	LabelClusterUID  = "cnpg-teleport.io/cluster-uid"
-	LabelEndpoint    = "cnpg-teleport.io/endpoint"
-	LabelKeep        = "cnpg-teleport.io/keep"
-	LabelPooler      = "cnpg-teleport.io/pooler"
-	LabelSQLType     = "sql_type"
-	reservedPrefix   = "cnpg-teleport.io/"
-	teleportPrefix   = "teleport.dev/"
-	internalPrefix   = "teleport.internal/"
-	maxNameLength    = 63
-	postgresPort     = "5432"
+	// LabelKubeClusterID is a stable identity of the Kubernetes cluster (by
+	// default its kube-system namespace UID): two clusters given the same
+	// --kube-cluster name never take each other's db resources for their own.
+	LabelKubeClusterID = "cnpg-teleport.io/kube-cluster-id"
+	LabelNamespace     = "cnpg-teleport.io/namespace"
+	LabelCluster       = "cnpg-teleport.io/cluster"
+	LabelClusterUID    = "cnpg-teleport.io/cluster-uid"
+	LabelEndpoint      = "cnpg-teleport.io/endpoint"
+	LabelKeep          = "cnpg-teleport.io/keep"
+	LabelPooler        = "cnpg-teleport.io/pooler"
+	LabelSQLType       = "sql_type"
+	reservedPrefix     = "cnpg-teleport.io/"
+	teleportPrefix     = "teleport.dev/"
+	internalPrefix     = "teleport.internal/"
+	maxNameLength      = 63
+	postgresPort       = "5432"
 )
 
 // Endpoints of a CNPG Cluster, in the order db resources are built.
@@ -78,6 +82,16 @@ type Options struct {
 	StaticLabels map[string]string
 	// Domain is the cluster DNS domain (default cluster.local).
 	Domain string
+	// KubeClusterID is this Kubernetes cluster's stable identity (label
+	// cnpg-teleport.io/kube-cluster-id).
+	KubeClusterID string
+	// AnnotationLabels is the platform team's policy for the labels
+	// annotation: each allowed key, with its allowed values (empty: any).
+	// No key is allowed by default: labels decide access in Teleport.
+	AnnotationLabels map[string][]string
+	// AnyName lets cnpg-teleport.io/name be any valid name; by default it
+	// must be the Cluster's namespace or start with "<namespace>-".
+	AnyName bool
 }
 
 // Validate checks the options once at start.
@@ -89,9 +103,17 @@ func (o *Options) Validate() error {
 	if o.KubeCluster == "" || sanitize(o.KubeCluster) != o.KubeCluster {
 		errs = append(errs, fmt.Errorf("kube cluster name %q: must be lowercase letters, digits and '-', starting with a letter", o.KubeCluster))
 	}
+	if !labelValue.MatchString(o.KubeClusterID) {
+		errs = append(errs, fmt.Errorf("kube cluster id %q: want a non-empty label value of at most 63 characters", o.KubeClusterID))
+	}
 	for k := range o.StaticLabels {
 		if err := checkLabelKey(k); err != nil {
 			errs = append(errs, fmt.Errorf("static label: %w", err))
+		}
+	}
+	for k := range o.AnnotationLabels {
+		if err := checkLabelKey(k); err != nil {
+			errs = append(errs, fmt.Errorf("annotation label policy: %w", err))
 		}
 	}
 	return errors.Join(errs...)
@@ -99,7 +121,8 @@ func (o *Options) Validate() error {
 
 // Spec is what a Cluster's annotations ask for.
 type Spec struct {
-	Prefix    string // name prefix, sanitized
+	Prefix    string // name prefix: the default (sanitized), or the annotation's exactly
+	Explicit  bool   // Prefix is the annotation's: never shortened
 	Labels    map[string]string
 	Endpoints []string
 	Keep      bool
@@ -135,12 +158,16 @@ func ParseAnnotations(o Options, c *cnpgv1.Cluster) (Spec, error) {
 
 	s := Spec{Prefix: defaultPrefix(o.KubeCluster, c.Namespace, c.Name)}
 	if v, ok := a[AnnotationName]; ok {
-		if s.Prefix = sanitize(v); s.Prefix == "" {
-			bad(AnnotationName, "no valid name characters (letters, digits, '-')")
+		if err := checkName(o, c.Namespace, v); err != nil {
+			bad(AnnotationName, err.Error())
 		}
+		s.Prefix, s.Explicit = v, true
 	}
 	if v, ok := a[AnnotationLabels]; ok {
 		labels, err := ParseLabels(v)
+		if err == nil {
+			err = checkLabelPolicy(o, labels)
+		}
 		if err != nil {
 			bad(AnnotationLabels, err.Error())
 		}
@@ -228,6 +255,77 @@ func ParseLabels(s string) (map[string]string, error) {
 			return nil, fmt.Errorf("label %q given twice", k)
 		}
 		out[k] = v
+	}
+	return out, nil
+}
+
+var labelValue = regexp.MustCompile(`^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$`)
+
+// teleportName is Teleport's rule for a db name.
+var teleportName = regexp.MustCompile(`^[a-zA-Z]([-a-zA-Z0-9]*[a-zA-Z0-9])?$`)
+
+// checkName refuses an explicit name prefix rather than rewriting it: it must
+// be a valid Teleport name, leave room for "-rw", and, unless the policy says
+// any, be the namespace or start with "<namespace>-" (one tenant cannot take
+// another's names).
+func checkName(o Options, namespace, v string) error {
+	switch {
+	case !teleportName.MatchString(v):
+		return errors.New("not a Teleport db name (letters, digits and '-', starting with a letter, not ending with '-'); it is used as written, never rewritten")
+	case len(v) > maxNameLength-len("-rw"):
+		return fmt.Errorf("%d characters: at most %d, so that <name>-rw fits Teleport's 63", len(v), maxNameLength-len("-rw"))
+	case !o.AnyName && v != namespace && !strings.HasPrefix(v, namespace+"-"):
+		return fmt.Errorf("the name policy wants %q or a name starting with %q (the Cluster's namespace); the controller's --name-policy=any lifts it", namespace, namespace+"-")
+	}
+	return nil
+}
+
+// checkLabelPolicy refuses a label the platform team's policy does not let
+// the annotation set (--annotation-labels): labels decide who reaches a db.
+func checkLabelPolicy(o Options, labels map[string]string) error {
+	keys := slices.Sorted(maps.Keys(labels))
+	for _, k := range keys {
+		allowed, ok := o.AnnotationLabels[k]
+		switch {
+		case !ok:
+			return fmt.Errorf("label %q is not allowed by the controller's --annotation-labels policy (allowed keys: %s)", k, policyKeys(o))
+		case len(allowed) > 0 && !slices.Contains(allowed, labels[k]):
+			return fmt.Errorf("label %s=%s: the --annotation-labels policy allows only %s", k, labels[k], strings.Join(allowed, "|"))
+		}
+	}
+	return nil
+}
+
+func policyKeys(o Options) string {
+	if len(o.AnnotationLabels) == 0 {
+		return "none"
+	}
+	return strings.Join(slices.Sorted(maps.Keys(o.AnnotationLabels)), ", ")
+}
+
+// ParseLabelPolicy parses --annotation-labels: key or key=v1|v2, comma-separated.
+func ParseLabelPolicy(s string) (map[string][]string, error) {
+	out := map[string][]string{}
+	if strings.TrimSpace(s) == "" {
+		return out, nil
+	}
+	for item := range strings.SplitSeq(s, ",") {
+		k, vs, hasValues := strings.Cut(strings.TrimSpace(item), "=")
+		if err := checkLabelKey(k); err != nil {
+			return nil, err
+		}
+		if _, dup := out[k]; dup {
+			return nil, fmt.Errorf("key %q given twice", k)
+		}
+		out[k] = nil
+		if hasValues {
+			for v := range strings.SplitSeq(vs, "|") {
+				if v = strings.TrimSpace(v); v == "" {
+					return nil, fmt.Errorf("key %q: an empty value", k)
+				}
+				out[k] = append(out[k], v)
+			}
+		}
 	}
 	return out, nil
 }
@@ -327,6 +425,16 @@ func databaseName(prefix, endpoint string) string {
 	return keep + "-" + h + "-" + endpoint
 }
 
+// dbName is the db resource name of an endpoint: an explicit prefix as
+// written (a Pooler's name that would not fit is refused by the caller), a
+// default one shortened with a hash when needed.
+func (s Spec) dbName(endpoint string) string {
+	if s.Explicit {
+		return s.Prefix + "-" + endpoint
+	}
+	return databaseName(s.Prefix, endpoint)
+}
+
 // ErrNoServerCA means the server CA Secret holds no usable certificate.
 var ErrNoServerCA = errors.New("server CA: no PEM certificate")
 
@@ -372,14 +480,14 @@ func BuildDatabases(o Options, c *cnpgv1.Cluster, spec Spec, serverCA []byte) ([
 		}
 		maps.Copy(labels, spec.Labels)
 		maps.Copy(labels, map[string]string{
-			LabelManagedBy: ManagedByValue, LabelKubeCluster: o.KubeCluster, LabelNamespace: c.Namespace,
+			LabelManagedBy: ManagedByValue, LabelKubeCluster: o.KubeCluster, LabelKubeClusterID: o.KubeClusterID, LabelNamespace: c.Namespace,
 			LabelCluster: c.Name, LabelClusterUID: string(c.UID), LabelEndpoint: ep, LabelSQLType: sqlType(ep),
 		})
 		if spec.Keep {
 			labels[LabelKeep] = "true"
 		}
 		db, err := types.NewDatabaseV3(types.Metadata{
-			Name:        databaseName(spec.Prefix, ep),
+			Name:        spec.dbName(ep),
 			Description: fmt.Sprintf("CloudNativePG cluster %s/%s (%s)", c.Namespace, c.Name, ep),
 			Labels:      labels,
 		}, types.DatabaseSpecV3{
@@ -419,8 +527,8 @@ func BuildPoolerDatabases(o Options, c *cnpgv1.Cluster, spec Spec, poolers []*cn
 	seen := map[string]bool{}
 	for _, p := range poolers {
 		ep := PoolerEndpoint(c, p)
-		name := databaseName(spec.Prefix, ep)
-		if seen[name] {
+		name := spec.dbName(ep)
+		if seen[name] || len(name) > maxNameLength {
 			clash = append(clash, p.Name)
 			continue
 		}
@@ -435,7 +543,7 @@ func BuildPoolerDatabases(o Options, c *cnpgv1.Cluster, spec Spec, poolers []*cn
 			sql = "standby"
 		}
 		maps.Copy(labels, map[string]string{
-			LabelManagedBy: ManagedByValue, LabelKubeCluster: o.KubeCluster, LabelNamespace: c.Namespace,
+			LabelManagedBy: ManagedByValue, LabelKubeCluster: o.KubeCluster, LabelKubeClusterID: o.KubeClusterID, LabelNamespace: c.Namespace,
 			LabelCluster: c.Name, LabelClusterUID: string(c.UID), LabelEndpoint: "pooler", LabelPooler: p.Name, LabelSQLType: sql,
 		})
 		if spec.Keep {
@@ -465,10 +573,31 @@ func sqlType(endpoint string) string {
 	return "standby"
 }
 
-// OwnedBy reports whether this Kubernetes cluster's controller created db.
+// OwnedBy reports whether this Kubernetes cluster's controller created db:
+// its name and its identity. A db resource without the identity label was
+// made before the label existed (upgrade): it is this cluster's to adopt,
+// by the Cluster it names (the update adds the label, the name stays), but
+// never an orphan to collect (see Legacy).
 func OwnedBy(db types.Database, o Options) bool {
 	l := db.GetStaticLabels()
-	return l[LabelManagedBy] == ManagedByValue && l[LabelKubeCluster] == o.KubeCluster
+	id, hasID := l[LabelKubeClusterID]
+	return l[LabelManagedBy] == ManagedByValue && l[LabelKubeCluster] == o.KubeCluster && (!hasID || id == o.KubeClusterID)
+}
+
+// Legacy reports a db resource of this cluster's name made before the
+// identity label: which Kubernetes cluster made it cannot be told.
+func Legacy(db types.Database) bool {
+	_, hasID := db.GetStaticLabels()[LabelKubeClusterID]
+	return !hasID
+}
+
+// IdentityConflict reports a db resource of this controller's
+// --kube-cluster name made under another identity: two Kubernetes clusters
+// share the name.
+func IdentityConflict(db types.Database, o Options) bool {
+	l := db.GetStaticLabels()
+	id, hasID := l[LabelKubeClusterID]
+	return l[LabelManagedBy] == ManagedByValue && l[LabelKubeCluster] == o.KubeCluster && hasID && id != o.KubeClusterID
 }
 
 // OwnedByCluster reports whether db was created for this very Cluster (by UID).

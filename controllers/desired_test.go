@@ -20,7 +20,8 @@ import (
 	k8stypes "k8s.io/apimachinery/pkg/types"
 )
 
-var opts = Options{KubeCluster: "prod", StaticLabels: map[string]string{"env": "prod", "team": "platform"}, Domain: "cluster.local"}
+var opts = Options{KubeCluster: "prod", KubeClusterID: "id-prod", StaticLabels: map[string]string{"env": "prod", "team": "platform"}, Domain: "cluster.local",
+	AnnotationLabels: map[string][]string{"team": nil, "tier": nil, "t": nil}}
 
 func cluster(ns, name string, instances int, ann map[string]string) *cnpgv1.Cluster {
 	return &cnpgv1.Cluster{
@@ -81,6 +82,13 @@ func TestParseAnnotationsErrors(t *testing.T) {
 		{map[string]string{AnnotationLabels: "teleport.dev/origin=x"}, []string{AnnotationLabels}},
 		{map[string]string{AnnotationLabels: "teleport.internal/x=y"}, []string{AnnotationLabels}},
 		{map[string]string{AnnotationName: "---"}, []string{AnnotationName}},
+		{map[string]string{AnnotationName: "Billing_DB"}, []string{AnnotationName}},                    // never rewritten
+		{map[string]string{AnnotationName: "ns-9lives-"}, []string{AnnotationName}},                    // not a Teleport name
+		{map[string]string{AnnotationName: "日本語-db"}, []string{AnnotationName}},                        // would have become "db"
+		{map[string]string{AnnotationName: "other-db"}, []string{AnnotationName}},                      // another namespace's names
+		{map[string]string{AnnotationName: "ns-" + strings.Repeat("x", 58)}, []string{AnnotationName}}, // <name>-rw over 63
+		{map[string]string{AnnotationLabels: "env=dev"}, []string{AnnotationLabels}},                   // not in the policy
+		{map[string]string{AnnotationLabels: "tier=gold,owner=me"}, []string{AnnotationLabels}},        // one key not in it
 		{map[string]string{AnnotationKeep: "yes"}, []string{AnnotationKeep}},
 		{map[string]string{AnnotationEndpoints: "x", AnnotationLabels: "y", AnnotationKeep: "no"}, []string{AnnotationEndpoints, AnnotationLabels, AnnotationKeep}},
 	}
@@ -109,8 +117,8 @@ func TestDesiredDatabases(t *testing.T) {
 		{"1 instance: rw", cluster("app", "pg", 1, map[string]string{AnnotationRegister: "true"}), []string{"prod-app-pg-rw"}},
 		{"3 instances: rw + ro", cluster("app", "pg", 3, map[string]string{AnnotationRegister: "true"}), []string{"prod-app-pg-rw", "prod-app-pg-ro"}},
 		{"explicit endpoints", cluster("app", "pg", 3, map[string]string{AnnotationEndpoints: "r, rw"}), []string{"prod-app-pg-rw", "prod-app-pg-r"}},
-		{"name prefix", cluster("app", "pg", 1, map[string]string{AnnotationName: "Billing_DB"}), []string{"billing-db-rw"}},
-		{"leading digit", cluster("app", "pg", 1, map[string]string{AnnotationName: "9lives"}), []string{"db-9lives-rw"}},
+		{"name as written", cluster("app", "pg", 1, map[string]string{AnnotationName: "app-Billing"}), []string{"app-Billing-rw"}},
+		{"the namespace itself", cluster("app", "pg", 1, map[string]string{AnnotationName: "app"}), []string{"app-rw"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -140,8 +148,12 @@ func TestDesiredDatabases(t *testing.T) {
 				if !OwnedByCluster(db, opts, tt.c) || !OwnedBy(db, opts) {
 					t.Error("a desired db must be owned by its Cluster")
 				}
-				if OwnedBy(db, Options{KubeCluster: "other"}) {
+				if OwnedBy(db, Options{KubeCluster: "other", KubeClusterID: "id-prod"}) {
 					t.Error("owned by another kube cluster")
+				}
+				twin := Options{KubeCluster: "prod", KubeClusterID: "id-twin"} // the same name, another cluster
+				if OwnedBy(db, twin) || !IdentityConflict(db, twin) || IdentityConflict(db, opts) || Legacy(db) {
+					t.Error("a Kubernetes cluster of the same --kube-cluster name must not own it, and must see the conflict")
 				}
 			}
 		})
@@ -188,9 +200,50 @@ func TestNamesUniqueAndShortened(t *testing.T) {
 			}
 		}
 	}
-	a := databaseName(sanitize(long+"x1"), "rw")
-	if b := databaseName(sanitize(long+"x1"), "rw"); a != b {
-		t.Errorf("shortening is not deterministic: %s %s", a, b)
+}
+
+// TestLegacyAdopted: a db resource made before the identity label is its
+// Cluster's (the update adds the label, the name stays), and a legacy one.
+func TestLegacyAdopted(t *testing.T) {
+	c := cluster("app", "pg", 1, map[string]string{AnnotationRegister: "true"})
+	dbs, err := DesiredDatabases(opts, c, testCA(t, "x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := dbs[0].Copy()
+	l := old.GetStaticLabels()
+	delete(l, LabelKubeClusterID)
+	old.SetStaticLabels(l)
+	if !OwnedByCluster(old, opts, c) || !Legacy(old) || IdentityConflict(old, opts) {
+		t.Fatal("a legacy db resource must be adopted by its Cluster")
+	}
+	create, update, remove := Diff(dbs, []types.Database{old})
+	if len(create)+len(remove) != 0 || len(update) != 1 || update[0].GetName() != old.GetName() {
+		t.Fatalf("upgrade must update in place, never delete and re-create: create %d update %d remove %d", len(create), len(update), len(remove))
+	}
+}
+
+func TestLabelPolicy(t *testing.T) {
+	p, err := ParseLabelPolicy("team, env=dev|staging")
+	if err != nil || p["team"] != nil || strings.Join(p["env"], "|") != "dev|staging" {
+		t.Fatalf("%v %v", p, err)
+	}
+	o := opts
+	o.AnnotationLabels = p
+	for ann, ok := range map[string]bool{"team=x": true, "env=dev": true, "env=prod": false, "tier=gold": false} {
+		_, err := ParseAnnotations(o, cluster("ns", "c", 1, map[string]string{AnnotationLabels: ann}))
+		if (err == nil) != ok {
+			t.Errorf("%s: %v", ann, err)
+		}
+	}
+	for _, bad := range []string{"env=", LabelManagedBy, "a,a", "bad key"} {
+		if _, err := ParseLabelPolicy(bad); err == nil {
+			t.Errorf("policy %q accepted", bad)
+		}
+	}
+	o.AnyName = true
+	if _, err := ParseAnnotations(o, cluster("ns", "c", 1, map[string]string{AnnotationName: "other-db"})); err != nil {
+		t.Errorf("--name-policy=any: %v", err)
 	}
 }
 
@@ -249,10 +302,13 @@ func TestNeedsUpdateAndDiff(t *testing.T) {
 	}
 	// Renamed prefix: both new created, both old removed; CA change: updates.
 	c2 := c.DeepCopy()
-	c2.Annotations[AnnotationName] = "new"
-	d2, _ := DesiredDatabases(opts, c2, ca1)
+	c2.Annotations[AnnotationName] = "a-new"
+	d2, err := DesiredDatabases(opts, c2, ca1)
+	if err != nil {
+		t.Fatal(err)
+	}
 	create, update, remove = Diff(d2, desired)
-	if strings.Join(names(create), ",") != "new-ro,new-rw" || len(update) != 0 || len(remove) != 2 {
+	if strings.Join(names(create), ",") != "a-new-ro,a-new-rw" || len(update) != 0 || len(remove) != 2 {
 		t.Fatalf("rename: create %v update %v remove %v", names(create), names(update), names(remove))
 	}
 	d3, _ := DesiredDatabases(opts, c, ca2)
@@ -273,7 +329,10 @@ func TestOptionsValidate(t *testing.T) {
 			t.Errorf("%+v: want an error", o)
 		}
 	}
-	o := Options{KubeCluster: "ok"}
+	if err := (&Options{KubeCluster: "ok"}).Validate(); err == nil {
+		t.Error("no identity: want an error")
+	}
+	o := Options{KubeCluster: "ok", KubeClusterID: "3f2a9c1e-0000-4000-8000-000000000001"}
 	if err := o.Validate(); err != nil || o.Domain != "cluster.local" {
 		t.Fatalf("%v %q", err, o.Domain)
 	}

@@ -28,6 +28,10 @@ var (
 		Name: "cnpg_teleport_registered_databases",
 		Help: "Teleport db resources owned by this controller's Kubernetes cluster, as of the last orphan collection.",
 	})
+	identityConflicts = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "cnpg_teleport_kube_cluster_identity_conflicts",
+		Help: "Teleport db resources of this controller's --kube-cluster name made by another Kubernetes cluster identity; while above 0, orphan collection is stopped.",
+	})
 	riskyRoles = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "cnpg_teleport_risky_teleport_roles",
 		Help: "Teleport roles that let their holders reach the Cluster's db resources as a CNPG system user (or any user).",
@@ -35,7 +39,7 @@ var (
 )
 
 func init() {
-	metrics.Registry.MustRegister(teleportCalls, teleportLatency, registered, riskyRoles)
+	metrics.Registry.MustRegister(teleportCalls, teleportLatency, registered, identityConflicts, riskyRoles)
 }
 
 // Instrument wraps a Teleport client with call counters and latency histograms.

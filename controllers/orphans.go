@@ -3,9 +3,11 @@ package controllers
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	cnpgv1 "github.com/cloudnative-pg/cloudnative-pg/api/v1"
+	"github.com/gravitational/teleport/api/types"
 	"github.com/gravitational/trace"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	k8stypes "k8s.io/apimachinery/pkg/types"
@@ -50,6 +52,9 @@ func (o *OrphanCollector) Collect(ctx context.Context) (int, error) {
 	if err != nil {
 		return 0, err
 	}
+	if err := identityCheck(dbs, o.Options); err != nil {
+		return 0, err
+	}
 	deleted, owned := 0, 0
 	var errs []error
 	defer func() { registered.Set(float64(owned - deleted)) }()
@@ -59,7 +64,7 @@ func (o *OrphanCollector) Collect(ctx context.Context) (int, error) {
 		}
 		owned++
 		ns, name, uid, ok := ClusterRef(db)
-		if !ok {
+		if !ok || Legacy(db) { // a legacy one is adopted by its Cluster, never collected
 			continue
 		}
 		orphan, err := o.orphaned(ctx, ns, name, uid)
@@ -78,6 +83,31 @@ func (o *OrphanCollector) Collect(ctx context.Context) (int, error) {
 		deleted++
 	}
 	return deleted, errors.Join(errs...)
+}
+
+// errIdentityConflict stops orphan collection: another Kubernetes cluster
+// uses this controller's --kube-cluster name in the same Teleport.
+var errIdentityConflict = errors.New("kube cluster identity conflict")
+
+// identityCheck counts db resources of this --kube-cluster name made under
+// another identity (metric cnpg_teleport_kube_cluster_identity_conflicts)
+// and refuses to collect while there is one: the other cluster's Clusters
+// are not ours to find, and deleting their resources would start a loop.
+func identityCheck(dbs []types.Database, o Options) error {
+	n := 0
+	other := ""
+	for _, db := range dbs {
+		if IdentityConflict(db, o) {
+			n++
+			other = db.GetStaticLabels()[LabelKubeClusterID]
+		}
+	}
+	identityConflicts.Set(float64(n))
+	if n > 0 {
+		return fmt.Errorf("%w: %d db resources carry --kube-cluster=%s with identity %s, not this cluster's %s: two Kubernetes clusters share the name; orphan collection stopped (give each its own --kube-cluster)",
+			errIdentityConflict, n, o.KubeCluster, other, o.KubeClusterID)
+	}
+	return nil
 }
 
 func (o *OrphanCollector) orphaned(ctx context.Context, ns, name, uid string) (bool, error) {

@@ -7,6 +7,7 @@ import (
 	cnpgv1 "github.com/cloudnative-pg/cloudnative-pg/api/v1"
 	"github.com/gravitational/teleport/api/types"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/tools/events"
 )
 
 func pooler(name string, typ cnpgv1.PoolerType, ann map[string]string, pb *cnpgv1.PgBouncerSpec) *cnpgv1.Pooler {
@@ -84,5 +85,25 @@ func TestTLSInputs(t *testing.T) {
 	a, b := tlsInputs([]byte("bundle"), []byte("server")), tlsInputs([]byte("bundle"), []byte("server2"))
 	if a == b || a != tlsInputs([]byte("bundle"), []byte("server")) || tlsInputs([]byte("bundles"), []byte("erver")) == a || len(a) != 16 {
 		t.Fatalf("digest %s %s", a, b)
+	}
+}
+
+// TestWarningsOncePerNote: two conflicts of one reason (rw and ro) are each
+// reported once across passes, not re-emitted in turn; clear starts over.
+func TestWarningsOncePerNote(t *testing.T) {
+	rec := events.NewFakeRecorder(10)
+	var w warnings
+	c := cluster("shop", "pg", 2, nil)
+	for range 3 {
+		w.warn(rec, c, ReasonNameConflict, "Register", "db %s", "rw")
+		w.warn(rec, c, ReasonNameConflict, "Register", "db %s", "ro")
+	}
+	if got := len(drain(rec)); got != 2 {
+		t.Fatalf("%d events over three passes, want 2", got)
+	}
+	w.clear(c)
+	w.warn(rec, c, ReasonNameConflict, "Register", "db %s", "rw")
+	if got := len(drain(rec)); got != 1 {
+		t.Fatalf("after clear: %d events, want 1", got)
 	}
 }

@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"fmt"
+	"slices"
 	"sync"
 
 	corev1 "k8s.io/api/core/v1"
@@ -10,14 +11,18 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 )
 
-// warnings emits a Warning Event only when it differs from the last one
-// reported for the same object (a Cluster, a Pooler) and reason, so a condition that persists
-// across resyncs and retries (a name conflict, Teleport down) is reported
-// once, not once per pass. A pass that succeeds clears the object's record.
+// warnings emits an Event only when it has not reported the same note for
+// the same object (a Cluster, a Pooler) and reason since the object's
+// record was last cleared, so a condition that persists across resyncs and
+// retries (a name conflict on rw and another on ro, Teleport down) is
+// reported once each, not once per pass. A pass that succeeds clears the
+// object's record. At most maxNotes notes are kept per object and reason.
 type warnings struct {
 	mu   sync.Mutex
-	last map[k8stypes.UID]map[string]string // reason -> note
+	last map[k8stypes.UID]map[string][]string // reason -> notes reported, oldest first
 }
+
+const maxNotes = 16
 
 func (w *warnings) warn(rec events.EventRecorder, o client.Object, reason, action, format string, args ...any) {
 	w.emit(rec, o, corev1.EventTypeWarning, reason, action, format, args...)
@@ -32,13 +37,19 @@ func (w *warnings) emit(rec events.EventRecorder, o client.Object, eventType, re
 	note := fmt.Sprintf(format, args...)
 	w.mu.Lock()
 	if w.last == nil {
-		w.last = map[k8stypes.UID]map[string]string{}
+		w.last = map[k8stypes.UID]map[string][]string{}
 	}
 	if w.last[o.GetUID()] == nil {
-		w.last[o.GetUID()] = map[string]string{}
+		w.last[o.GetUID()] = map[string][]string{}
 	}
-	same := w.last[o.GetUID()][reason] == note
-	w.last[o.GetUID()][reason] = note
+	seen := w.last[o.GetUID()][reason]
+	same := slices.Contains(seen, note)
+	if !same {
+		if len(seen) >= maxNotes {
+			seen = seen[1:]
+		}
+		w.last[o.GetUID()][reason] = append(seen, note)
+	}
 	w.mu.Unlock()
 	if !same {
 		rec.Eventf(o, nil, eventType, reason, action, "%s", note)

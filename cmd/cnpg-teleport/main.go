@@ -13,6 +13,8 @@ import (
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 	cnpgv1 "github.com/cloudnative-pg/cloudnative-pg/api/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
@@ -37,6 +39,9 @@ type flags struct {
 	domain         string
 	namespaces     string
 	resync         time.Duration
+	kubeClusterID  string
+	annLabels      string
+	namePolicy     string
 	metricsAddr    string
 	probeAddr      string
 	leaderElection bool
@@ -50,7 +55,10 @@ func parseFlags(args []string) (flags, error) {
 	fs.StringVar(&f.botDir, "tbot-dir", "", "tbot directory destination (holds 'identity'); renewals are picked up without restart")
 	fs.DurationVar(&f.reload, "identity-reload-interval", time.Minute, "how often the identity files are checked for renewal")
 	fs.StringVar(&f.kubeCluster, "kube-cluster", "", "name of this Kubernetes cluster (in db names and ownership labels; unique per Teleport)")
+	fs.StringVar(&f.kubeClusterID, "kube-cluster-id", "", "stable identity of this Kubernetes cluster in ownership labels (default: the kube-system namespace UID)")
 	fs.StringVar(&f.labels, "labels", "", "static labels for every db resource, k=v,k2=v2")
+	fs.StringVar(&f.annLabels, "annotation-labels", "", "label keys the cnpg-teleport.io/labels annotation may set, key or key=v1|v2, comma-separated (default: none: labels decide access in Teleport)")
+	fs.StringVar(&f.namePolicy, "name-policy", "namespace", "what cnpg-teleport.io/name may be: namespace (the Cluster's namespace or <namespace>-...) or any")
 	fs.StringVar(&f.domain, "cluster-domain", "cluster.local", "Kubernetes cluster DNS domain")
 	fs.StringVar(&f.namespaces, "namespaces", "", "comma-separated namespaces to watch (default: all)")
 	fs.DurationVar(&f.resync, "resync-period", 10*time.Minute, "how often registrations are compared with Teleport and orphans collected")
@@ -66,7 +74,62 @@ func parseFlags(args []string) (flags, error) {
 	if (f.identityFile == "") == (f.botDir == "") {
 		return f, fmt.Errorf("exactly one of --identity-file and --tbot-dir is required")
 	}
+	if f.namePolicy != "namespace" && f.namePolicy != "any" {
+		return f, fmt.Errorf("--name-policy %q: want namespace or any", f.namePolicy)
+	}
+	if _, err := namespaces(f.namespaces); err != nil {
+		return f, err
+	}
 	return f, nil
+}
+
+// namespaces parses --namespaces: empty means all; an empty item is an error
+// (a stray comma must not widen the watch to every namespace).
+func namespaces(v string) ([]string, error) {
+	if v == "" {
+		return nil, nil
+	}
+	var out []string
+	for _, ns := range strings.Split(v, ",") {
+		ns = strings.TrimSpace(ns)
+		if ns == "" {
+			return nil, fmt.Errorf("--namespaces %q: an empty namespace (leave the flag out to watch all)", v)
+		}
+		out = append(out, ns)
+	}
+	return out, nil
+}
+
+// stripCached drops what the controller never reads from its cache:
+// managedFields everywhere, and the annotations of metadata-only objects
+// (its one metadata-only watch is Secrets': kubectl's
+// last-applied-configuration annotation would hold a Secret's data).
+func stripCached(o any) (any, error) {
+	if m, ok := o.(metav1.Object); ok {
+		m.SetManagedFields(nil)
+	}
+	if p, ok := o.(*metav1.PartialObjectMetadata); ok {
+		p.Annotations = nil
+	}
+	return o, nil
+}
+
+// kubeSystemUID is the UID of the kube-system namespace: stable for the
+// life of a Kubernetes cluster, different in every other.
+func kubeSystemUID(ctx context.Context) (string, error) {
+	cfg, err := ctrl.GetConfig()
+	if err != nil {
+		return "", err
+	}
+	c, err := client.New(cfg, client.Options{})
+	if err != nil {
+		return "", err
+	}
+	var ns corev1.Namespace
+	if err := c.Get(ctx, client.ObjectKey{Name: "kube-system"}, &ns); err != nil {
+		return "", err
+	}
+	return string(ns.UID), nil
 }
 
 func main() {
@@ -87,7 +150,18 @@ func run(ctx context.Context, f flags) error {
 	if err != nil {
 		return fmt.Errorf("--labels: %w", err)
 	}
-	opts := controllers.Options{KubeCluster: f.kubeCluster, StaticLabels: static, Domain: f.domain}
+	policy, err := controllers.ParseLabelPolicy(f.annLabels)
+	if err != nil {
+		return fmt.Errorf("--annotation-labels: %w", err)
+	}
+	id := f.kubeClusterID
+	if id == "" {
+		if id, err = kubeSystemUID(ctx); err != nil {
+			return fmt.Errorf("the Kubernetes cluster's identity (set --kube-cluster-id to choose one): %w", err)
+		}
+	}
+	opts := controllers.Options{KubeCluster: f.kubeCluster, KubeClusterID: id, StaticLabels: static, Domain: f.domain,
+		AnnotationLabels: policy, AnyName: f.namePolicy == "any"}
 	if err := opts.Validate(); err != nil {
 		return err
 	}
@@ -113,11 +187,12 @@ func run(ctx context.Context, f flags) error {
 	// Only our own DatabaseRoles are cached, never every one in the cluster.
 	cacheOpts := cache.Options{ByObject: map[client.Object]cache.ByObject{
 		&cnpgv1.DatabaseRole{}: {Label: labels.SelectorFromSet(labels.Set{controllers.LabelManagedBy: controllers.ManagedByValue})},
-	}}
-	if f.namespaces != "" {
+	}, DefaultTransform: stripCached}
+	watched, _ := namespaces(f.namespaces) // checked in parseFlags
+	if len(watched) > 0 {
 		cacheOpts.DefaultNamespaces = map[string]cache.Config{}
-		for _, ns := range strings.Split(f.namespaces, ",") {
-			cacheOpts.DefaultNamespaces[strings.TrimSpace(ns)] = cache.Config{}
+		for _, ns := range watched {
+			cacheOpts.DefaultNamespaces[ns] = cache.Config{}
 		}
 	}
 	mgr, err := ctrl.NewManager(ctrl.GetConfigOrDie(), ctrl.Options{

@@ -58,7 +58,7 @@ func newReg(t *testing.T, ctx context.Context) *reg {
 			t.Fatal(err)
 		}
 	}
-	id, err := tp.ControllerIdentity(ctx, "cnpg-teleport", time.Hour)
+	id, err := tp.ControllerIdentity(ctx, "cnpg-teleport", time.Hour, kubeCluster, "k2", "k3")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -279,13 +279,13 @@ func TestRegistration(t *testing.T) {
 		p := prefix(regNS, "ren")
 		r.waitNames(p, p+"rw")
 		r.patch(c, func(c *cnpgv1.Cluster) {
-			c.Annotations[controllers.AnnotationName] = "renamed-db"
+			c.Annotations[controllers.AnnotationName] = regNS + "-renamed"
 			c.Annotations[controllers.AnnotationLabels] = "tier=gold"
 		})
-		dbs := r.waitNames("renamed-db-", "renamed-db-rw")
+		dbs := r.waitNames(regNS+"-renamed-", regNS+"-renamed-rw")
 		r.waitNames(p)
-		if dbs["renamed-db-rw"].GetStaticLabels()["tier"] != "gold" {
-			t.Fatalf("labels %v", dbs["renamed-db-rw"].GetStaticLabels())
+		if dbs[regNS+"-renamed-rw"].GetStaticLabels()["tier"] != "gold" {
+			t.Fatalf("labels %v", dbs[regNS+"-renamed-rw"].GetStaticLabels())
 		}
 	})
 
@@ -444,7 +444,7 @@ func TestRegistration(t *testing.T) {
 	t.Run("tbot directory: a renewed identity is used without a restart", func(t *testing.T) {
 		r.t = t
 		// Two users with the same least-privilege role: the audit log tells which identity wrote.
-		if err := r.tp.Create(ctx, "kind: user\nversion: v2\nmetadata:\n  name: renewed-bot\nspec:\n  roles: [cnpg-teleport-controller]\n"); err != nil {
+		if err := r.tp.ControllerUser(ctx, "renewed-bot", "k3"); err != nil {
 			t.Fatal(err)
 		}
 		botDir := t.TempDir()
@@ -560,7 +560,7 @@ func (r *reg) restartController() {
 func (r *reg) ctrlArgs() []string {
 	id := filepath.Join(r.tp.Dir, "cnpg-teleport.identity")
 	return []string{"--teleport-addr=" + r.tp.AuthAddr, "--identity-file=" + id,
-		"--kube-cluster=" + kubeCluster, "--namespaces=" + regNS, "--labels=env=test",
+		"--kube-cluster=" + kubeCluster, "--namespaces=" + regNS, "--labels=env=test", "--annotation-labels=team,tier",
 		"--resync-period=" + resync.String(), "--metrics-bind-address=127.0.0.1:18080", "--health-probe-bind-address=127.0.0.1:18081"}
 }
 

@@ -50,7 +50,7 @@ func TestTeleportConnect(t *testing.T) {
 	}
 
 	// The controller's identity: the shipped least-privilege role only.
-	idFile, err := tp.ControllerIdentity(ctx, "cnpg-teleport", time.Hour)
+	idFile, err := tp.ControllerIdentity(ctx, "cnpg-teleport", time.Hour, "k1")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,7 +79,7 @@ func TestTeleportConnect(t *testing.T) {
 	serverCA := secret(ctx, t, w, ns, name+"-ca")
 
 	// Register: verify-full, ca_cert = the CA cert-manager used for the server certificate.
-	labels := map[string]string{managedBy: "cnpg-teleport"}
+	labels := map[string]string{managedBy: "cnpg-teleport", "cnpg-teleport.io/kube-cluster": "k1"}
 	uri := name + "-rw." + ns + ".svc.cluster.local:5432"
 	if err := tc.CreateDatabase(ctx, pgDB(t, "demo", uri, serverCA.Data["ca.crt"], labels)); err != nil {
 		t.Fatal(err)

@@ -103,7 +103,7 @@ func newTrustBed(t *testing.T, ctx context.Context, ns string) *trustBed {
 	if err := w.Namespace(ctx, ns); err != nil {
 		t.Fatal(err)
 	}
-	id, err := tp.ControllerIdentity(ctx, "cnpg-teleport", time.Hour)
+	id, err := tp.ControllerIdentity(ctx, "cnpg-teleport", time.Hour, "k1")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/http"
 	"os"
 	"os/exec"
@@ -168,7 +169,7 @@ func ControllerRoleFile() string {
 // ControllerIdentity creates (once) the controller's role from
 // config/teleport/controller-role.yaml and a user holding only it, and signs
 // an identity file for it, as tbot or an admin would.
-func (tp *Teleport) ControllerIdentity(ctx context.Context, user string, ttl time.Duration) (string, error) {
+func (tp *Teleport) ControllerIdentity(ctx context.Context, user string, ttl time.Duration, kubeClusters ...string) (string, error) {
 	role, err := os.ReadFile(ControllerRoleFile())
 	if err != nil {
 		return "", err
@@ -176,10 +177,17 @@ func (tp *Teleport) ControllerIdentity(ctx context.Context, user string, ttl tim
 	if err := tp.Create(ctx, string(role)); err != nil {
 		return "", err
 	}
-	if err := tp.Create(ctx, fmt.Sprintf("kind: user\nversion: v2\nmetadata:\n  name: %s\nspec:\n  roles: [cnpg-teleport-controller]\n", user)); err != nil {
+	if err := tp.ControllerUser(ctx, user, kubeClusters...); err != nil {
 		return "", err
 	}
 	return tp.SignIdentity(ctx, user, ttl)
+}
+
+// ControllerUser creates a user with the controller's role and the trait
+// kube_cluster (the --kube-cluster names whose db resources it may touch).
+func (tp *Teleport) ControllerUser(ctx context.Context, user string, kubeClusters ...string) error {
+	return tp.Create(ctx, fmt.Sprintf("kind: user\nversion: v2\nmetadata:\n  name: %s\nspec:\n  roles: [cnpg-teleport-controller]\n  traits:\n    kube_cluster: [%s]\n",
+		user, strings.Join(kubeClusters, ", ")))
 }
 
 // SignIdentity signs an identity file (`tctl auth sign --format=file`) for user.
@@ -200,6 +208,15 @@ type TshUser struct {
 // and names on the controller's db resources, sets a password through the
 // web API with a reset token, and logs in with `tsh login` as a person would.
 func (tp *Teleport) User(ctx context.Context, name string, dbUsers, dbNames []string) (*TshUser, error) {
+	return tp.UserFor(ctx, name, map[string]string{"cnpg-teleport.io/managed-by": "cnpg-teleport"}, dbUsers, dbNames)
+}
+
+// UserFor is User with a role that allows only db resources carrying dbLabels.
+func (tp *Teleport) UserFor(ctx context.Context, name string, dbLabels map[string]string, dbUsers, dbNames []string) (*TshUser, error) {
+	var labels strings.Builder
+	for _, k := range slices.Sorted(maps.Keys(dbLabels)) {
+		fmt.Fprintf(&labels, "      %q: %q\n", k, dbLabels[k])
+	}
 	role := fmt.Sprintf(`kind: role
 version: v6
 metadata:
@@ -207,8 +224,7 @@ metadata:
 spec:
   allow:
     db_labels:
-      cnpg-teleport.io/managed-by: cnpg-teleport
-    db_users: %[2]s
+%[4]s    db_users: %[2]s
     db_names: %[3]s
 ---
 kind: user
@@ -217,7 +233,7 @@ metadata:
   name: %[1]s
 spec:
   roles: [%[1]s-db]
-`, name, jsonList(dbUsers), jsonList(dbNames))
+`, name, jsonList(dbUsers), jsonList(dbNames), labels.String())
 	if err := tp.Create(ctx, role); err != nil {
 		return nil, err
 	}

@@ -107,12 +107,12 @@ func (d *demo) run(ctx context.Context) error {
 			return err
 		}},
 		{"start the controller (least-privilege Teleport identity, kube cluster 'kind')", func() error {
-			id, err := d.tp.ControllerIdentity(ctx, "cnpg-teleport", time.Hour)
+			id, err := d.tp.ControllerIdentity(ctx, "cnpg-teleport", time.Hour, "kind")
 			if err != nil {
 				return err
 			}
 			_, err = d.w.StartController("cnpg-teleport", "--teleport-addr="+d.tp.AuthAddr, "--identity-file="+id,
-				"--kube-cluster=kind", "--metrics-bind-address=127.0.0.1:8080", "--health-probe-bind-address=127.0.0.1:8081",
+				"--kube-cluster=kind", "--annotation-labels=env,team", "--metrics-bind-address=127.0.0.1:8080", "--health-probe-bind-address=127.0.0.1:8081",
 				"--resync-period=30s")
 			return err
 		}},

@@ -1,0 +1,36 @@
+package main
+
+import (
+	"slices"
+	"testing"
+
+	cnpgv1 "github.com/cloudnative-pg/cloudnative-pg/api/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+func TestNamespaces(t *testing.T) {
+	if got, err := namespaces(""); err != nil || got != nil {
+		t.Fatalf("empty: %v %v", got, err)
+	}
+	if got, err := namespaces("a, b"); err != nil || !slices.Equal(got, []string{"a", "b"}) {
+		t.Fatalf("a, b: %v %v", got, err)
+	}
+	for _, bad := range []string{"a,", ",", "a,,b"} {
+		if _, err := namespaces(bad); err == nil {
+			t.Errorf("%q: a stray comma must not mean all namespaces", bad)
+		}
+	}
+}
+
+func TestStripCached(t *testing.T) {
+	mf := []metav1.ManagedFieldsEntry{{Manager: "kubectl"}}
+	secret := &metav1.PartialObjectMetadata{ObjectMeta: metav1.ObjectMeta{Name: "s", ManagedFields: mf,
+		Annotations: map[string]string{"kubectl.kubernetes.io/last-applied-configuration": `{"data":{"password":"c2VjcmV0"}}`}}}
+	if _, err := stripCached(secret); err != nil || secret.Annotations != nil || secret.ManagedFields != nil {
+		t.Fatalf("Secret metadata keeps %v %v", secret.Annotations, secret.ManagedFields)
+	}
+	c := &cnpgv1.Cluster{ObjectMeta: metav1.ObjectMeta{Annotations: map[string]string{"cnpg-teleport.io/register": "true"}, ManagedFields: mf}}
+	if _, err := stripCached(c); err != nil || c.Annotations["cnpg-teleport.io/register"] != "true" || c.ManagedFields != nil {
+		t.Fatalf("a Cluster must keep its annotations (the controller reads them), lose managedFields: %v %v", c.Annotations, c.ManagedFields)
+	}
+}
