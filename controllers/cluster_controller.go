@@ -112,7 +112,7 @@ func (r *ClusterReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 		return r.waitForCA(&c, err)
 	}
 	for _, name := range clash {
-		r.warned.warn(r.Recorder, &c, ReasonNameConflict, "Register", "Pooler %s: its Teleport db name is another Pooler's; rename one of them", name)
+		r.warned.warn(r.Recorder, &c, ReasonNameConflict, "Register", "Pooler %s: its Teleport db name is another Pooler's or longer than 63 characters; rename it (or shorten cnpg-teleport.io/name)", name)
 	}
 	desired = append(desired, viaPoolers...)
 	err = r.apply(ctx, &c, desired)

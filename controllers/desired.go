@@ -519,7 +519,8 @@ func PoolerEndpoint(c *cnpgv1.Cluster, p *cnpgv1.Pooler) string {
 // on the Pooler's Service name against the Cluster's server CA (PgBouncer
 // presents the Cluster's server certificate, which names the Poolers), owned
 // by the Cluster like its endpoints. Two Poolers of one db name: the first
-// (by name) wins, the other is returned in clash.
+// (by name) wins, the other is returned in clash, as is one whose name
+// (under an explicit prefix, never shortened) would exceed 63 characters.
 func BuildPoolerDatabases(o Options, c *cnpgv1.Cluster, spec Spec, poolers []*cnpgv1.Pooler, serverCA []byte) (dbs []types.Database, clash []string, err error) {
 	if err := checkCA(serverCA); err != nil {
 		return nil, nil, err
