@@ -324,7 +324,7 @@ func TestRegistration(t *testing.T) {
 			t.Fatal(err)
 		}
 		r.waitGone(c)
-		time.Sleep(5 * resync) // several orphan collections
+		r.waitPasses("127.0.0.1:18080", 3) // orphan collections that could have taken it
 		r.waitNames(p, p+"rw")
 		if err := r.admin.DeleteDatabase(ctx, p+"rw"); err != nil { // tidy up for later counts
 			t.Fatal(err)
@@ -370,7 +370,7 @@ func TestRegistration(t *testing.T) {
 			t.Fatal(err)
 		}
 		r.waitGone(c)
-		time.Sleep(5 * resync)
+		r.waitPasses("127.0.0.1:18080", 3)
 		after, err := r.tp.Tctl(ctx, "", "get", "db/"+p+"rw", "--format=json")
 		if err != nil {
 			t.Fatalf("the foreign db was deleted: %v", err)
@@ -404,7 +404,7 @@ func TestRegistration(t *testing.T) {
 		if !strings.Contains(e.Note, controllers.AnnotationEndpoints) || !strings.Contains(e.Note, controllers.AnnotationLabels) {
 			t.Fatalf("the event should name both annotations: %s", e.Note)
 		}
-		time.Sleep(5 * resync)
+		r.waitPasses("127.0.0.1:18080", 3)
 		if got := r.dbs(prefix(regNS, "bad")); len(got) != 0 {
 			t.Fatalf("applied despite invalid annotations: %v", got)
 		}
@@ -430,13 +430,14 @@ func TestRegistration(t *testing.T) {
 		theirs := r.cluster("other", "same", 1, register())
 		r.waitNames("k1-reg-same-", "k1-reg-same-rw")
 		r.waitNames("k2-other-same-", "k2-other-same-rw")
-		time.Sleep(5 * resync) // both collectors ran several times
+		r.waitPasses("127.0.0.1:18080", 3) // both collectors ran several times
+		r.waitPasses("127.0.0.1:18090", 3)
 		r.waitNames("k1-reg-same-", "k1-reg-same-rw")
 		if err := r.w.Client.Delete(ctx, theirs); err != nil {
 			t.Fatal(err)
 		}
 		r.waitNames("k2-other-same-")
-		time.Sleep(5 * resync)
+		r.waitPasses("127.0.0.1:18090", 3)
 		r.waitNames("k1-reg-same-", "k1-reg-same-rw")
 		_ = mine
 	})
@@ -456,9 +457,10 @@ func TestRegistration(t *testing.T) {
 			t.Fatal(err)
 		}
 		kc := filepath.Join(r.w.Dir, "cnpg-teleport.kubeconfig")
-		if _, err := r.w.StartControllerAs("controller-tbot", kc, "--teleport-addr="+r.tp.AuthAddr, "--tbot-dir="+botDir,
+		tbotCtl, err := r.w.StartControllerAs("controller-tbot", kc, "--teleport-addr="+r.tp.AuthAddr, "--tbot-dir="+botDir,
 			"--identity-reload-interval=200ms", "--kube-cluster=k3", "--namespaces=tbot", "--resync-period="+resync.String(),
-			"--metrics-bind-address=127.0.0.1:18095", "--health-probe-bind-address=127.0.0.1:18096"); err != nil {
+			"--metrics-bind-address=127.0.0.1:18095", "--health-probe-bind-address=127.0.0.1:18096")
+		if err != nil {
 			t.Fatal(err)
 		}
 		r.cluster("tbot", "before", 1, register())
@@ -472,7 +474,12 @@ func TestRegistration(t *testing.T) {
 		if err := os.Rename(renewed, filepath.Join(botDir, "identity")); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(time.Second) // several reload checks
+		world.Eventually(t, 10*time.Second, "the controller reloads the renewed identity", func() error {
+			if !strings.Contains(tbotCtl.Tail(4096), "Reloaded the Teleport identity") {
+				return fmt.Errorf("no reload logged yet")
+			}
+			return nil
+		})
 		// Connections made from now on use the new identity: force one.
 		r.tp.Stop()
 		if err := r.tp.Start(); err != nil {
@@ -490,7 +497,7 @@ func TestRegistration(t *testing.T) {
 		c := r.cluster(regNS, "steady", 2, register())
 		p := prefix(regNS, "steady")
 		r.waitNames(p, p+"rw", p+"ro")
-		time.Sleep(3 * resync) // let in-flight passes settle
+		r.waitPasses("127.0.0.1:18080", 2) // in-flight passes settled
 		tpBefore := r.tp.AuditCount(t, "db.create", "db.update", "db.delete")
 		kBefore, err := world.AuditWrites(r.auditLog, "cnpg-teleport")
 		if err != nil {
@@ -577,6 +584,33 @@ func (r *reg) metrics() string {
 		r.t.Fatal(err)
 	}
 	return string(b)
+}
+
+// waitPasses waits until the controller at addr has completed n more orphan
+// collections (cnpg_teleport_orphan_passes_total): an observable in place of
+// a sleep when what is checked is that nothing happened.
+func (r *reg) waitPasses(addr string, n int) {
+	r.t.Helper()
+	count := func() (int, error) {
+		v, err := metricValue(addr, "cnpg_teleport_orphan_passes_total")
+		if err != nil {
+			return 0, err
+		}
+		f, err := strconv.ParseFloat(v, 64)
+		return int(f), err
+	}
+	var start int
+	world.Eventually(r.t, 10*time.Second, "the orphan pass counter", func() (err error) {
+		start, err = count()
+		return err
+	})
+	world.Eventually(r.t, time.Duration(n+2)*resync+10*time.Second, fmt.Sprintf("%d orphan passes at %s", n, addr), func() error {
+		now, err := count()
+		if err == nil && now < start+n {
+			return fmt.Errorf("%d of %d passes", now-start, n)
+		}
+		return err
+	})
 }
 
 // reconciles reads controller_runtime_reconcile_total of the first controller.
