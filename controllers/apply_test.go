@@ -11,12 +11,12 @@ import (
 	"github.com/gravitational/trace"
 	"k8s.io/client-go/tools/events"
 
-	"github.com/cnpg-teleport/cnpg-teleport/teleport"
+	"github.com/cnpg-teleport/cnpg-teleport/teleport/teleporttest"
 )
 
 // testReconciler wires apply to a fake Teleport with the controller's
 // least-privilege view (only its managed-by label) and a settable clock.
-func testReconciler(f *teleport.Fake) (*ClusterReconciler, *events.FakeRecorder, *time.Time) {
+func testReconciler(f *teleporttest.Fake) (*ClusterReconciler, *events.FakeRecorder, *time.Time) {
 	now := time.Unix(1_800_000_000, 0)
 	rec := events.NewFakeRecorder(100)
 	return &ClusterReconciler{Teleport: f, Recorder: rec, Options: opts, Now: func() time.Time { return now }}, rec, &now
@@ -43,8 +43,8 @@ func hasReason(evs []string, reason string) bool {
 	return false
 }
 
-func leastPrivilege() *teleport.Fake {
-	return teleport.NewFake(teleport.FakeConfig{AllowedLabels: map[string]string{LabelManagedBy: ManagedByValue}})
+func leastPrivilege() *teleporttest.Fake {
+	return teleporttest.NewFake(teleporttest.FakeConfig{AllowedLabels: map[string]string{LabelManagedBy: ManagedByValue}})
 }
 
 func TestApplyStaleReadsNeitherDuplicateNorFlap(t *testing.T) {

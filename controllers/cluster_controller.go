@@ -17,8 +17,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
-
-	"github.com/cnpg-teleport/cnpg-teleport/teleport"
 )
 
 // Finalizer holds a registered Cluster until its db resources are removed from Teleport.
@@ -41,7 +39,7 @@ const (
 type ClusterReconciler struct {
 	Client    client.Client // cached Clusters
 	APIReader client.Reader // uncached: Secrets are read directly, never cached
-	Teleport  teleport.Client
+	Teleport  Teleport
 	Recorder  events.EventRecorder
 	Options   Options
 	// Resync is how often a registered Cluster is compared with Teleport again.

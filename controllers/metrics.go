@@ -8,8 +8,6 @@ import (
 	"github.com/gravitational/trace"
 	"github.com/prometheus/client_golang/prometheus"
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
-
-	"github.com/cnpg-teleport/cnpg-teleport/teleport"
 )
 
 // Prometheus metrics, registered with controller-runtime's registry (served
@@ -39,9 +37,9 @@ func init() {
 }
 
 // Instrument wraps a Teleport client with call counters and latency histograms.
-func Instrument(c teleport.Client) teleport.Client { return instrumented{c} }
+func Instrument(c Teleport) Teleport { return instrumented{c} }
 
-type instrumented struct{ next teleport.Client }
+type instrumented struct{ next Teleport }
 
 func observe(method string, start time.Time, err error) {
 	teleportLatency.WithLabelValues(method).Observe(time.Since(start).Seconds())
@@ -63,11 +61,6 @@ func resultOf(err error) string {
 	default:
 		return "error"
 	}
-}
-
-func (i instrumented) Ping(ctx context.Context) (info teleport.ClusterInfo, err error) {
-	defer func(t time.Time) { observe("Ping", t, err) }(time.Now())
-	return i.next.Ping(ctx)
 }
 
 func (i instrumented) GetDatabase(ctx context.Context, name string) (db types.Database, err error) {

@@ -11,8 +11,6 @@ import (
 	k8stypes "k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/log"
-
-	"github.com/cnpg-teleport/cnpg-teleport/teleport"
 )
 
 // OrphanCollector deletes the db resources this Kubernetes cluster's
@@ -21,7 +19,7 @@ import (
 // controller was down. It runs at start and every Period.
 type OrphanCollector struct {
 	Client   client.Reader // the manager's cache of Clusters
-	Teleport teleport.Client
+	Teleport Teleport
 	Options  Options
 	Period   time.Duration
 }

@@ -4,15 +4,32 @@ import (
 	"context"
 	"time"
 
+	"github.com/gravitational/teleport/api/types"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 
 	"github.com/cnpg-teleport/cnpg-teleport/teleport"
 )
 
+var _ Teleport = (*teleport.APIClient)(nil)
+
+// Teleport is the part of the Teleport API the controller calls, and no
+// more: teleport.APIClient has it, teleporttest.Fake plays it in tests.
+// Errors keep their trace kind (trace.IsNotFound, IsAlreadyExists,
+// IsAccessDenied, IsBadParameter).
+type Teleport interface {
+	GetDatabase(ctx context.Context, name string) (types.Database, error)
+	ListDatabases(ctx context.Context) ([]types.Database, error)
+	CreateDatabase(ctx context.Context, db types.Database) error
+	UpdateDatabase(ctx context.Context, db types.Database) error
+	DeleteDatabase(ctx context.Context, name string) error
+	DatabaseClientCAs(ctx context.Context) ([][]byte, error)
+	ListRoles(ctx context.Context) ([]types.Role, error)
+}
+
 // Config is everything the controller needs besides the manager.
 type Config struct {
-	Teleport teleport.Client
+	Teleport Teleport
 	Options  Options
 	// Resync is how often registrations are compared with Teleport and
 	// orphans collected (default 10 min).

@@ -1,4 +1,7 @@
-package teleport
+// Package teleporttest holds Fake, an in-memory teleport.Client with
+// Teleport's semantics for tests. It is a package of its own so the fake is
+// never compiled into the controller binary.
+package teleporttest
 
 import (
 	"context"
@@ -9,7 +12,11 @@ import (
 
 	"github.com/gravitational/teleport/api/types"
 	"github.com/gravitational/trace"
+
+	"github.com/cnpg-teleport/cnpg-teleport/teleport"
 )
+
+var _ teleport.Client = (*Fake)(nil)
 
 // Fake is an in-memory Client with Teleport's semantics, for the controller's
 // table tests: the error kinds a real auth server returns (NotFound,
@@ -211,12 +218,12 @@ func (f *Fake) Calls() []Call {
 }
 
 // Ping reports the configured cluster name and version.
-func (f *Fake) Ping(ctx context.Context) (info ClusterInfo, err error) {
+func (f *Fake) Ping(ctx context.Context) (info teleport.ClusterInfo, err error) {
 	defer f.record("Ping", "", &err)
 	if err := f.guard(ctx, "Ping", ""); err != nil {
-		return ClusterInfo{}, err
+		return teleport.ClusterInfo{}, err
 	}
-	return ClusterInfo{Name: f.cfg.ClusterName, ServerVersion: f.cfg.ServerVersion}, nil
+	return teleport.ClusterInfo{Name: f.cfg.ClusterName, ServerVersion: f.cfg.ServerVersion}, nil
 }
 
 // GetDatabase returns a copy of name as the (possibly lagging) read view has it.
@@ -338,7 +345,7 @@ func (f *Fake) DatabaseClientCAs(ctx context.Context) (certs [][]byte, err error
 	if err := f.guard(ctx, "DatabaseClientCAs", ""); err != nil {
 		return nil, err
 	}
-	return databaseClientCAs(ctx, f, f.cfg.ClusterName)
+	return teleport.DatabaseClientCAsFrom(ctx, f, f.cfg.ClusterName)
 }
 
 // SetRoles sets the Teleport roles ListRoles returns (shared, not copied:
@@ -479,4 +486,12 @@ func (f *Fake) allowed(db *types.DatabaseV3) bool {
 		}
 	}
 	return true
+}
+
+// nameOf names db for call records, without panicking on a nil one.
+func nameOf(db types.Database) string {
+	if v3, ok := db.(*types.DatabaseV3); db == nil || (ok && v3 == nil) {
+		return ""
+	}
+	return db.GetName()
 }
