@@ -26,6 +26,10 @@ var (
 		Name: "cnpg_teleport_registered_databases",
 		Help: "Teleport db resources owned by this controller's Kubernetes cluster, as of the last orphan collection.",
 	})
+	orphanPasses = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "cnpg_teleport_orphan_passes_total",
+		Help: "Orphan collection passes finished (with or without errors).",
+	})
 	riskyRoles = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "cnpg_teleport_risky_teleport_roles",
 		Help: "Teleport roles that let their holders reach the Cluster's db resources as a CNPG system user (or any user).",
@@ -33,7 +37,7 @@ var (
 )
 
 func init() {
-	metrics.Registry.MustRegister(teleportCalls, teleportLatency, registered, riskyRoles)
+	metrics.Registry.MustRegister(teleportCalls, teleportLatency, registered, orphanPasses, riskyRoles)
 }
 
 // Instrument wraps a Teleport client with call counters and latency histograms.

@@ -36,6 +36,9 @@ type Config struct {
 	Resync time.Duration
 	// Retry is the wait for a missing dependency such as the server CA (default 30 s).
 	Retry time.Duration
+	// Namespaces are the namespaces the manager's cache watches (none: all);
+	// the orphan collector leaves db resources of other namespaces alone.
+	Namespaces []string
 }
 
 // Setup adds the Cluster controller and the orphan collector to mgr.
@@ -62,7 +65,10 @@ func Setup(ctx context.Context, mgr ctrl.Manager, cfg Config) error {
 	if err := r.SetupWithManager(ctx, mgr); err != nil {
 		return err
 	}
-	if err := mgr.Add(&OrphanCollector{Client: mgr.GetClient(), Teleport: cfg.Teleport, Options: cfg.Options, Period: cfg.Resync}); err != nil {
+	if err := mgr.Add(&OrphanCollector{
+		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Teleport: cfg.Teleport, Options: cfg.Options,
+		Period: cfg.Resync, Namespaces: cfg.Namespaces,
+	}); err != nil {
 		return err
 	}
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {

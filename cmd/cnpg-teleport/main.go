@@ -114,10 +114,12 @@ func run(ctx context.Context, f flags) error {
 	cacheOpts := cache.Options{ByObject: map[client.Object]cache.ByObject{
 		&cnpgv1.DatabaseRole{}: {Label: labels.SelectorFromSet(labels.Set{controllers.LabelManagedBy: controllers.ManagedByValue})},
 	}}
+	var namespaces []string
 	if f.namespaces != "" {
 		cacheOpts.DefaultNamespaces = map[string]cache.Config{}
 		for _, ns := range strings.Split(f.namespaces, ",") {
 			cacheOpts.DefaultNamespaces[strings.TrimSpace(ns)] = cache.Config{}
+			namespaces = append(namespaces, strings.TrimSpace(ns))
 		}
 	}
 	mgr, err := ctrl.NewManager(ctrl.GetConfigOrDie(), ctrl.Options{
@@ -132,6 +134,6 @@ func run(ctx context.Context, f flags) error {
 		return err
 	}
 	return controllers.Run(ctx, mgr, controllers.Config{
-		Teleport: controllers.Instrument(tc), Options: opts, Resync: f.resync,
+		Teleport: controllers.Instrument(tc), Options: opts, Resync: f.resync, Namespaces: namespaces,
 	})
 }

@@ -43,6 +43,7 @@ type Fake struct {
 	unavailable error
 	methodErrs  map[string]error
 	hook        func(Call) error
+	after       func(Call)
 
 	creates, updates, deletes int
 	calls                     []Call
@@ -187,6 +188,16 @@ func (f *Fake) SetHook(fn func(Call) error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.hook = fn
+}
+
+// SetAfterHook runs fn after every call, with its result, once the call is
+// done and the Fake unlocked: a test can act between two calls of the code
+// under test (say, between its List and its Delete) without sleeping. fn may
+// call the Fake (those calls run the after hook too). nil removes it.
+func (f *Fake) SetAfterHook(fn func(Call)) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.after = fn
 }
 
 // SetCACerts replaces the certificates of the db or db_client CA, e.g. to
@@ -421,11 +432,17 @@ func (f *Fake) guard(ctx context.Context, method, name string) error {
 	return nil
 }
 
-// record appends a call with its result to the log; deferred by every call.
+// record appends a call with its result to the log, then runs the after
+// hook; deferred by every call (it runs after the call has unlocked f.mu).
 func (f *Fake) record(method, name string, err *error) {
+	c := Call{Method: method, Name: name, Err: *err}
 	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.calls = append(f.calls, Call{Method: method, Name: name, Err: *err})
+	f.calls = append(f.calls, c)
+	after := f.after
+	f.mu.Unlock()
+	if after != nil {
+		after(c)
+	}
 }
 
 // checkedCopy copies db and runs CheckAndSetDefaults on the copy, as the

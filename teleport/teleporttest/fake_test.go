@@ -420,6 +420,24 @@ func TestFakeFaults(t *testing.T) {
 			t.Fatalf("stored %v", got)
 		}
 	})
+	t.Run("after hook acts between two calls", func(t *testing.T) {
+		f := newFake()
+		f.SetAfterHook(func(c Call) {
+			if c.Method == "ListDatabases" && c.Err == nil {
+				f.SetAfterHook(nil)
+				if err := f.DeleteDatabase(ctx, "a"); err != nil {
+					t.Errorf("delete from the hook: %v", err)
+				}
+			}
+		})
+		listed, err := f.ListDatabases(ctx)
+		if err != nil || len(listed) != 1 {
+			t.Fatalf("list = %v, %v; want a", listed, err)
+		}
+		if err := f.DeleteDatabase(ctx, "a"); !trace.IsNotFound(err) {
+			t.Fatalf("delete after the hook's: %v, want NotFound", err)
+		}
+	})
 	t.Run("cancelled context", func(t *testing.T) {
 		f := newFake()
 		cctx, cancel := context.WithCancel(ctx)
