@@ -38,8 +38,8 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
-	k8stypes "k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/runtime"
+	k8stypes "k8s.io/apimachinery/pkg/types"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -419,7 +419,9 @@ func (b *bed) registered(name string, instances int, want ...string) (*cnpgv1.Cl
 	return c, ca
 }
 
-func dbName(ns, cluster, ep string) string { return databaseName(defaultPrefix(opts.KubeCluster, ns, cluster), ep) }
+func dbName(ns, cluster, ep string) string {
+	return databaseName(defaultPrefix(opts.KubeCluster, ns, cluster), ep)
+}
 
 // TestEnvRegistration: CNPG's default <cluster>-ca server CA, the watches,
 // opt-out and deletion, through the real apiserver.
@@ -594,7 +596,9 @@ func TestEnvRecreatedClusterTakenOverDuringCollection(t *testing.T) {
 		t.Fatal(err)
 	}
 	b.event("pg", ReasonTeleportUnavailable, "remove the finalizer")
-	b.patchCluster("pg", func(c *cnpgv1.Cluster) { c.Finalizers = slices.DeleteFunc(c.Finalizers, func(f string) bool { return f == Finalizer }) })
+	b.patchCluster("pg", func(c *cnpgv1.Cluster) {
+		c.Finalizers = slices.DeleteFunc(c.Finalizers, func(f string) bool { return f == Finalizer })
+	})
 	b.waitGone("pg")
 	b.f.SetError("ListDatabases", nil)
 	b.collectGarbage(old.UID) // no kube-controller-manager here
