@@ -426,7 +426,7 @@ func dbName(ns, cluster, ep string) string {
 // TestEnvRegistration: CNPG's default <cluster>-ca server CA, the watches,
 // opt-out and deletion, through the real apiserver.
 func TestEnvRegistration(t *testing.T) {
-	b, _ := newBed(t, bedOptions{})
+	b, _ := newBed(t, bedOptions{resync: time.Hour}) // no resync hides a missing watch
 	rw, ro := dbName(b.ns, "pg", "rw"), dbName(b.ns, "pg", "ro")
 	_, ca := b.registered("pg", 2, rw, ro)
 	for _, n := range []string{rw, ro} {
