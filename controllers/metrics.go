@@ -24,7 +24,7 @@ var (
 	}, []string{"method"})
 	registered = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "cnpg_teleport_registered_databases",
-		Help: "Teleport db resources owned by this controller's Kubernetes cluster, as of the last orphan collection.",
+		Help: "Teleport db resources owned by this controller's Kubernetes cluster for Clusters in the watched namespaces, as of the last orphan collection.",
 	})
 	orphanPasses = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "cnpg_teleport_orphan_passes_total",
