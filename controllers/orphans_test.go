@@ -138,7 +138,7 @@ func TestCollect(t *testing.T) {
 					}
 				})
 			}
-			var cache client.Reader = kube(t, tt.cache...)
+			cache := kube(t, tt.cache...)
 			if tt.namespaces != nil {
 				ns := map[string]bool{}
 				for _, n := range tt.namespaces {
