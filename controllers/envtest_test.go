@@ -664,3 +664,18 @@ func (b *bed) collectGarbage(uid k8stypes.UID) {
 		}
 	}
 }
+
+// TestEnvTeleportRefused: a create Teleport refuses (the controller's role
+// may not write the db) is reported as TeleportRefused, and registers once
+// the refusal is lifted and the next resync comes.
+func TestEnvTeleportRefused(t *testing.T) {
+	b, _ := newBed(t, bedOptions{resync: time.Second})
+	b.f.SetError("CreateDatabase", trace.AccessDenied("access to db denied"))
+	b.newCluster("pg", 1, registerAnn())
+	b.event("pg", ReasonTeleportRefused, "access to db denied")
+	if got := b.stored("pg"); len(got) != 0 {
+		t.Fatalf("registered despite the refusal: %v", got)
+	}
+	b.f.SetError("CreateDatabase", nil)
+	b.waitDBs("pg", dbName(b.ns, "pg", "rw"))
+}
