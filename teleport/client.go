@@ -24,8 +24,9 @@ import (
 	"google.golang.org/protobuf/types/known/emptypb"
 )
 
-// Client is what the controller needs from Teleport, and nothing more, so the
-// controller can be tested against teleporttest.Fake and the API version can change behind it.
+// Client is the Teleport API of this module (the controller depends only on
+// the calls it makes, controllers.Teleport; tests and tools also Ping), so
+// code can be tested against teleporttest.Fake and the API version can change behind it.
 // Errors keep their trace kind: classify them with trace.IsNotFound,
 // trace.IsAlreadyExists, trace.IsAccessDenied, trace.IsBadParameter, never by text.
 type Client interface {
