@@ -22,7 +22,7 @@ TEST_TIMEOUT ?= 30m
 # (PgBouncer is built by hack/tools.sh: CNPG needs >= 1.20, Debian 12 has 1.18.)
 HOST_PACKAGES := postgresql util-linux iproute2 openssl curl jq gcc bsdutils ca-certificates
 
-.PHONY: all build test unit lint vet deps tools world-tools help clean demo demo-verify
+.PHONY: all build test unit race lint vet deps tools world-tools help clean demo demo-verify
 
 all: build
 
@@ -72,6 +72,7 @@ lint:
 test: tools
 	@echo "[test] go vet"; $(GO) vet ./...
 	@echo "[test] golangci-lint"; $$($(TOOLS) golangci-lint)/golangci-lint run ./...
+	@echo "[test] go test -race (unit, envtest)"; $(MAKE) --no-print-directory race
 	@echo "[test] go test (unit, integration, end-to-end)"
 	$(WORLD_ENV) $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
 
@@ -83,9 +84,15 @@ demo: world-tools
 demo-verify: world-tools
 	@$(WORLD_ENV) $(GO) run ./test/cmd/demo
 
-## unit: the tests that need no test world.
-unit:
-	$(GO) test -count=1 ./teleport/... ./controllers/... ./certs/... ./clusterspec/... ./cmd/...
+## race: the unit and envtest tests under the race detector. It needs cgo
+## (gcc); only this test build turns it on: the binaries stay CGO_ENABLED=0.
+race: deps
+	KUBE_APISERVER_DIR=$$($(TOOLS) kube-apiserver) ETCD_DIR=$$($(TOOLS) etcd) CGO_ENABLED=1 \
+	  $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./controllers/... ./teleport/... ./certs/... ./clusterspec/...
+
+## unit: the unit and envtest tests (a real apiserver + etcd; no CNPG, no Teleport).
+unit: deps
+	KUBE_APISERVER_DIR=$$($(TOOLS) kube-apiserver) ETCD_DIR=$$($(TOOLS) etcd) $(GO) test -count=1 ./teleport/... ./controllers/... ./certs/... ./clusterspec/... ./cmd/...
 
 clean:
 	rm -rf $(BIN)

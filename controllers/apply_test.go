@@ -3,20 +3,24 @@ package controllers
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/gravitational/teleport/api/types"
 	"github.com/gravitational/trace"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/tools/events"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	"github.com/cnpg-teleport/cnpg-teleport/teleport"
+	"github.com/cnpg-teleport/cnpg-teleport/teleport/teleporttest"
 )
 
 // testReconciler wires apply to a fake Teleport with the controller's
 // least-privilege view (only its managed-by label) and a settable clock.
-func testReconciler(f *teleport.Fake) (*ClusterReconciler, *events.FakeRecorder, *time.Time) {
+func testReconciler(f *teleporttest.Fake) (*ClusterReconciler, *events.FakeRecorder, *time.Time) {
 	now := time.Unix(1_800_000_000, 0)
 	rec := events.NewFakeRecorder(100)
 	return &ClusterReconciler{Teleport: f, Recorder: rec, Options: opts, Now: func() time.Time { return now }}, rec, &now
@@ -43,8 +47,8 @@ func hasReason(evs []string, reason string) bool {
 	return false
 }
 
-func leastPrivilege() *teleport.Fake {
-	return teleport.NewFake(teleport.FakeConfig{AllowedLabels: map[string]string{LabelManagedBy: ManagedByValue}})
+func leastPrivilege() *teleporttest.Fake {
+	return teleporttest.NewFake(teleporttest.FakeConfig{AllowedLabels: map[string]string{LabelManagedBy: ManagedByValue}})
 }
 
 func TestApplyStaleReadsNeitherDuplicateNorFlap(t *testing.T) {
@@ -115,7 +119,7 @@ func TestApplyForeignNameIsAConflictNotARetryLoop(t *testing.T) {
 			}
 			r, rec, _ := testReconciler(f)
 			err := r.apply(ctx, c, desired)
-			if !onlyConflicts(err) {
+			if !waitsForAPerson(err) {
 				t.Fatalf("want only a conflict, got %v", err)
 			}
 			if !hasReason(drain(rec), ReasonNameConflict) {
@@ -160,7 +164,7 @@ func TestApplyTeleportDown(t *testing.T) {
 	c := cluster("app", "pg", 1, map[string]string{AnnotationRegister: "true"})
 	desired, _ := DesiredDatabases(opts, c, testCA(t, "ca"))
 	err := r.apply(context.Background(), c, desired)
-	if err == nil || onlyConflicts(err) || !trace.IsConnectionProblem(err) {
+	if err == nil || waitsForAPerson(err) || !trace.IsConnectionProblem(err) {
 		t.Fatalf("want a retryable connection problem, got %v", err)
 	}
 	if !hasReason(drain(rec), ReasonTeleportUnavailable) {
@@ -179,18 +183,6 @@ func TestPersistentWarningsAreReportedOnce(t *testing.T) {
 	}
 	if n := len(drain(rec)); n != 1 {
 		t.Fatalf("%d events for one persisting outage, want 1", n)
-	}
-	// Once a pass succeeds, a new outage is news again.
-	f.SetUnavailable(nil)
-	if err := r.apply(context.Background(), c, desired); err != nil {
-		t.Fatal(err)
-	}
-	r.warned.clear(c)
-	drain(rec)
-	f.SetUnavailable(trace.ConnectionProblem(errors.New("refused"), "connection refused"))
-	_ = r.apply(context.Background(), c, desired)
-	if !hasReason(drain(rec), ReasonTeleportUnavailable) {
-		t.Fatal("a new outage after recovery was not reported")
 	}
 }
 
@@ -213,7 +205,7 @@ func TestReleaseKeepLabelsWhatItLeaves(t *testing.T) {
 	c.Annotations[AnnotationKeep] = "true"
 	r, rec, _ := testReconciler(f)
 	all, _ := f.ListDatabases(ctx)
-	if err := r.release(ctx, c, all); err != nil {
+	if err := r.release(ctx, c, KeepOnDelete(c), all); err != nil {
 		t.Fatal(err)
 	}
 	for _, d := range desired {
@@ -231,10 +223,109 @@ func TestReleaseKeepLabelsWhatItLeaves(t *testing.T) {
 	// Without keep, only this Cluster's are deleted.
 	delete(c.Annotations, AnnotationKeep)
 	all, _ = f.ListDatabases(ctx)
-	if err := r.release(ctx, c, all); err != nil {
+	if err := r.release(ctx, c, KeepOnDelete(c), all); err != nil {
 		t.Fatal(err)
 	}
 	if names := f.StoredNames(); len(names) != 1 || names[0] != theirs[0].GetName() {
 		t.Fatalf("left: %v", names)
+	}
+}
+
+// TestRefusedIsNotRetried: an answer retrying cannot change (AccessDenied,
+// BadParameter) has its own reason and waits for the next resync; a lost
+// connection is still retried with backoff.
+func TestRefusedIsNotRetried(t *testing.T) {
+	ctx := context.Background()
+	c := cluster("app", "pg", 1, map[string]string{AnnotationRegister: "true"})
+	desired, _ := DesiredDatabases(opts, c, testCA(t, "ca"))
+	for name, tt := range map[string]struct {
+		err     error
+		refused bool
+	}{
+		"AccessDenied":      {trace.AccessDenied("access to db denied"), true},
+		"BadParameter":      {trace.BadParameter("database name %q is invalid", "x"), true},
+		"ConnectionProblem": {trace.ConnectionProblem(errors.New("refused"), "connection refused"), false},
+	} {
+		t.Run(name, func(t *testing.T) {
+			f := leastPrivilege()
+			f.SetError("CreateDatabase", tt.err)
+			r, rec, _ := testReconciler(f)
+			r.Resync = time.Hour
+			res, err := r.outcome(r.apply(ctx, c, desired))
+			evs := drain(rec)
+			if tt.refused {
+				if err != nil || res.RequeueAfter != r.Resync || !hasReason(evs, ReasonTeleportRefused) || hasReason(evs, ReasonTeleportUnavailable) {
+					t.Fatalf("result %+v, error %v, events %v: want a TeleportRefused wait for the resync", res, err, evs)
+				}
+				return
+			}
+			if err == nil || !hasReason(evs, ReasonTeleportUnavailable) {
+				t.Fatalf("result %+v, error %v, events %v: want a retry", res, err, evs)
+			}
+		})
+	}
+}
+
+// forbiddenReader answers every read with Kubernetes' 403.
+type forbiddenReader struct{ client.Reader }
+
+func (forbiddenReader) Get(_ context.Context, key client.ObjectKey, _ client.Object, _ ...client.GetOption) error {
+	return apierrors.NewForbidden(schema.GroupResource{Resource: "secrets"}, key.Name, errors.New("RBAC: not allowed"))
+}
+
+// TestSecretForbidden: a Secret the controller may not read is its own
+// reason, not a missing CA, and waits for the resync (RBAC changes do not
+// wake the controller) instead of the short dependency retry.
+func TestSecretForbidden(t *testing.T) {
+	ctx := context.Background()
+	r, rec, _ := testReconciler(leastPrivilege())
+	r.APIReader, r.Resync, r.Retry, r.TrustPoll = forbiddenReader{}, time.Hour, time.Second, time.Second
+	c := cluster("app", "pg", 1, map[string]string{AnnotationRegister: "true"})
+	_, err := r.serverCA(ctx, c)
+	res, rerr := r.waitForCA(c, err)
+	evs := drain(rec)
+	if rerr != nil || res.RequeueAfter != r.Resync || !hasReason(evs, ReasonSecretForbidden) || hasReason(evs, ReasonServerCAMissing) {
+		t.Fatalf("server CA: result %+v, error %v, events %v: want SecretForbidden, a wait for the resync", res, rerr, evs)
+	}
+	res, rerr = r.trustOutcome(c, fmt.Errorf("the Cluster's client CA app/pg-ca: %w", err))
+	evs = drain(rec)
+	if rerr != nil || res.RequeueAfter != r.Resync || !hasReason(evs, ReasonSecretForbidden) {
+		t.Fatalf("trust: result %+v, error %v, events %v: want SecretForbidden, a wait for the resync", res, rerr, evs)
+	}
+}
+
+// TestReleaseDeletesWhatAStaleListDoesNotShow: a db resource created less
+// than Teleport's read lag before the Cluster goes is deleted (or kept) in
+// the same pass, not left to orphan collection.
+func TestReleaseDeletesWhatAStaleListDoesNotShow(t *testing.T) {
+	ctx := context.Background()
+	for _, keep := range []bool{false, true} {
+		t.Run(fmt.Sprintf("keep=%v", keep), func(t *testing.T) {
+			f := leastPrivilege()
+			r, _, now := testReconciler(f)
+			c := cluster("app", "pg", 3, map[string]string{AnnotationRegister: "true"})
+			desired, _ := DesiredDatabases(opts, c, testCA(t, "ca"))
+			f.SetReadLag(len(desired) + 1) // the list below shows none of the creates
+			if err := r.apply(ctx, c, desired); err != nil || f.Creates() != len(desired) {
+				t.Fatalf("apply: %v, %d creates", err, f.Creates())
+			}
+			*now = now.Add(time.Second)
+			all, err := f.ListDatabases(ctx)
+			if err != nil || len(all) != 0 {
+				t.Fatalf("list = %v, %v; want a stale, empty list", names(all), err)
+			}
+			if keep {
+				c.Annotations[AnnotationKeep] = "true"
+			}
+			if err := r.release(ctx, c, KeepOnDelete(c), all); err != nil {
+				t.Fatal(err)
+			}
+			for _, d := range desired {
+				got, stored := f.Stored(d.GetName())
+				if stored != keep || (keep && !Kept(got)) {
+					t.Errorf("%s: stored %v (kept label %v), want stored and kept = %v", d.GetName(), stored, stored && Kept(got), keep)
+				}
+			}
+		})
 	}
 }

@@ -17,8 +17,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
-
-	"github.com/cnpg-teleport/cnpg-teleport/teleport"
 )
 
 // Finalizer holds a registered Cluster until its db resources are removed from Teleport.
@@ -33,6 +31,11 @@ const (
 	ReasonInvalidAnnotation   = "InvalidAnnotation"
 	ReasonNameConflict        = "NameConflict"
 	ReasonServerCAMissing     = "ServerCAMissing"
+	// ReasonTeleportRefused: Teleport said BadParameter or AccessDenied,
+	// which retrying does not change (its role, or the resource, must).
+	ReasonTeleportRefused = "TeleportRefused"
+	// ReasonSecretForbidden: Kubernetes refused (403) a Secret read.
+	ReasonSecretForbidden = "SecretForbidden"
 )
 
 // ClusterReconciler keeps the Teleport db resources of an annotated CNPG
@@ -41,7 +44,7 @@ const (
 type ClusterReconciler struct {
 	Client    client.Client // cached Clusters
 	APIReader client.Reader // uncached: Secrets are read directly, never cached
-	Teleport  teleport.Client
+	Teleport  Teleport
 	Recorder  events.EventRecorder
 	Options   Options
 	// Resync is how often a registered Cluster is compared with Teleport again.
@@ -75,7 +78,10 @@ func (r *ClusterReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 		if !controllerutil.ContainsFinalizer(&c, Finalizer) {
 			return ctrl.Result{}, r.poolersWithoutCluster(ctx, &c)
 		}
-		return ctrl.Result{}, r.finalize(ctx, &c)
+		if err := r.finalize(ctx, &c); err != nil {
+			return r.outcome(err)
+		}
+		return ctrl.Result{}, nil
 	}
 	// Bad input first: nothing, not even the finalizer, is applied.
 	spec, err := ParseAnnotations(r.Options, &c)
@@ -89,15 +95,8 @@ func (r *ClusterReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 	}
 	// PostgreSQL trusts Teleport first: a db registered before would not connect.
 	trusted, poolers, err := r.trust(ctx, &c, spec)
-	switch {
-	case errors.Is(err, errNotOurs):
-		return ctrl.Result{RequeueAfter: r.Resync}, nil // waits for a person
-	case errors.Is(err, errWaiting):
-		return ctrl.Result{RequeueAfter: r.TrustPoll}, nil
-	case err != nil:
-		return ctrl.Result{}, err
-	case !trusted:
-		return ctrl.Result{RequeueAfter: r.TrustPoll}, nil // CNPG's status changes do not wake us
+	if err != nil || !trusted {
+		return r.trustOutcome(&c, err)
 	}
 	ca, err := r.serverCA(ctx, &c)
 	if err != nil {
@@ -120,17 +119,50 @@ func (r *ClusterReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 		r.warned.clear(&c)
 		r.checkRoles(ctx, &c, desired)
 	}
-	if err != nil && !onlyConflicts(err) {
+	return r.outcome(err)
+}
+
+// outcome classifies the error of a pass: none, or only ones that wait for
+// a person (a name conflict, orphan collection, a refusal by Teleport), look
+// again at the next resync, without a retry storm; any other is returned for
+// a retry with backoff.
+func (r *ClusterReconciler) outcome(err error) (ctrl.Result, error) {
+	if err != nil && !waitsForAPerson(err) {
 		return ctrl.Result{}, err
 	}
-	// A conflict waits for a person (or for orphan collection): look again
-	// at the next resync, without a retry storm.
 	return ctrl.Result{RequeueAfter: r.Resync}, nil
 }
 
+// trustOutcome is the result of a pass whose trust step is not done.
+func (r *ClusterReconciler) trustOutcome(c *cnpgv1.Cluster, err error) (ctrl.Result, error) {
+	switch {
+	case errors.Is(err, errNotOurs), errors.Is(err, errRefused):
+		return ctrl.Result{RequeueAfter: r.Resync}, nil // waits for a person
+	case apierrors.IsForbidden(err):
+		return r.forbidden(c, "Trust", err)
+	case errors.Is(err, errWaiting):
+		return ctrl.Result{RequeueAfter: r.TrustPoll}, nil
+	case err != nil:
+		return ctrl.Result{}, err
+	}
+	return ctrl.Result{RequeueAfter: r.TrustPoll}, nil // CNPG's status changes do not wake us
+}
+
 func (r *ClusterReconciler) waitForCA(c *cnpgv1.Cluster, err error) (ctrl.Result, error) {
+	if apierrors.IsForbidden(err) {
+		return r.forbidden(c, "Register", err)
+	}
 	r.warned.warn(r.Recorder, c, ReasonServerCAMissing, "Register", "waiting for the server CA: %v", err)
 	return ctrl.Result{RequeueAfter: r.Retry}, nil
+}
+
+// forbidden reports a Secret read Kubernetes refused (403): the
+// controller's RBAC must change, which wakes nothing, so look again at the
+// next resync rather than retrying.
+func (r *ClusterReconciler) forbidden(c *cnpgv1.Cluster, action string, err error) (ctrl.Result, error) {
+	r.warned.warn(r.Recorder, c, ReasonSecretForbidden, action,
+		"the controller may not read a Secret it needs (grant it get on Secrets in %s; next look in %s): %v", c.Namespace, r.Resync, err)
+	return ctrl.Result{RequeueAfter: r.Resync}, nil
 }
 
 func (r *ClusterReconciler) now() time.Time {
@@ -254,19 +286,35 @@ func (r *ClusterReconciler) delete(ctx context.Context, c *cnpgv1.Cluster, d typ
 	return nil
 }
 
-// onlyConflicts reports whether every joined error is a name conflict.
-func onlyConflicts(err error) bool {
+// errRefused marks an answer of Teleport that retrying does not change.
+var errRefused = errors.New("refused by Teleport")
+
+// refusedError is a refused call's error: errRefused, and still the trace
+// kind of Teleport's answer.
+type refusedError struct{ err error }
+
+func (e refusedError) Error() string        { return "teleport (refused): " + e.err.Error() }
+func (e refusedError) Unwrap() error        { return e.err }
+func (e refusedError) Is(target error) bool { return target == errRefused }
+
+// waitsForAPerson reports whether every joined error is a name conflict or
+// a refusal by Teleport: nothing a retry can fix.
+func waitsForAPerson(err error) bool {
 	var joined interface{ Unwrap() []error }
 	if errors.As(err, &joined) {
 		for _, e := range joined.Unwrap() {
-			if e != nil && !onlyConflicts(e) {
+			if e != nil && !waitsForAPerson(e) {
 				return false
 			}
 		}
 		return true
 	}
-	return errors.Is(err, errConflict)
+	return errors.Is(err, errConflict) || errors.Is(err, errRefused)
 }
+
+// refused reports a Teleport answer retrying cannot change: BadParameter
+// (the resource is invalid) or AccessDenied (the controller's role).
+func refused(err error) bool { return trace.IsBadParameter(err) || trace.IsAccessDenied(err) }
 
 // conflict reports a name held by a db resource this Cluster does not own:
 // nothing is touched, and retrying would not help until a person acts.
@@ -276,8 +324,14 @@ func (r *ClusterReconciler) conflict(c *cnpgv1.Cluster, name, why string) error 
 	return fmt.Errorf("teleport db %s: %w", name, errConflict)
 }
 
-// unavailable reports a failed Teleport call; the error is returned for a retry with backoff.
+// unavailable reports a failed Teleport call; the error is returned for a
+// retry with backoff, or, refused, marked errRefused for a look at the next resync.
 func (r *ClusterReconciler) unavailable(c *cnpgv1.Cluster, action string, err error) error {
+	if refused(err) {
+		r.warned.warn(r.Recorder, c, ReasonTeleportRefused, action,
+			"Teleport refused the call, retrying will not help (check the controller's Teleport role; next look in %s): %v", r.Resync, err)
+		return refusedError{err}
+	}
 	r.warned.warn(r.Recorder, c, ReasonTeleportUnavailable, action, "Teleport call failed, retrying: %v", err)
 	return fmt.Errorf("teleport: %w", err)
 }
@@ -286,13 +340,24 @@ func (r *ClusterReconciler) unavailable(c *cnpgv1.Cluster, action string, err er
 // the trust step (an opted-out Cluster: Teleport stops offering the db before
 // PostgreSQL stops trusting it), then drops the finalizer.
 func (r *ClusterReconciler) finalize(ctx context.Context, c *cnpgv1.Cluster) error {
+	keep, err := keepOnDelete(c)
+	if err != nil {
+		// Guessing either way could lose the db resources or keep them against
+		// the user's will: wait for the annotation to be fixed (its edit wakes us).
+		r.warned.warn(r.Recorder, c, ReasonInvalidAnnotation, "Deregister",
+			"deregistration waits: %v; fix it, or remove the finalizer %s by hand (orphan collection then deletes the db resources not labelled kept)", err, Finalizer)
+		return reconcile.TerminalError(err)
+	}
 	all, err := r.Teleport.ListDatabases(ctx)
+	if err != nil && refused(err) {
+		return r.unavailable(c, "Deregister", err)
+	}
 	if err != nil {
 		r.warned.warn(r.Recorder, c, ReasonTeleportUnavailable, "Deregister",
 			"deregistration waits for Teleport (%v); to give up, remove the finalizer %s by hand (orphan collection deletes the db resources later)", err, Finalizer)
 		return fmt.Errorf("teleport: %w", err)
 	}
-	if err := r.release(ctx, c, all); err != nil {
+	if err := r.release(ctx, c, keep, all); err != nil {
 		return err
 	}
 	if err := r.untrust(ctx, c); err != nil {
@@ -307,12 +372,23 @@ func (r *ClusterReconciler) finalize(ctx context.Context, c *cnpgv1.Cluster) err
 // release deletes the Cluster's own db resources or, with keep, makes sure
 // each carries the keep label before the finalizer goes: orphan collection
 // reads that label, not the annotation of a Cluster that no longer exists.
-func (r *ClusterReconciler) release(ctx context.Context, c *cnpgv1.Cluster, all []types.Database) error {
-	keep := KeepOnDelete(c)
-	var errs []error
+// Besides those in all (a list that may trail Teleport's writes), it
+// handles those this process wrote for the Cluster within the read lag.
+func (r *ClusterReconciler) release(ctx context.Context, c *cnpgv1.Cluster, keep bool, all []types.Database) error {
+	listed := map[string]bool{}
+	var own []types.Database
 	for _, db := range all {
+		if OwnedByCluster(db, r.Options, c) {
+			listed[db.GetName()] = true
+			own = append(own, db)
+		}
+	}
+	own = append(own, r.recent.since(r.now(), readLag, func(db types.Database) bool {
+		return OwnedByCluster(db, r.Options, c) && !listed[db.GetName()]
+	})...)
+	var errs []error
+	for _, db := range own {
 		switch {
-		case !OwnedByCluster(db, r.Options, c):
 		case !keep:
 			errs = append(errs, r.delete(ctx, c, db))
 		case !Kept(db):
@@ -320,7 +396,7 @@ func (r *ClusterReconciler) release(ctx context.Context, c *cnpgv1.Cluster, all 
 			labels := kept.GetStaticLabels()
 			labels[LabelKeep] = "true"
 			kept.SetStaticLabels(labels)
-			if err := r.Teleport.UpdateDatabase(ctx, kept); err != nil {
+			if err := r.Teleport.UpdateDatabase(ctx, kept); err != nil && !trace.IsNotFound(err) {
 				errs = append(errs, r.unavailable(c, "Deregister", err))
 			}
 		}

@@ -150,6 +150,19 @@ func OptedIn(c *cnpgv1.Cluster) bool { return c.Annotations[AnnotationRegister] 
 // KeepOnDelete reports whether the db resources stay in Teleport when the Cluster goes.
 func KeepOnDelete(c *cnpgv1.Cluster) bool { return c.Annotations[AnnotationKeep] == "true" }
 
+// keepOnDelete is KeepOnDelete for the moment of deletion, when a value
+// that is neither "true" nor "false" must not be guessed at.
+func keepOnDelete(c *cnpgv1.Cluster) (bool, error) {
+	switch v, ok := c.Annotations[AnnotationKeep]; {
+	case !ok, v == "false":
+		return false, nil
+	case v == "true":
+		return true, nil
+	default:
+		return false, &InvalidAnnotationError{AnnotationKeep, v, `must be "true" or "false"`}
+	}
+}
+
 // ParseAnnotations reads every annotation and reports all problems together.
 func ParseAnnotations(o Options, c *cnpgv1.Cluster) (Spec, error) {
 	a := c.Annotations

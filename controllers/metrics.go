@@ -8,8 +8,6 @@ import (
 	"github.com/gravitational/trace"
 	"github.com/prometheus/client_golang/prometheus"
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
-
-	"github.com/cnpg-teleport/cnpg-teleport/teleport"
 )
 
 // Prometheus metrics, registered with controller-runtime's registry (served
@@ -26,7 +24,11 @@ var (
 	}, []string{"method"})
 	registered = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "cnpg_teleport_registered_databases",
-		Help: "Teleport db resources owned by this controller's Kubernetes cluster, as of the last orphan collection.",
+		Help: "Teleport db resources owned by this controller's Kubernetes cluster for Clusters in the watched namespaces, as of the last orphan collection.",
+	})
+	orphanPasses = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "cnpg_teleport_orphan_passes_total",
+		Help: "Orphan collection passes finished (with or without errors).",
 	})
 	identityConflicts = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "cnpg_teleport_kube_cluster_identity_conflicts",
@@ -39,13 +41,13 @@ var (
 )
 
 func init() {
-	metrics.Registry.MustRegister(teleportCalls, teleportLatency, registered, identityConflicts, riskyRoles)
+	metrics.Registry.MustRegister(teleportCalls, teleportLatency, registered, orphanPasses, identityConflicts, riskyRoles)
 }
 
 // Instrument wraps a Teleport client with call counters and latency histograms.
-func Instrument(c teleport.Client) teleport.Client { return instrumented{c} }
+func Instrument(c Teleport) Teleport { return instrumented{c} }
 
-type instrumented struct{ next teleport.Client }
+type instrumented struct{ next Teleport }
 
 func observe(method string, start time.Time, err error) {
 	teleportLatency.WithLabelValues(method).Observe(time.Since(start).Seconds())
@@ -67,11 +69,6 @@ func resultOf(err error) string {
 	default:
 		return "error"
 	}
-}
-
-func (i instrumented) Ping(ctx context.Context) (info teleport.ClusterInfo, err error) {
-	defer func(t time.Time) { observe("Ping", t, err) }(time.Now())
-	return i.next.Ping(ctx)
 }
 
 func (i instrumented) GetDatabase(ctx context.Context, name string) (db types.Database, err error) {

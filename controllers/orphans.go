@@ -4,28 +4,39 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	cnpgv1 "github.com/cloudnative-pg/cloudnative-pg/api/v1"
 	"github.com/gravitational/teleport/api/types"
 	"github.com/gravitational/trace"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	k8stypes "k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/log"
-
-	"github.com/cnpg-teleport/cnpg-teleport/teleport"
 )
 
 // OrphanCollector deletes the db resources this Kubernetes cluster's
 // controller created whose Cluster is gone (by UID) or no longer opted in:
 // the case of a finalizer removed by hand, or a Cluster deleted while the
 // controller was down. It runs at start and every Period.
+//
+// It lists once and deletes later, so before each delete it reads again,
+// uncached, what could have changed in between: the Cluster (re-created
+// under the same name and opted in, its db resources are the reconciler's to
+// take over; with keep, they stay) and the db resource itself (deleted only
+// while it is still the orphan's, by Cluster UID).
 type OrphanCollector struct {
-	Client   client.Reader // the manager's cache of Clusters
-	Teleport teleport.Client
-	Options  Options
-	Period   time.Duration
+	Client    client.Reader // the manager's cache of Clusters
+	APIReader client.Reader // uncached: a Cluster is read again before its db resources are deleted
+	Teleport  Teleport
+	Options   Options
+	Period    time.Duration
+	// Namespaces are the namespaces the controller watches (none: all). The
+	// Cluster of a db resource elsewhere is not this controller's to judge:
+	// it is never gone, and never counted or logged as an orphan.
+	Namespaces []string
 }
 
 // Start runs until ctx ends (a manager.Runnable; the cache is synced first).
@@ -47,7 +58,10 @@ func (o *OrphanCollector) Start(ctx context.Context) error {
 }
 
 // Collect makes one pass and returns how many db resources it deleted.
+// Every pass that ends, with or without errors, counts in
+// cnpg_teleport_orphan_passes_total.
 func (o *OrphanCollector) Collect(ctx context.Context) (int, error) {
+	defer orphanPasses.Inc()
 	dbs, err := o.Teleport.ListDatabases(ctx)
 	if err != nil {
 		return 0, err
@@ -59,20 +73,24 @@ func (o *OrphanCollector) Collect(ctx context.Context) (int, error) {
 	var errs []error
 	defer func() { registered.Set(float64(owned - deleted)) }()
 	for _, db := range dbs {
-		if !OwnedBy(db, o.Options) {
+		ns, name, uid, ok := ClusterRef(db)
+		if !OwnedBy(db, o.Options) || !ok || !o.watched(ns) {
 			continue
 		}
 		owned++
-		ns, name, uid, ok := ClusterRef(db)
-		if !ok || Legacy(db) { // a legacy one is adopted by its Cluster, never collected
+		if Kept(db) || Legacy(db) { // a legacy one is adopted by its Cluster, never collected
 			continue
 		}
-		orphan, err := o.orphaned(ctx, ns, name, uid)
+		// The cache first (cheap); only a candidate is read again, uncached.
+		orphan, err := o.orphaned(ctx, o.Client, db, ns, name, uid)
+		if err == nil && orphan {
+			orphan, err = o.stillOrphaned(ctx, db, ns, name, uid)
+		}
 		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		if !orphan || Kept(db) {
+		if !orphan {
 			continue
 		}
 		if err := o.Teleport.DeleteDatabase(ctx, db.GetName()); err != nil && !trace.IsNotFound(err) {
@@ -110,14 +128,75 @@ func identityCheck(dbs []types.Database, o Options) error {
 	return nil
 }
 
-func (o *OrphanCollector) orphaned(ctx context.Context, ns, name, uid string) (bool, error) {
+func (o *OrphanCollector) watched(ns string) bool {
+	return len(o.Namespaces) == 0 || slices.Contains(o.Namespaces, ns)
+}
+
+// stillOrphaned reads the Cluster uncached and the db resource from
+// Teleport again: a Cluster re-created since the cache was filled, or a db
+// resource taken over since the list, is not an orphan.
+func (o *OrphanCollector) stillOrphaned(ctx context.Context, db types.Database, ns, name, uid string) (bool, error) {
+	reader := o.APIReader
+	if reader == nil {
+		reader = o.Client
+	}
+	if orphan, err := o.orphaned(ctx, reader, db, ns, name, uid); err != nil || !orphan {
+		return false, err
+	}
+	cur, err := o.Teleport.GetDatabase(ctx, db.GetName())
+	if trace.IsNotFound(err) {
+		return false, nil // gone already
+	}
+	if err != nil {
+		return false, err
+	}
+	_, _, curUID, _ := ClusterRef(cur)
+	return OwnedBy(cur, o.Options) && curUID == uid && !Kept(cur), nil
+}
+
+// orphaned decides from the Cluster of the name (read through r) whether
+// the db resource of the Cluster UID uid is an orphan.
+func (o *OrphanCollector) orphaned(ctx context.Context, r client.Reader, db types.Database, ns, name, uid string) (bool, error) {
 	var c cnpgv1.Cluster
-	err := o.Client.Get(ctx, k8stypes.NamespacedName{Namespace: ns, Name: name}, &c)
+	err := r.Get(ctx, k8stypes.NamespacedName{Namespace: ns, Name: name}, &c)
 	if apierrors.IsNotFound(err) {
 		return true, nil
 	}
 	if err != nil {
 		return false, err
 	}
-	return string(c.UID) != uid || !OptedIn(&c), nil
+	return orphanOf(o.Options, &c, db, uid), nil
+}
+
+// orphanOf reports whether db, made for the Cluster UID uid, is an orphan
+// given the live Cluster c of the same namespace and name. An opted-in
+// Cluster keeps what it claims: its own, and, re-created under the name,
+// the db names it builds, which the reconciler takes over. A keep annotation
+// on the live Cluster is honoured even after it dropped register in the same
+// edit (the reconciler has not labelled its db resources kept yet), and any
+// keep value but "false" is not guessed at: the reconciler reports it.
+func orphanOf(o Options, c *cnpgv1.Cluster, db types.Database, uid string) bool {
+	if OptedIn(c) {
+		return string(c.UID) != uid && !claims(o, c, db)
+	}
+	if v, ok := c.Annotations[AnnotationKeep]; string(c.UID) == uid && ok && v != "false" {
+		return false
+	}
+	return true
+}
+
+// claims reports whether the opted-in Cluster c builds the name of db (for
+// its endpoint or Pooler), so its reconciler takes db over. A Cluster with
+// annotations that do not parse claims everything until they are fixed.
+func claims(o Options, c *cnpgv1.Cluster, db types.Database) bool {
+	spec, err := ParseAnnotations(o, c)
+	if err != nil {
+		return true
+	}
+	l := db.GetStaticLabels()
+	ep := l[LabelEndpoint]
+	if p := l[LabelPooler]; p != "" {
+		ep = PoolerEndpoint(c, &cnpgv1.Pooler{ObjectMeta: metav1.ObjectMeta{Name: p}})
+	}
+	return ep != "" && spec.dbName(ep) == db.GetName()
 }

@@ -56,3 +56,16 @@ func (w *recentWrites) same(db types.Database, now time.Time, lag time.Duration)
 	e, ok := w.m[db.GetName()]
 	return ok && now.Sub(e.at) < lag && !NeedsUpdate(db, e.was)
 }
+
+// since returns copies of what was written less than lag ago and matches.
+func (w *recentWrites) since(now time.Time, lag time.Duration, match func(types.Database) bool) []types.Database {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var out []types.Database
+	for _, e := range w.m {
+		if now.Sub(e.at) < lag && match(e.was) {
+			out = append(out, e.was.Copy())
+		}
+	}
+	return out
+}

@@ -4,21 +4,41 @@ import (
 	"context"
 	"time"
 
+	"github.com/gravitational/teleport/api/types"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 
 	"github.com/cnpg-teleport/cnpg-teleport/teleport"
 )
 
+var _ Teleport = (*teleport.APIClient)(nil)
+
+// Teleport is the part of the Teleport API the controller calls, and no
+// more: teleport.APIClient has it, teleporttest.Fake plays it in tests.
+// Errors keep their trace kind (trace.IsNotFound, IsAlreadyExists,
+// IsAccessDenied, IsBadParameter).
+type Teleport interface {
+	GetDatabase(ctx context.Context, name string) (types.Database, error)
+	ListDatabases(ctx context.Context) ([]types.Database, error)
+	CreateDatabase(ctx context.Context, db types.Database) error
+	UpdateDatabase(ctx context.Context, db types.Database) error
+	DeleteDatabase(ctx context.Context, name string) error
+	DatabaseClientCAs(ctx context.Context) ([][]byte, error)
+	ListRoles(ctx context.Context) ([]types.Role, error)
+}
+
 // Config is everything the controller needs besides the manager.
 type Config struct {
-	Teleport teleport.Client
+	Teleport Teleport
 	Options  Options
 	// Resync is how often registrations are compared with Teleport and
 	// orphans collected (default 10 min).
 	Resync time.Duration
 	// Retry is the wait for a missing dependency such as the server CA (default 30 s).
 	Retry time.Duration
+	// Namespaces are the namespaces the manager's cache watches (none: all);
+	// the orphan collector leaves db resources of other namespaces alone.
+	Namespaces []string
 }
 
 // Setup adds the Cluster controller and the orphan collector to mgr.
@@ -45,7 +65,10 @@ func Setup(ctx context.Context, mgr ctrl.Manager, cfg Config) error {
 	if err := r.SetupWithManager(ctx, mgr); err != nil {
 		return err
 	}
-	if err := mgr.Add(&OrphanCollector{Client: mgr.GetClient(), Teleport: cfg.Teleport, Options: cfg.Options, Period: cfg.Resync}); err != nil {
+	if err := mgr.Add(&OrphanCollector{
+		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Teleport: cfg.Teleport, Options: cfg.Options,
+		Period: cfg.Resync, Namespaces: cfg.Namespaces,
+	}); err != nil {
 		return err
 	}
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {

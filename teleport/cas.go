@@ -10,21 +10,22 @@ import (
 	"github.com/gravitational/trace"
 )
 
-// caGetter is the part of the Teleport API that reads a certificate
-// authority. Both the API client and Fake have it, so databaseClientCAs, the
-// one place that chooses the CA, is shared and tested once.
-type caGetter interface {
+// CAGetter is the part of the Teleport API that reads a certificate
+// authority. Both the API client and the test fake (teleporttest.Fake) have
+// it, so DatabaseClientCAsFrom, the one place that chooses the CA, is shared
+// and tested once.
+type CAGetter interface {
 	GetCertAuthority(ctx context.Context, id types.CertAuthID, loadKeys bool) (types.CertAuthority, error)
 }
 
-// databaseClientCAs asks for the db_client CA (Teleport >= 15 signs the
+// DatabaseClientCAsFrom asks for the db_client CA (Teleport >= 15 signs the
 // database agent's client certificates with it) and falls back to the db CA
 // when the server does not have one: NotFound, or BadParameter
 // `"db_client" authority type is not supported` from Teleport <= 14. Errors are
 // classified by kind, never by text; any other error (AccessDenied, a lost
 // connection) is returned, since guessing the db CA then would make PostgreSQL
 // trust the wrong authority. Keys are never asked for.
-func databaseClientCAs(ctx context.Context, g caGetter, clusterName string) ([][]byte, error) {
+func DatabaseClientCAsFrom(ctx context.Context, g CAGetter, clusterName string) ([][]byte, error) {
 	if clusterName == "" {
 		return nil, trace.BadParameter("teleport: reading the database client CA: no cluster name")
 	}

@@ -171,7 +171,7 @@ func TestDatabaseClientCAs(t *testing.T) {
 			if tt.cluster == "-" {
 				cluster = ""
 			}
-			got, err := databaseClientCAs(context.Background(), g, cluster)
+			got, err := DatabaseClientCAsFrom(context.Background(), g, cluster)
 			switch {
 			case tt.wantErr != nil && !tt.wantErr(err):
 				t.Fatalf("error = %v, wrong kind", err)
@@ -224,7 +224,7 @@ func TestDatabaseClientCAsOutputIsACopy(t *testing.T) {
 	c := cert(t, "db_client")
 	kp := &types.TLSKeyPair{Cert: slices.Clone(c)}
 	g := &stubGetter{cas: map[types.CertAuthType]stubCA{types.DatabaseClientCA: {active: []*types.TLSKeyPair{kp}}}}
-	got, err := databaseClientCAs(context.Background(), g, "example.teleport")
+	got, err := DatabaseClientCAsFrom(context.Background(), g, "example.teleport")
 	if err != nil {
 		t.Fatal(err)
 	}

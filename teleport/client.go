@@ -1,7 +1,7 @@
 // Package teleport is the controller's view of the Teleport API: a small
-// interface owned by the controller, its implementation over
-// github.com/gravitational/teleport/api, and a fake with Teleport's semantics
-// for table tests.
+// interface, and its implementation over github.com/gravitational/teleport/api.
+// The fake with Teleport's semantics, for tests, is teleport/teleporttest
+// (never compiled into the binary).
 package teleport
 
 import (
@@ -24,8 +24,9 @@ import (
 	"google.golang.org/protobuf/types/known/emptypb"
 )
 
-// Client is what the controller needs from Teleport, and nothing more, so the
-// controller can be tested against Fake and the API version can change behind it.
+// Client is the Teleport API of this module (the controller depends only on
+// the calls it makes, controllers.Teleport; tests and tools also Ping), so
+// code can be tested against teleporttest.Fake and the API version can change behind it.
 // Errors keep their trace kind: classify them with trace.IsNotFound,
 // trace.IsAlreadyExists, trace.IsAccessDenied, trace.IsBadParameter, never by text.
 type Client interface {
@@ -62,10 +63,7 @@ type ClusterInfo struct {
 	ServerVersion string
 }
 
-var (
-	_ Client = (*APIClient)(nil)
-	_ Client = (*Fake)(nil)
-)
+var _ Client = (*APIClient)(nil)
 
 // Config selects the Teleport address and the controller's identity.
 // There is deliberately no option to weaken TLS: the identity carries the
@@ -273,7 +271,7 @@ func (c *APIClient) DatabaseClientCAs(ctx context.Context) ([][]byte, error) {
 		}
 		name = info.Name
 	}
-	return databaseClientCAs(ctx, c.api, name)
+	return DatabaseClientCAsFrom(ctx, c.api, name)
 }
 
 // nameOf names db for error messages, without panicking on a nil one.

@@ -10,8 +10,6 @@ import (
 	"math/big"
 	"testing"
 	"time"
-
-	"github.com/gravitational/teleport/api/types"
 )
 
 // newCert returns a fresh self-signed CA certificate (PEM) and its private
@@ -71,15 +69,4 @@ func commonNames(t *testing.T, certs [][]byte) []string {
 		out = append(out, commonName(t, c))
 	}
 	return out
-}
-
-// newDB builds a valid postgres db resource.
-func newDB(t *testing.T, name string, labels map[string]string) *types.DatabaseV3 {
-	t.Helper()
-	d, err := types.NewDatabaseV3(types.Metadata{Name: name, Labels: labels},
-		types.DatabaseSpecV3{Protocol: "postgres", URI: name + "-rw.ns.svc.cluster.local:5432"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return d
 }

@@ -207,6 +207,6 @@ func run(ctx context.Context, f flags) error {
 		return err
 	}
 	return controllers.Run(ctx, mgr, controllers.Config{
-		Teleport: controllers.Instrument(tc), Options: opts, Resync: f.resync,
+		Teleport: controllers.Instrument(tc), Options: opts, Resync: f.resync, Namespaces: watched,
 	})
 }

@@ -1,4 +1,4 @@
-package teleport
+package teleporttest
 
 import (
 	"context"
@@ -10,6 +10,8 @@ import (
 
 	"github.com/gravitational/teleport/api/types"
 	"github.com/gravitational/trace"
+
+	"github.com/cnpg-teleport/cnpg-teleport/teleport"
 )
 
 // step is one call on a Fake and the error kind it must give (nil: success).
@@ -418,6 +420,24 @@ func TestFakeFaults(t *testing.T) {
 			t.Fatalf("stored %v", got)
 		}
 	})
+	t.Run("after hook acts between two calls", func(t *testing.T) {
+		f := newFake()
+		f.SetAfterHook(func(c Call) {
+			if c.Method == "ListDatabases" && c.Err == nil {
+				f.SetAfterHook(nil)
+				if err := f.DeleteDatabase(ctx, "a"); err != nil {
+					t.Errorf("delete from the hook: %v", err)
+				}
+			}
+		})
+		listed, err := f.ListDatabases(ctx)
+		if err != nil || len(listed) != 1 {
+			t.Fatalf("list = %v, %v; want a", listed, err)
+		}
+		if err := f.DeleteDatabase(ctx, "a"); !trace.IsNotFound(err) {
+			t.Fatalf("delete after the hook's: %v, want NotFound", err)
+		}
+	})
 	t.Run("cancelled context", func(t *testing.T) {
 		f := newFake()
 		cctx, cancel := context.WithCancel(ctx)
@@ -500,11 +520,11 @@ func TestFakeCAs(t *testing.T) {
 func TestFakePing(t *testing.T) {
 	for _, tt := range []struct {
 		cfg  FakeConfig
-		want ClusterInfo
+		want teleport.ClusterInfo
 	}{
-		{FakeConfig{}, ClusterInfo{Name: "fake.teleport", ServerVersion: "14.0.0"}},
-		{FakeConfig{SupportsDBClientCA: true}, ClusterInfo{Name: "fake.teleport", ServerVersion: "15.0.0"}},
-		{FakeConfig{ClusterName: "c", ServerVersion: "13.3.8"}, ClusterInfo{Name: "c", ServerVersion: "13.3.8"}},
+		{FakeConfig{}, teleport.ClusterInfo{Name: "fake.teleport", ServerVersion: "14.0.0"}},
+		{FakeConfig{SupportsDBClientCA: true}, teleport.ClusterInfo{Name: "fake.teleport", ServerVersion: "15.0.0"}},
+		{FakeConfig{ClusterName: "c", ServerVersion: "13.3.8"}, teleport.ClusterInfo{Name: "c", ServerVersion: "13.3.8"}},
 	} {
 		got, err := NewFake(tt.cfg).Ping(context.Background())
 		if err != nil || got != tt.want {

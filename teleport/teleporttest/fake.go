@@ -1,4 +1,7 @@
-package teleport
+// Package teleporttest holds Fake, an in-memory teleport.Client with
+// Teleport's semantics for tests. It is a package of its own so the fake is
+// never compiled into the controller binary.
+package teleporttest
 
 import (
 	"context"
@@ -9,7 +12,11 @@ import (
 
 	"github.com/gravitational/teleport/api/types"
 	"github.com/gravitational/trace"
+
+	"github.com/cnpg-teleport/cnpg-teleport/teleport"
 )
+
+var _ teleport.Client = (*Fake)(nil)
 
 // Fake is an in-memory Client with Teleport's semantics, for the controller's
 // table tests: the error kinds a real auth server returns (NotFound,
@@ -36,6 +43,7 @@ type Fake struct {
 	unavailable error
 	methodErrs  map[string]error
 	hook        func(Call) error
+	after       func(Call)
 
 	creates, updates, deletes int
 	calls                     []Call
@@ -182,6 +190,16 @@ func (f *Fake) SetHook(fn func(Call) error) {
 	f.hook = fn
 }
 
+// SetAfterHook runs fn after every call, with its result, once the call is
+// done and the Fake unlocked: a test can act between two calls of the code
+// under test (say, between its List and its Delete) without sleeping. fn may
+// call the Fake (those calls run the after hook too). nil removes it.
+func (f *Fake) SetAfterHook(fn func(Call)) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.after = fn
+}
+
 // SetCACerts replaces the certificates of the db or db_client CA, e.g. to
 // play a rotation: the first is active, the rest additional trusted.
 func (f *Fake) SetCACerts(caType types.CertAuthType, certs [][]byte) {
@@ -211,12 +229,12 @@ func (f *Fake) Calls() []Call {
 }
 
 // Ping reports the configured cluster name and version.
-func (f *Fake) Ping(ctx context.Context) (info ClusterInfo, err error) {
+func (f *Fake) Ping(ctx context.Context) (info teleport.ClusterInfo, err error) {
 	defer f.record("Ping", "", &err)
 	if err := f.guard(ctx, "Ping", ""); err != nil {
-		return ClusterInfo{}, err
+		return teleport.ClusterInfo{}, err
 	}
-	return ClusterInfo{Name: f.cfg.ClusterName, ServerVersion: f.cfg.ServerVersion}, nil
+	return teleport.ClusterInfo{Name: f.cfg.ClusterName, ServerVersion: f.cfg.ServerVersion}, nil
 }
 
 // GetDatabase returns a copy of name as the (possibly lagging) read view has it.
@@ -338,7 +356,7 @@ func (f *Fake) DatabaseClientCAs(ctx context.Context) (certs [][]byte, err error
 	if err := f.guard(ctx, "DatabaseClientCAs", ""); err != nil {
 		return nil, err
 	}
-	return databaseClientCAs(ctx, f, f.cfg.ClusterName)
+	return teleport.DatabaseClientCAsFrom(ctx, f, f.cfg.ClusterName)
 }
 
 // SetRoles sets the Teleport roles ListRoles returns (shared, not copied:
@@ -414,11 +432,17 @@ func (f *Fake) guard(ctx context.Context, method, name string) error {
 	return nil
 }
 
-// record appends a call with its result to the log; deferred by every call.
+// record appends a call with its result to the log, then runs the after
+// hook; deferred by every call (it runs after the call has unlocked f.mu).
 func (f *Fake) record(method, name string, err *error) {
+	c := Call{Method: method, Name: name, Err: *err}
 	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.calls = append(f.calls, Call{Method: method, Name: name, Err: *err})
+	f.calls = append(f.calls, c)
+	after := f.after
+	f.mu.Unlock()
+	if after != nil {
+		after(c)
+	}
 }
 
 // checkedCopy copies db and runs CheckAndSetDefaults on the copy, as the
@@ -479,4 +503,12 @@ func (f *Fake) allowed(db *types.DatabaseV3) bool {
 		}
 	}
 	return true
+}
+
+// nameOf names db for call records, without panicking on a nil one.
+func nameOf(db types.Database) string {
+	if v3, ok := db.(*types.DatabaseV3); db == nil || (ok && v3 == nil) {
+		return ""
+	}
+	return db.GetName()
 }

@@ -1,0 +1,681 @@
+package controllers
+
+// envtest-level tests: a real kube-apiserver and etcd serving the real CNPG
+// and cert-manager CRDs of the pinned modules, a real manager running the
+// ClusterReconciler and the OrphanCollector (Setup), and the Teleport fake.
+// CNPG's operator does not run: the test plays its part where the controller
+// waits on it (the <cluster>-ca Secret, and the status reporting the client
+// CA it runs). Every wait polls an observable (the fake's state, Events, the
+// orphan-pass metric), bounded.
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"math/big"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
+	cnpgv1 "github.com/cloudnative-pg/cloudnative-pg/api/v1"
+	"github.com/go-logr/logr"
+	"github.com/gravitational/teleport/api/types"
+	"github.com/gravitational/trace"
+	dto "github.com/prometheus/client_model/go"
+	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
+	k8stypes "k8s.io/apimachinery/pkg/types"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/config"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	"github.com/cnpg-teleport/cnpg-teleport/teleport/teleporttest"
+	"github.com/cnpg-teleport/cnpg-teleport/test/world"
+)
+
+// The apiserver is shared by the package's envtest tests (started on first
+// use, stopped by TestMain); each test has its own namespaces and manager.
+var (
+	envOnce sync.Once
+	env     *envtest.Environment
+	envCfg  *rest.Config
+	envErr  error
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if env != nil {
+		if err := env.Stop(); err != nil {
+			fmt.Fprintln(os.Stderr, "envtest stop:", err)
+		}
+	}
+	os.Exit(code)
+}
+
+func envScheme() *runtime.Scheme {
+	s := runtime.NewScheme()
+	for _, add := range []func(*runtime.Scheme) error{clientgoscheme.AddToScheme, cnpgv1.AddToScheme, cmapi.AddToScheme} {
+		if err := add(s); err != nil {
+			panic(err)
+		}
+	}
+	return s
+}
+
+// startEnv returns the shared apiserver's config. Its binaries come from
+// KUBE_APISERVER_DIR and ETCD_DIR (make test and make race set them):
+// missing, the test fails saying so rather than skipping unseen.
+func startEnv(t *testing.T) *rest.Config {
+	t.Helper()
+	envOnce.Do(func() {
+		apiDir, etcdDir := os.Getenv("KUBE_APISERVER_DIR"), os.Getenv("ETCD_DIR")
+		if apiDir == "" || etcdDir == "" {
+			envErr = errors.New("envtest needs KUBE_APISERVER_DIR and ETCD_DIR (the directories of kube-apiserver and etcd): " +
+				"run `make test` or `make race`, or set them to the output of `hack/tools.sh kube-apiserver` and `hack/tools.sh etcd`")
+			return
+		}
+		dirs, err := world.CRDDirs()
+		if err != nil {
+			envErr = err
+			return
+		}
+		ctrllog.SetLogger(logr.Discard())
+		env = &envtest.Environment{
+			ControlPlane: envtest.ControlPlane{
+				APIServer: &envtest.APIServer{Path: filepath.Join(apiDir, "kube-apiserver")},
+				Etcd:      &envtest.Etcd{Path: filepath.Join(etcdDir, "etcd")},
+			},
+			CRDDirectoryPaths:        dirs,
+			ErrorIfCRDPathMissing:    true,
+			ControlPlaneStartTimeout: 90 * time.Second,
+			Scheme:                   envScheme(),
+		}
+		envCfg, envErr = env.Start()
+	})
+	if envErr != nil {
+		t.Fatalf("envtest: %v", envErr)
+	}
+	return envCfg
+}
+
+// bed is one test's world: its namespace(s), a direct client, the fake
+// Teleport, and a running manager.
+type bed struct {
+	t  *testing.T
+	c  client.Client // direct, uncached
+	ns string
+	f  *teleporttest.Fake
+}
+
+// bedOptions tune a bed.
+type bedOptions struct {
+	// resync is the manager's resync and orphan period (default 2 s).
+	resync time.Duration
+	// unwatched are extra namespaces made but not watched by the manager.
+	unwatched int
+}
+
+var nsSeq int
+
+func newBed(t *testing.T, o bedOptions) (*bed, []string) {
+	t.Helper()
+	cfg := startEnv(t)
+	if o.resync == 0 {
+		o.resync = 2 * time.Second
+	}
+	c, err := client.New(cfg, client.Options{Scheme: envScheme()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var namespaces []string
+	for range o.unwatched + 1 {
+		nsSeq++
+		ns := fmt.Sprintf("%s-%d", strings.ToLower(strings.ReplaceAll(t.Name(), "/", "-")), nsSeq)
+		ns = strings.Trim(ns[max(len(ns)-60, 0):], "-")
+		if err := c.Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
+			t.Fatal(err)
+		}
+		namespaces = append(namespaces, ns)
+	}
+	b := &bed{t: t, c: c, ns: namespaces[0],
+		f: teleporttest.NewFake(teleporttest.FakeConfig{
+			AllowedLabels: map[string]string{LabelManagedBy: ManagedByValue},
+			DBCACerts:     [][]byte{testCA(t, "teleport-db")},
+		})}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
+		Scheme: envScheme(),
+		Cache: cache.Options{
+			DefaultNamespaces: map[string]cache.Config{b.ns: {}},
+			ByObject: map[client.Object]cache.ByObject{ // as cmd/cnpg-teleport
+				&cnpgv1.DatabaseRole{}: {Label: labels.SelectorFromSet(labels.Set{LabelManagedBy: ManagedByValue})},
+			},
+		},
+		Metrics:                metricsserver.Options{BindAddress: "0"},
+		HealthProbeBindAddress: "0",
+		Controller:             config.Controller{SkipNameValidation: ptr(true)}, // a manager per test
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := Setup(ctx, mgr, Config{Teleport: b.f, Options: opts, Resync: o.resync, Retry: time.Second, Namespaces: []string{b.ns}}); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- mgr.Start(ctx) }()
+	go b.playCNPG(ctx)
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("manager: %v", err)
+		}
+	})
+	return b, namespaces
+}
+
+// eventually polls cond every 50 ms until it holds, failing the test after
+// 30 s with cond's last report.
+func (b *bed) eventually(what string, cond func() (bool, string)) {
+	b.t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ok, last := cond()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			b.t.Fatalf("timed out waiting for %s (last seen: %s)", what, last)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// playCNPG does what CNPG's operator would for the controller to go on: it
+// reports in the status the client CA Secret the spec names (or CNPG's
+// own <cluster>-ca) and that Secret's resourceVersion, once it exists.
+func (b *bed) playCNPG(ctx context.Context) {
+	for ctx.Err() == nil {
+		var list cnpgv1.ClusterList
+		if err := b.c.List(ctx, &list, client.InNamespace(b.ns)); err == nil {
+			for i := range list.Items {
+				b.reportClientCA(ctx, &list.Items[i])
+			}
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func (b *bed) reportClientCA(ctx context.Context, c *cnpgv1.Cluster) {
+	name := c.Name + "-ca"
+	if c.Spec.Certificates != nil && c.Spec.Certificates.ClientCASecret != "" {
+		name = c.Spec.Certificates.ClientCASecret
+	}
+	var s corev1.Secret
+	if err := b.c.Get(ctx, client.ObjectKey{Namespace: c.Namespace, Name: name}, &s); err != nil {
+		return
+	}
+	st := &c.Status
+	if st.Certificates.ClientCASecret == name && st.SecretsResourceVersion.ClientCASecretVersion == s.ResourceVersion {
+		return
+	}
+	patch := client.MergeFrom(c.DeepCopy())
+	st.Certificates.ClientCASecret, st.SecretsResourceVersion.ClientCASecretVersion = name, s.ResourceVersion
+	_ = b.c.Status().Patch(ctx, c, patch) // a conflict or a deleted Cluster: the next round
+}
+
+// cnpgCA is a CA as CNPG makes it: a certificate and its EC PRIVATE KEY.
+func cnpgCA(t *testing.T, cn string, key *ecdsa.PrivateKey) (crt, keyPEM []byte) {
+	t.Helper()
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: cn}, IsCA: true,
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour), BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder})
+}
+
+// newCluster creates a Cluster of instances with CNPG's <name>-ca (server
+// and client CA in CNPG's default), and returns it and its CA certificate.
+func (b *bed) newCluster(name string, instances int, ann map[string]string) (*cnpgv1.Cluster, []byte) {
+	b.t.Helper()
+	ctx := context.Background()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	crt := b.writeCA(name, "", key)
+	c := &cnpgv1.Cluster{
+		ObjectMeta: metav1.ObjectMeta{Namespace: b.ns, Name: name, Annotations: ann},
+		Spec:       cnpgv1.ClusterSpec{Instances: instances, StorageConfiguration: cnpgv1.StorageConfiguration{Size: "1Gi"}},
+	}
+	if err := b.c.Create(ctx, c); err != nil {
+		b.t.Fatal(err)
+	}
+	return c, crt
+}
+
+// writeCA creates or renews (same key, as CNPG renews) <name>-ca.
+func (b *bed) writeCA(name, cn string, key *ecdsa.PrivateKey) []byte {
+	b.t.Helper()
+	ctx := context.Background()
+	if cn == "" {
+		cn = name
+	}
+	crt, k := cnpgCA(b.t, cn, key)
+	s := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: b.ns, Name: name + "-ca"}}
+	_, err := ctrl.CreateOrUpdate(ctx, b.c, s, func() error {
+		s.Data = map[string][]byte{"ca.crt": crt, "ca.key": k}
+		return nil
+	})
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	return crt
+}
+
+// caKey reads the key of <name>-ca back, to renew it with the same key.
+func (b *bed) caKey(name string) *ecdsa.PrivateKey {
+	b.t.Helper()
+	var s corev1.Secret
+	if err := b.c.Get(context.Background(), client.ObjectKey{Namespace: b.ns, Name: name + "-ca"}, &s); err != nil {
+		b.t.Fatal(err)
+	}
+	blk, _ := pem.Decode(s.Data["ca.key"])
+	key, err := x509.ParseECPrivateKey(blk.Bytes)
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	return key
+}
+
+// stored reports the fake's authoritative db names of the Cluster (any UID).
+func (b *bed) stored(cluster string) []string {
+	var out []string
+	for _, n := range b.f.StoredNames() {
+		if db, ok := b.f.Stored(n); ok && db.GetStaticLabels()[LabelNamespace] == b.ns && db.GetStaticLabels()[LabelCluster] == cluster {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+func (b *bed) waitDBs(cluster string, want ...string) {
+	b.t.Helper()
+	slices.Sort(want)
+	b.eventually(fmt.Sprintf("db resources %v of %s", want, cluster), func() (bool, string) {
+		got := b.stored(cluster)
+		return slices.Equal(got, want), fmt.Sprint(got)
+	})
+}
+
+// event waits for an Event of reason on the object name whose note contains part.
+func (b *bed) event(name, reason, part string) {
+	b.t.Helper()
+	b.eventually(fmt.Sprintf("Event %s %q on %s", reason, part, name), func() (bool, string) {
+		var list eventsv1.EventList
+		if err := b.c.List(context.Background(), &list, client.InNamespace(b.ns)); err != nil {
+			return false, err.Error()
+		}
+		var seen []string
+		for _, e := range list.Items {
+			if e.Regarding.Name == name && e.Reason == reason && strings.Contains(e.Note, part) {
+				return true, ""
+			}
+			seen = append(seen, e.Reason)
+		}
+		return false, fmt.Sprint(seen)
+	})
+}
+
+func (b *bed) get(name string) (*cnpgv1.Cluster, error) {
+	var c cnpgv1.Cluster
+	err := b.c.Get(context.Background(), client.ObjectKey{Namespace: b.ns, Name: name}, &c)
+	return &c, err
+}
+
+// patchCluster changes the Cluster with mutate, retrying on conflicts.
+func (b *bed) patchCluster(name string, mutate func(*cnpgv1.Cluster)) {
+	b.t.Helper()
+	b.eventually("a patch of "+name, func() (bool, string) {
+		c, err := b.get(name)
+		if err != nil {
+			return false, err.Error()
+		}
+		patch := client.MergeFromWithOptions(c.DeepCopy(), client.MergeFromWithOptimisticLock{})
+		mutate(c)
+		err = b.c.Patch(context.Background(), c, patch)
+		return err == nil, fmt.Sprint(err)
+	})
+}
+
+func (b *bed) waitGone(name string) {
+	b.t.Helper()
+	b.eventually(name+" gone", func() (bool, string) {
+		c, err := b.get(name)
+		if err == nil {
+			return false, fmt.Sprintf("finalizers %v", c.Finalizers)
+		}
+		return apierrors.IsNotFound(err), err.Error()
+	})
+}
+
+func orphanPassCount(t *testing.T) float64 {
+	t.Helper()
+	var m dto.Metric
+	if err := orphanPasses.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.GetCounter().GetValue()
+}
+
+// waitOrphanPasses waits until n more orphan passes have completed.
+func (b *bed) waitOrphanPasses(n int) {
+	b.t.Helper()
+	start := orphanPassCount(b.t)
+	b.eventually(fmt.Sprintf("%d orphan passes", n), func() (bool, string) {
+		got := orphanPassCount(b.t) - start
+		return got >= float64(n), fmt.Sprint(got)
+	})
+}
+
+func registerAnn() map[string]string { return map[string]string{AnnotationRegister: "true"} }
+
+// registered creates a Cluster and waits until its db resources are registered.
+func (b *bed) registered(name string, instances int, want ...string) (*cnpgv1.Cluster, []byte) {
+	b.t.Helper()
+	c, ca := b.newCluster(name, instances, registerAnn())
+	b.waitDBs(name, want...)
+	return c, ca
+}
+
+func dbName(ns, cluster, ep string) string {
+	return databaseName(defaultPrefix(opts.KubeCluster, ns, cluster), ep)
+}
+
+// TestEnvRegistration: CNPG's default <cluster>-ca server CA, the watches,
+// opt-out and deletion, through the real apiserver.
+func TestEnvRegistration(t *testing.T) {
+	b, _ := newBed(t, bedOptions{resync: time.Hour}) // no resync hides a missing watch
+	rw, ro := dbName(b.ns, "pg", "rw"), dbName(b.ns, "pg", "ro")
+	_, ca := b.registered("pg", 2, rw, ro)
+	for _, n := range []string{rw, ro} {
+		db, _ := b.f.Stored(n)
+		if db.GetTLS().CACert != string(ca) || db.GetTLS().Mode != types.DatabaseTLSMode_VERIFY_FULL {
+			t.Fatalf("%s: tls %+v, want verify-full against pg-ca's ca.crt", n, db.GetTLS())
+		}
+	}
+	b.event("pg", ReasonRegistered, "")
+	c, _ := b.get("pg")
+	if !slices.Contains(c.Finalizers, Finalizer) {
+		t.Fatalf("finalizers %v", c.Finalizers)
+	}
+
+	// CNPG renews pg-ca (same key): the Secret watch brings the new ca.crt.
+	renewed := b.writeCA("pg", "pg-renewed", b.caKey("pg"))
+	b.eventually("tls.ca_cert = the renewed pg-ca", func() (bool, string) {
+		db, _ := b.f.Stored(rw)
+		return db != nil && db.GetTLS().CACert == string(renewed), ""
+	})
+
+	// The annotation removed: deregistered, the finalizer gone, the spec the user's.
+	b.patchCluster("pg", func(c *cnpgv1.Cluster) { delete(c.Annotations, AnnotationRegister) })
+	b.waitDBs("pg")
+	b.eventually("finalizer removed", func() (bool, string) {
+		c, err := b.get("pg")
+		return err == nil && !slices.Contains(c.Finalizers, Finalizer) && c.Spec.Certificates == nil, fmt.Sprint(err, c.Finalizers)
+	})
+	b.event("pg", ReasonDeregistered, "") // one series per reason and action: the first note stays
+
+	// A deleted Cluster is deregistered, and its finalizer lets it go.
+	b.registered("one", 1, dbName(b.ns, "one", "rw"))
+	if err := b.c.Delete(context.Background(), &cnpgv1.Cluster{ObjectMeta: metav1.ObjectMeta{Namespace: b.ns, Name: "one"}}); err != nil {
+		t.Fatal(err)
+	}
+	b.waitGone("one")
+	b.waitDBs("one")
+}
+
+// TestEnvInvalidKeepAtDeletion: keep "True" is not guessed at: the deletion
+// waits with an InvalidAnnotation Warning, the finalizer and the db stay,
+// until the annotation is fixed.
+func TestEnvInvalidKeepAtDeletion(t *testing.T) {
+	b, _ := newBed(t, bedOptions{})
+	rw := dbName(b.ns, "pg", "rw")
+	b.registered("pg", 1, rw)
+	b.patchCluster("pg", func(c *cnpgv1.Cluster) { c.Annotations[AnnotationKeep] = "True" })
+	if err := b.c.Delete(context.Background(), &cnpgv1.Cluster{ObjectMeta: metav1.ObjectMeta{Namespace: b.ns, Name: "pg"}}); err != nil {
+		t.Fatal(err)
+	}
+	b.event("pg", ReasonInvalidAnnotation, "deregistration waits")
+	if c, err := b.get("pg"); err != nil || !slices.Contains(c.Finalizers, Finalizer) {
+		t.Fatalf("the Cluster went (%v) or lost its finalizer", err)
+	}
+	if got := b.stored("pg"); !slices.Equal(got, []string{rw}) {
+		t.Fatalf("db resources %v, want %s left as it was", got, rw)
+	}
+	b.patchCluster("pg", func(c *cnpgv1.Cluster) { c.Annotations[AnnotationKeep] = "false" })
+	b.waitGone("pg")
+	b.waitDBs("pg")
+}
+
+// TestEnvKeepAndOptOutInOneEdit: keep set and register dropped in one edit;
+// the reconciler's keep-label write is held until two orphan passes have run
+// on the edited Cluster: they must leave its db resources alone.
+func TestEnvKeepAndOptOutInOneEdit(t *testing.T) {
+	b, _ := newBed(t, bedOptions{resync: time.Second})
+	rw := dbName(b.ns, "pg", "rw")
+	b.registered("pg", 1, rw)
+	var once sync.Once
+	b.f.SetHook(func(c teleporttest.Call) error {
+		if c.Method == "UpdateDatabase" {
+			once.Do(func() {
+				start, deadline := orphanPassCount(t), time.Now().Add(30*time.Second)
+				for orphanPassCount(t) < start+2 {
+					if time.Now().After(deadline) {
+						t.Error("no two orphan passes in 30 s")
+						return
+					}
+					time.Sleep(50 * time.Millisecond)
+				}
+			})
+		}
+		return nil
+	})
+	b.patchCluster("pg", func(c *cnpgv1.Cluster) {
+		delete(c.Annotations, AnnotationRegister)
+		c.Annotations[AnnotationKeep] = "true"
+	})
+	b.event("pg", ReasonKept, "")
+	db, ok := b.f.Stored(rw)
+	if !ok || !Kept(db) {
+		t.Fatalf("%s: stored %v, kept label %v; want it kept", rw, ok, ok && Kept(db))
+	}
+}
+
+// TestEnvUnwatchedNamespace: a db resource whose Cluster is in a namespace
+// the controller does not watch is neither deleted nor counted.
+func TestEnvUnwatchedNamespace(t *testing.T) {
+	b, namespaces := newBed(t, bedOptions{resync: time.Second, unwatched: 1})
+	other := cluster(namespaces[1], "pg", 1, registerAnn())
+	dbs, err := DesiredDatabases(opts, other, testCA(t, "ca"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.f.Put(dbs[0]); err != nil {
+		t.Fatal(err)
+	}
+	b.waitOrphanPasses(2)
+	if _, ok := b.f.Stored(dbs[0].GetName()); !ok {
+		t.Fatal("the db resource of an unwatched namespace was deleted")
+	}
+	var m dto.Metric
+	if err := registered.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	if v := m.GetGauge().GetValue(); v != 0 {
+		t.Fatalf("cnpg_teleport_registered_databases = %v, want 0 (an unwatched namespace's db is not ours to count)", v)
+	}
+}
+
+// TestEnvDeleteWithinReadLag: a Cluster deleted right after registering,
+// while Teleport's reads do not show the new db resources yet, takes them
+// along in the same pass (the orphan collector does not run in this test).
+func TestEnvDeleteWithinReadLag(t *testing.T) {
+	b, _ := newBed(t, bedOptions{resync: time.Hour})
+	b.f.SetReadLag(2) // the rw and ro creates stay invisible to reads
+	rw, ro := dbName(b.ns, "pg", "rw"), dbName(b.ns, "pg", "ro")
+	b.registered("pg", 2, rw, ro)
+	if dbs, _ := b.f.ListDatabases(context.Background()); len(dbs) != 0 {
+		t.Fatalf("reads show %d db resources, want a stale, empty list", len(dbs))
+	}
+	if err := b.c.Delete(context.Background(), &cnpgv1.Cluster{ObjectMeta: metav1.ObjectMeta{Namespace: b.ns, Name: "pg"}}); err != nil {
+		t.Fatal(err)
+	}
+	b.waitGone("pg")
+	if got := b.stored("pg"); len(got) != 0 {
+		t.Fatalf("left in Teleport when the finalizer went: %v", got)
+	}
+}
+
+// afterList is a Teleport view that runs fn once after the first List.
+type afterList struct {
+	Teleport
+	once *sync.Once
+	fn   func()
+}
+
+func (a afterList) ListDatabases(ctx context.Context) ([]types.Database, error) {
+	dbs, err := a.Teleport.ListDatabases(ctx)
+	a.once.Do(a.fn)
+	return dbs, err
+}
+
+// TestEnvRecreatedClusterTakenOverDuringCollection: the escape hatch (the
+// finalizer stripped while Teleport is down), then the Cluster re-created
+// under its name and taken over by the reconciler between the collector's
+// List and its Delete: the collector must leave it.
+func TestEnvRecreatedClusterTakenOverDuringCollection(t *testing.T) {
+	ctx := context.Background()
+	b, _ := newBed(t, bedOptions{resync: time.Hour}) // only the test's own collection
+	rw := dbName(b.ns, "pg", "rw")
+	old, _ := b.registered("pg", 1, rw)
+
+	b.f.SetError("ListDatabases", trace.ConnectionProblem(errors.New("refused"), "teleport is down"))
+	if err := b.c.Delete(ctx, old); err != nil {
+		t.Fatal(err)
+	}
+	b.event("pg", ReasonTeleportUnavailable, "remove the finalizer")
+	b.patchCluster("pg", func(c *cnpgv1.Cluster) {
+		c.Finalizers = slices.DeleteFunc(c.Finalizers, func(f string) bool { return f == Finalizer })
+	})
+	b.waitGone("pg")
+	b.f.SetError("ListDatabases", nil)
+	b.collectGarbage(old.UID) // no kube-controller-manager here
+
+	var recreated *cnpgv1.Cluster
+	o := &OrphanCollector{Client: nil, APIReader: b.c, Options: opts, Namespaces: []string{b.ns}}
+	o.Client = b.c // the cache's view is the apiserver's here: the fix must hold even so
+	o.Teleport = afterList{Teleport: b.f, once: &sync.Once{}, fn: func() {
+		recreated = &cnpgv1.Cluster{
+			ObjectMeta: metav1.ObjectMeta{Namespace: b.ns, Name: "pg", Annotations: registerAnn()},
+			Spec:       cnpgv1.ClusterSpec{Instances: 1, StorageConfiguration: cnpgv1.StorageConfiguration{Size: "1Gi"}},
+		}
+		if err := b.c.Create(ctx, recreated); err != nil {
+			t.Error(err)
+			return
+		}
+		b.eventually("the re-created Cluster takes its db resource over", func() (bool, string) {
+			db, ok := b.f.Stored(rw)
+			return ok && db.GetStaticLabels()[LabelClusterUID] == string(recreated.UID), ""
+		})
+	}}
+	n, err := o.Collect(ctx)
+	if err != nil || n != 0 {
+		t.Fatalf("collect: %d deleted, %v", n, err)
+	}
+	db, ok := b.f.Stored(rw)
+	if !ok || db.GetStaticLabels()[LabelClusterUID] != string(recreated.UID) {
+		t.Fatalf("%s: stored %v; want it the re-created Cluster's", rw, ok)
+	}
+}
+
+// collectGarbage deletes what the garbage collector would once the Cluster
+// of uid is gone: the Secrets and DatabaseRoles it owns.
+func (b *bed) collectGarbage(uid k8stypes.UID) {
+	b.t.Helper()
+	ctx := context.Background()
+	owned := func(o metav1.Object) bool {
+		return slices.ContainsFunc(o.GetOwnerReferences(), func(r metav1.OwnerReference) bool { return r.UID == uid })
+	}
+	var secrets corev1.SecretList
+	var roles cnpgv1.DatabaseRoleList
+	if err := b.c.List(ctx, &secrets, client.InNamespace(b.ns)); err != nil {
+		b.t.Fatal(err)
+	}
+	if err := b.c.List(ctx, &roles, client.InNamespace(b.ns)); err != nil {
+		b.t.Fatal(err)
+	}
+	for i := range secrets.Items {
+		if owned(&secrets.Items[i]) {
+			if err := b.c.Delete(ctx, &secrets.Items[i]); client.IgnoreNotFound(err) != nil {
+				b.t.Fatal(err)
+			}
+		}
+	}
+	for i := range roles.Items {
+		if owned(&roles.Items[i]) {
+			r := &roles.Items[i]
+			r.Finalizers = nil
+			_ = b.c.Update(ctx, r)
+			if err := b.c.Delete(ctx, r); client.IgnoreNotFound(err) != nil {
+				b.t.Fatal(err)
+			}
+		}
+	}
+}
+
+// TestEnvTeleportRefused: a create Teleport refuses (the controller's role
+// may not write the db) is reported as TeleportRefused, and registers once
+// the refusal is lifted and the next resync comes.
+func TestEnvTeleportRefused(t *testing.T) {
+	b, _ := newBed(t, bedOptions{resync: time.Second})
+	b.f.SetError("CreateDatabase", trace.AccessDenied("access to db denied"))
+	b.newCluster("pg", 1, registerAnn())
+	b.event("pg", ReasonTeleportRefused, "access to db denied")
+	if got := b.stored("pg"); len(got) != 0 {
+		t.Fatalf("registered despite the refusal: %v", got)
+	}
+	b.f.SetError("CreateDatabase", nil)
+	b.waitDBs("pg", dbName(b.ns, "pg", "rw"))
+}
