@@ -20,6 +20,7 @@ type watcher struct {
 	interval time.Duration
 	reload   func() error // injectable for tests; the credentials' Reload in New
 	log      logr.Logger
+	checked  func() // called after each check, when set: what tests wait on
 }
 
 // fingerprint identifies one version of the identity file. The content hash
@@ -58,19 +59,27 @@ func (w watcher) run(ctx context.Context, last fingerprint) {
 			return
 		case <-t.C:
 		}
-		fp, err := fingerprintFile(w.path)
-		if err != nil {
-			w.log.Error(err, "Cannot read the Teleport identity file; keeping the loaded identity", "path", w.path)
-			continue
+		w.check(&last)
+		if w.checked != nil {
+			w.checked()
 		}
-		if fp == last {
-			continue
-		}
-		if err := w.reload(); err != nil {
-			w.log.Error(err, "Cannot reload the Teleport identity; keeping the loaded identity, will retry", "path", w.path)
-			continue
-		}
-		last = fp
-		w.log.Info("Reloaded the Teleport identity", "path", w.path)
 	}
+}
+
+// check compares the file with last once, and reloads when it changed.
+func (w watcher) check(last *fingerprint) {
+	fp, err := fingerprintFile(w.path)
+	if err != nil {
+		w.log.Error(err, "Cannot read the Teleport identity file; keeping the loaded identity", "path", w.path)
+		return
+	}
+	if fp == *last {
+		return
+	}
+	if err := w.reload(); err != nil {
+		w.log.Error(err, "Cannot reload the Teleport identity; keeping the loaded identity, will retry", "path", w.path)
+		return
+	}
+	*last = fp
+	w.log.Info("Reloaded the Teleport identity", "path", w.path)
 }

@@ -24,6 +24,7 @@ type watchedFile struct {
 	reloads atomic.Int32 // calls
 	loaded  atomic.Int32 // successful calls
 	fail    atomic.Bool
+	checks  atomic.Int32 // checks the watcher completed
 	stop    func()
 
 	mu   sync.Mutex
@@ -52,7 +53,7 @@ func watch(t *testing.T) *watchedFile {
 		}
 		w.loaded.Add(1)
 		return nil
-	}}
+	}, checked: func() { w.checks.Add(1) }}
 	go func() {
 		defer close(done)
 		wt.run(ctx, fp)
@@ -86,8 +87,13 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-// settle lets the watcher run several more ticks.
-func settle() { time.Sleep(20 * tick) }
+// settle waits until the watcher has completed several more checks, each
+// a chance to reload wrongly.
+func (w *watchedFile) settle(t *testing.T) {
+	t.Helper()
+	start := w.checks.Load()
+	waitFor(t, "5 more checks", func() bool { return w.checks.Load() >= start+5 })
+}
 
 func (w *watchedFile) logged(substr string) bool {
 	w.mu.Lock()
@@ -102,13 +108,13 @@ func (w *watchedFile) logged(substr string) bool {
 
 func TestWatcherReloadsOncePerChange(t *testing.T) {
 	w := watch(t)
-	settle()
+	w.settle(t)
 	if n := w.reloads.Load(); n != 0 {
 		t.Fatalf("%d reloads without a change", n)
 	}
 	w.write(t, "v2 (renewed by tbot)")
 	waitFor(t, "a reload", func() bool { return w.reloads.Load() >= 1 })
-	settle()
+	w.settle(t)
 	if n := w.reloads.Load(); n != 1 {
 		t.Fatalf("%d reloads for one change, want 1", n)
 	}
@@ -117,7 +123,7 @@ func TestWatcherReloadsOncePerChange(t *testing.T) {
 	}
 	w.write(t, "v3")
 	waitFor(t, "a second reload", func() bool { return w.reloads.Load() >= 2 })
-	settle()
+	w.settle(t)
 	if n := w.reloads.Load(); n != 2 {
 		t.Fatalf("%d reloads for two changes, want 2", n)
 	}
@@ -134,7 +140,7 @@ func TestWatcherRetriesAFailedReload(t *testing.T) {
 	w.fail.Store(false)
 	waitFor(t, "a successful reload", func() bool { return w.loaded.Load() == 1 })
 	n := w.reloads.Load()
-	settle()
+	w.settle(t)
 	if m, l := w.reloads.Load(), w.loaded.Load(); m != n || l != 1 {
 		t.Fatalf("kept reloading after success: %d more calls, %d successes", m-n, l)
 	}
@@ -145,7 +151,7 @@ func TestWatcherSurvivesAMissingFile(t *testing.T) {
 	if err := os.Remove(w.path); err != nil {
 		t.Fatal(err)
 	}
-	settle()
+	w.settle(t)
 	if n := w.reloads.Load(); n != 0 {
 		t.Fatalf("%d reloads of a missing file", n)
 	}
@@ -158,9 +164,8 @@ func TestWatcherSurvivesAMissingFile(t *testing.T) {
 
 func TestWatcherStopsWithItsContext(t *testing.T) {
 	w := watch(t)
-	w.stop() // returns only once run has returned
+	w.stop() // returns only once run has returned: nothing can reload after it
 	w.write(t, "v2")
-	settle()
 	if n := w.reloads.Load(); n != 0 {
 		t.Fatalf("%d reloads after stop", n)
 	}
