@@ -60,16 +60,19 @@ func RiskyRoles(roles []types.Role, dbLabels []map[string]string) []RiskyRole {
 
 // reachableSystemUsers is what role lets its holders log in as on a db with
 // labels: each system user it names, and "*" when that reaches one, minus
-// what its own deny rules for that db take back.
+// what its own deny rules take back.
 func reachableSystemUsers(role types.Role, labels map[string]string) []string {
 	if !matchLabels(role.GetDatabaseLabels(types.Allow), labels) {
 		return nil
 	}
-	allowed := role.GetDatabaseUsers(types.Allow)
-	var denied []string
+	// Teleport (lib/services/role.go checkAccess): a deny rule whose
+	// db_labels match denies the db outright, to every user; its db_users
+	// deny those users on every db, whatever its labels.
 	if matchLabels(role.GetDatabaseLabels(types.Deny), labels) {
-		denied = role.GetDatabaseUsers(types.Deny)
+		return nil
 	}
+	allowed := role.GetDatabaseUsers(types.Allow)
+	denied := role.GetDatabaseUsers(types.Deny)
 	if slices.Contains(denied, types.Wildcard) {
 		return nil
 	}
@@ -152,6 +155,6 @@ func (r *ClusterReconciler) checkRoles(ctx context.Context, c *cnpgv1.Cluster, d
 		parts = append(parts, fmt.Sprintf("%s (db_users %s)", f.Role, strings.Join(f.Users, ",")))
 	}
 	r.risky.warn(r.Recorder, c, ReasonRiskyTeleportRole, "CheckRoles",
-		"Teleport roles that reach this Cluster's databases as a CNPG system user: %s; deny %s on these labels (see config/teleport/deny-cnpg-system-users.yaml)",
+		"Teleport roles that reach this Cluster's databases as a CNPG system user: %s; add deny db_users %s (no deny db_labels: those would deny the databases outright; see config/teleport/deny-cnpg-system-users.yaml)",
 		strings.Join(parts, "; "), strings.Join(SystemUsers, ", "))
 }

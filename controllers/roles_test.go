@@ -26,8 +26,9 @@ func TestRiskyRoles(t *testing.T) {
 	roles := []types.Role{
 		role(t, "wide", ours, []string{"*"}, nil, nil),
 		role(t, "narrow", ours, []string{"teleport_read", "teleport_write"}, nil, nil),
-		role(t, "wide-but-denied", ours, []string{"*"}, ours, SystemUsers),
-		role(t, "wide-partly-denied", all, []string{"*"}, ours, []string{"postgres"}),
+		role(t, "wide-but-denied", ours, []string{"*"}, nil, SystemUsers), // the shipped deny rule
+		role(t, "wide-denied-here", all, []string{"*"}, ours, nil),        // deny labels: the db is denied outright
+		role(t, "wide-partly-denied", all, []string{"*"}, nil, []string{"postgres"}),
 		role(t, "replica", types.Labels{"team": {"db"}}, []string{"streaming_replica", "app"}, nil, nil),
 		role(t, "elsewhere", types.Labels{"team": {"web"}}, []string{"*"}, nil, nil),
 		role(t, "regex", types.Labels{"env": {"^pro.*$"}}, []string{"cnpg_pooler_pgbouncer"}, nil, nil),
@@ -40,8 +41,8 @@ func TestRiskyRoles(t *testing.T) {
 	if got != want {
 		t.Fatalf("got  %s\nwant %s", got, want)
 	}
-	// Another db: only a "*": "*" role reaches it, and its deny rule (on our labels) does not apply.
-	if got := fmt.Sprint(RiskyRoles(roles, []map[string]string{{"other": "x"}})); got != "[{wide-partly-denied [*]}]" {
+	// Another db: only the "*": "*" roles reach it; a deny on our labels does not apply there.
+	if got := fmt.Sprint(RiskyRoles(roles, []map[string]string{{"other": "x"}})); got != "[{wide-denied-here [*]} {wide-partly-denied [*]}]" {
 		t.Fatalf("a db without our labels: %v", got)
 	}
 }

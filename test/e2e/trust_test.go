@@ -10,6 +10,7 @@ import (
 	"io"
 	"math/big"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -338,6 +339,25 @@ func TestTrust(t *testing.T) {
 		t.Logf("bob refused: %s", strings.TrimSpace(out))
 	}
 
+	// The shipped user roles: cnpg-read reads and may not ask for the write role.
+	shipped, err := os.ReadFile(filepath.Join(world.RepoRoot(), "config", "teleport", "user-roles.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.tp.Create(ctx, string(shipped)); err != nil {
+		t.Fatal(err)
+	}
+	carol, err := b.tp.UserWithRoles(ctx, "carol", "cnpg-read")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := sql(ctx, carol, p+"rw", "teleport_read", "SELECT 'carol reads';"); err != nil || !strings.Contains(out, "carol reads") {
+		t.Fatalf("cnpg-read as teleport_read: %v\n%s", err, out)
+	}
+	if out, err := sql(ctx, carol, p+"rw", "teleport_write", "SELECT 1;"); err == nil {
+		t.Fatalf("cnpg-read may not use teleport_write, yet connected:\n%s", out)
+	}
+
 	// (g) The role check: a role that lets its holders in as any user is
 	// reported, one allowing only our roles is not.
 	for _, r := range []string{
@@ -349,10 +369,29 @@ func TestTrust(t *testing.T) {
 		}
 	}
 	note := b.event(ns, name, corev1.EventTypeWarning, controllers.ReasonRiskyTeleportRole)
-	if !strings.Contains(note, "wide-db (db_users *)") || strings.Contains(note, "narrow-db") || strings.Contains(note, "alice-db") {
+	if !strings.Contains(note, "wide-db (db_users *)") || strings.Contains(note, "narrow-db") || strings.Contains(note, "alice-db") || strings.Contains(note, "cnpg-read") || strings.Contains(note, "cnpg-write") {
 		t.Fatalf("role warning: %s", note)
 	}
 	t.Logf("role warning: %s", note)
+	// The shipped deny rule beside that wide role: the databases stay
+	// reachable as the read role, CNPG's replication user does not.
+	deny, err := os.ReadFile(filepath.Join(world.RepoRoot(), "config", "teleport", "deny-cnpg-system-users.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.tp.Create(ctx, string(deny)); err != nil {
+		t.Fatal(err)
+	}
+	dave, err := b.tp.UserWithRoles(ctx, "dave", "wide-db", "deny-cnpg-system-users")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := sql(ctx, dave, p+"rw", "teleport_read", "SELECT 'dave reads';"); err != nil || !strings.Contains(out, "dave reads") {
+		t.Fatalf("wide role + deny role as teleport_read: %v\n%s", err, out)
+	}
+	if out, err := sql(ctx, dave, p+"rw", "streaming_replica", "SELECT 1;"); err == nil || !strings.Contains(out, "access to db denied") {
+		t.Fatalf("the deny role must keep streaming_replica out: %v\n%s", err, out)
+	}
 	world.Eventually(t, 10*time.Second, "the risky-role metric", func() error {
 		resp, err := http.Get("http://127.0.0.1:18080/metrics") //nolint:noctx // loopback
 		if err != nil {

@@ -62,11 +62,6 @@ proxy_service:
   postgres_public_addr: 127.0.0.1:3036
 ssh_service:
   enabled: false
-db_service:
-  enabled: true
-  resources:
-  - labels:
-      cnpg-teleport.io/managed-by: cnpg-teleport
 `
 
 // StartTeleport starts Teleport with its data in dir and waits for /readyz.
@@ -86,7 +81,12 @@ func StartTeleport(dir string) (*Teleport, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	if err := os.WriteFile(tp.Config, fmt.Appendf(nil, teleportConfig, dir), 0o600); err != nil {
+	// The database agent runs with the section the project ships.
+	dbService, err := os.ReadFile(filepath.Join(RepoRoot(), "config", "teleport", "db-service.yaml"))
+	if err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(tp.Config, append(fmt.Appendf(nil, teleportConfig, dir), dbService...), 0o600); err != nil {
 		return nil, err
 	}
 	return tp, tp.Start()
@@ -237,6 +237,21 @@ spec:
 	if err := tp.Create(ctx, role); err != nil {
 		return nil, err
 	}
+	return tp.login(ctx, name)
+}
+
+// UserWithRoles creates a local user holding the given (existing) roles and
+// logs it in with tsh.
+func (tp *Teleport) UserWithRoles(ctx context.Context, name string, roles ...string) (*TshUser, error) {
+	if err := tp.Create(ctx, fmt.Sprintf("kind: user\nversion: v2\nmetadata:\n  name: %s\nspec:\n  roles: [%s]\n", name, strings.Join(roles, ", "))); err != nil {
+		return nil, err
+	}
+	return tp.login(ctx, name)
+}
+
+// login sets the user's password through the web API with a reset token and
+// logs in with `tsh login`, as a person would.
+func (tp *Teleport) login(ctx context.Context, name string) (*TshUser, error) {
 	out, err := tp.Tctl(ctx, "", "users", "reset", name)
 	if err != nil {
 		return nil, err
