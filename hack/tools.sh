@@ -139,7 +139,11 @@ build_teleport() {
 }
 
 build_helm() {
-	local ld="-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+	# As Helm's Makefile: its default Kubernetes version (helm template, lint) from its client-go (v0.37 -> 1.37).
+	local ld="-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" p
+	for p in pkg/lint/rules pkg/chartutil; do
+		ld+=" -X helm.sh/helm/v3/$p.k8sVersionMajor=1 -X helm.sh/helm/v3/$p.k8sVersionMinor=37"
+	done
 	(cd "$1" && CGO_ENABLED=0 go build -trimpath -ldflags "$ld" -o "$2/helm" helm.sh/helm/v3/cmd/helm)
 }
 
