@@ -187,8 +187,8 @@ func (b *chartBed) install(release, kube, appNS, port string, sets ...string) cl
 	}
 	db := kube + "-" + appNS + "-pg-rw"
 	world.Eventually(t, 4*time.Minute, "Cluster "+appNS+"/pg trusted and registered as "+db, func() error {
-		if exited, err := p.Exited(); exited {
-			return fmt.Errorf("controller exited (%v): %s", err, p.Tail(4<<10))
+		if exited, err := p.Exited(); exited { // it will not come back: say so now
+			t.Fatalf("controller exited (%v): %s", err, p.Tail(4<<10))
 		}
 		var got cnpgv1.Cluster
 		if err := w.Client.Get(ctx, client.ObjectKeyFromObject(c), &got); err != nil {
