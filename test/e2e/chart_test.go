@@ -186,7 +186,7 @@ func (b *chartBed) install(release, kube, appNS, port string, sets ...string) cl
 		t.Fatal(err)
 	}
 	db := kube + "-" + appNS + "-pg-rw"
-	world.Eventually(t, 4*time.Minute, "Cluster "+appNS+"/pg trusted and registered as "+db, func() error {
+	world.Eventually(t, 2*time.Minute, "Cluster "+appNS+"/pg trusted and registered as "+db, func() error {
 		if exited, err := p.Exited(); exited { // it will not come back: say so now
 			t.Fatalf("controller exited (%v): %s", err, p.Tail(4<<10))
 		}
