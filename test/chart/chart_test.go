@@ -422,7 +422,7 @@ func TestChartMonitoring(t *testing.T) {
 		for _, r := range rules {
 			expr, _ := r.(map[string]any)["expr"].(string)
 			alerts++
-			for _, f := range strings.FieldsFunc(expr, func(r rune) bool { return !(r == '_' || r >= 'a' && r <= 'z') }) {
+			for _, f := range strings.FieldsFunc(expr, func(r rune) bool { return r != '_' && (r < 'a' || r > 'z') }) {
 				switch {
 				case strings.HasPrefix(f, "cnpg_teleport_") && !strings.Contains(string(src), `"`+f+`"`):
 					t.Errorf("alert %v uses %s, which the binary does not export", r.(map[string]any)["alert"], f)
