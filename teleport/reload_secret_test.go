@@ -2,6 +2,7 @@ package teleport
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"sync/atomic"
@@ -22,8 +23,8 @@ type secretVolume struct {
 func (v *secretVolume) update(t *testing.T, identity string) {
 	t.Helper()
 	v.gen++
-	data := filepath.Join(v.dir, "..2026_12_01_00_00_0"+string(rune('0'+v.gen)))
-	if err := os.Mkdir(data, 0o755); err != nil {
+	data := filepath.Join(v.dir, fmt.Sprintf("..2026_12_01_00_00_%02d", v.gen))
+	if err := os.Mkdir(data, 0o750); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(filepath.Join(data, "identity"), []byte(identity), 0o600); err != nil {
@@ -71,12 +72,14 @@ func TestWatcherFollowsAMountedSecret(t *testing.T) {
 		start := checks.Load()
 		waitFor(t, "5 more checks", func() bool { return checks.Load() >= start+5 })
 	}
-	for i, content := range []string{"v2 (renewed by tbot)", "v3"} {
+	var swaps int32
+	for _, content := range []string{"v2 (renewed by tbot)", "v3"} {
 		v.update(t, content)
-		waitFor(t, "a reload after the swap", func() bool { return reloads.Load() >= int32(i+1) })
+		swaps++
+		waitFor(t, "a reload after the swap", func() bool { return reloads.Load() >= swaps })
 		settle()
-		if n := reloads.Load(); n != int32(i+1) {
-			t.Fatalf("%d reloads after %d swaps", n, i+1)
+		if n := reloads.Load(); n != swaps {
+			t.Fatalf("%d reloads after %d swaps", n, swaps)
 		}
 	}
 }
