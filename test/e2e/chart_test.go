@@ -51,12 +51,12 @@ func TestChartInstall(t *testing.T) {
 	defer cancel()
 	w := world.Start(t, world.Options{})
 	tp := startTeleport(t)
-	for _, ns := range []string{chartNS, "appc", "appn", "other"} {
+	for _, ns := range []string{chartNS, "appc", "appn", "appx", "other"} {
 		if err := w.Namespace(ctx, ns); err != nil {
 			t.Fatal(err)
 		}
 	}
-	id, err := tp.ControllerIdentity(ctx, "cnpg-teleport", time.Hour, "kc", "kn")
+	id, err := tp.ControllerIdentity(ctx, "cnpg-teleport", time.Hour, "kc", "kn", "kx")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -121,6 +121,15 @@ func TestChartInstall(t *testing.T) {
 		})
 		// ...while the same token reads the CA Secret of a watched Cluster.
 		b.allowed(sa, &corev1.Secret{}, "appn", "pg-ca")
+	})
+	t.Run("namespaced mode with kubeClusterID", func(t *testing.T) {
+		b.t = t
+		// With its identity given, the controller needs nothing cluster-scoped:
+		// the chart binds no ClusterRole at all.
+		sa := b.install("ctx", "kx", "appx", "18094", "rbac.mode=namespaced", "watchNamespaces={appx}", "kubeClusterID=world-x")
+		b.forbidden("get Namespace kube-system", func() error {
+			return sa.Get(ctx, client.ObjectKey{Name: "kube-system"}, &corev1.Namespace{})
+		})
 	})
 }
 
