@@ -3,7 +3,7 @@
 # into a cache outside the repository keyed by tool version, Go version and a
 # hash of the wrapper module's go.sum. It prints the directory holding the binaries.
 #
-#   hack/tools.sh kube-apiserver|etcd|teleport|cnpg|pgbouncer|golangci-lint
+#   hack/tools.sh kube-apiserver|etcd|teleport|cnpg|pgbouncer|golangci-lint|helm
 #
 # kube-apiserver also holds kube-controller-manager (same wrapper module).
 #
@@ -21,6 +21,9 @@ ETCD_VERSION=v3.7.2
 TELEPORT_VERSION=v13.3.8
 GOLANGCI_VERSION=v2.15.0
 CNPG_VERSION=v1.30.0
+# Helm v3 (the chart tests: lint, template, install): the major most installs run;
+# v4 is served too, but changes install defaults (server-side apply) users may not have yet.
+HELM_VERSION=v3.22.0
 # PgBouncer >= 1.20 (CNPG's pgbouncer.ini needs auth_dbname); Debian 12 ships 1.18,
 # so it is built from Debian 13's source package, against the machine's own libraries.
 PGBOUNCER_VERSION=1.24.1-1+deb13u2
@@ -135,6 +138,15 @@ build_teleport() {
 		CGO_ENABLED=1 go build -trimpath -ldflags='-s -w' -o "$2/tsh" github.com/gravitational/teleport/tool/tsh)
 }
 
+build_helm() {
+	# As Helm's Makefile: its default Kubernetes version (helm template, lint) from its client-go (v0.37 -> 1.37).
+	local ld="-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" p
+	for p in pkg/lint/rules pkg/chartutil; do
+		ld+=" -X helm.sh/helm/v3/$p.k8sVersionMajor=1 -X helm.sh/helm/v3/$p.k8sVersionMinor=37"
+	done
+	(cd "$1" && CGO_ENABLED=0 go build -trimpath -ldflags "$ld" -o "$2/helm" helm.sh/helm/v3/cmd/helm)
+}
+
 build_golangci_lint() {
 	GOBIN=$2 go install "github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$GOLANGCI_VERSION"
 }
@@ -157,8 +169,9 @@ teleport)
 cnpg) build cnpg "$CNPG_VERSION" "$root/test/tools/cnpg" "5 min" manager ;;
 pgbouncer) build pgbouncer "$PGBOUNCER_VERSION" /nonexistent "1 min" pgbouncer ;;
 golangci-lint) build golangci-lint "$GOLANGCI_VERSION" /nonexistent "3 min" golangci-lint ;;
+helm) build helm "$HELM_VERSION" "$root/test/tools/helm" "3 min" helm ;;
 *)
-	echo "usage: $0 kube-apiserver|etcd|teleport|cnpg|pgbouncer|golangci-lint" >&2
+	echo "usage: $0 kube-apiserver|etcd|teleport|cnpg|pgbouncer|golangci-lint|helm" >&2
 	exit 2
 	;;
 esac

@@ -25,6 +25,7 @@ const (
 	envPostgresBinDir   = "POSTGRES_BIN_DIR"
 	envCNPGBinDir       = "CNPG_BIN_DIR"
 	envPgBouncerBinDir  = "PGBOUNCER_BIN_DIR"
+	envHelmBinDir       = "HELM_BIN_DIR"
 )
 
 // RepoRoot is the repository root, found from this source file.
@@ -37,11 +38,11 @@ var toolDirs sync.Map
 
 var toolEnv = map[string]string{
 	"kube-apiserver": envKubeAPIServerDir, "etcd": envEtcdDir, "teleport": envTeleportBinDir,
-	"cnpg": envCNPGBinDir, "pgbouncer": envPgBouncerBinDir,
+	"cnpg": envCNPGBinDir, "pgbouncer": envPgBouncerBinDir, "helm": envHelmBinDir,
 }
 
 // ToolDir returns the directory holding the binaries of tool (kube-apiserver
-// and kube-controller-manager, etcd, teleport, cnpg's manager, pgbouncer),
+// and kube-controller-manager, etcd, teleport, cnpg's manager, pgbouncer, helm),
 // from its environment variable or hack/tools.sh.
 func ToolDir(tool string) (string, error) {
 	if d := os.Getenv(toolEnv[tool]); d != "" {
