@@ -71,9 +71,9 @@ image: deps
 	GOOS=linux GOARCH=amd64 $(GO) build -trimpath -ldflags "-s -w -X main.version=$(VERSION)" -o $(BIN)/image-cnpg-teleport ./cmd/cnpg-teleport
 	cd hack/image && $(GO) run . -binary $(BIN)/image-cnpg-teleport -layout $(BIN)/image -tar $(BIN)/cnpg-teleport-image.tar -tag $(IMAGE_TAG)
 
-## image-test: the image builder's tests (hack/image: its own module, so not in ./...).
+## image-test: vet, lint and the tests of the image builder (hack/image: its own module, so not in ./...).
 image-test: deps
-	cd hack/image && $(GO) vet ./... && $(GO) test -count=1 ./...
+	cd hack/image && $(GO) vet ./... && $$($(CURDIR)/$(TOOLS) golangci-lint)/golangci-lint run ./... && $(GO) test -count=1 ./...
 
 vet:
 	$(GO) vet ./...

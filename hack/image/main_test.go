@@ -53,7 +53,7 @@ func controllerBinary(t *testing.T) []byte {
 	if binErr != nil {
 		t.Fatal(binErr)
 	}
-	b, err := os.ReadFile(binPath)
+	b, err := os.ReadFile(binPath) //nolint:gosec // the binary this test built
 	if err != nil {
 		t.Fatal(err)
 	}
