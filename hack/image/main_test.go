@@ -43,7 +43,9 @@ func controllerBinary(t *testing.T) []byte {
 			return
 		}
 		binPath = filepath.Join(dir, "cnpg-teleport")
-		cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w -X main.version="+testVersion, "-o", binPath, "./cmd/cnpg-teleport")
+		// No -trimpath (make image's): the same compile flags as make world-tools'
+		// bin/cnpg-teleport, so only the link runs here (-X is a link flag).
+		cmd := exec.Command("go", "build", "-ldflags", "-X main.version="+testVersion, "-o", binPath, "./cmd/cnpg-teleport")
 		cmd.Dir = "../.."
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64", "GOWORK=off")
 		if out, err := cmd.CombinedOutput(); err != nil {
