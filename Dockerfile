@@ -1,13 +1,21 @@
-# cnpg-teleport controller image: a static binary on distroless, non-root.
-# (Not built in CI here: the development machines have no Docker engine.)
+# cnpg-teleport controller image: a static binary on distroless static, non-root.
+# (Not built here: the development machines have no container engine; `make image`
+# builds the same content without one, see README "The image".)
+#
+#   docker build --build-arg VERSION=v0.1.0 -t cnpg-teleport .
 FROM golang:1.26 AS build
 WORKDIR /src
 COPY go.mod go.sum ./
 RUN go mod download && go mod verify
+# The project's own packages the binary needs (go list -deps ./cmd/cnpg-teleport).
 COPY cmd/ cmd/
 COPY controllers/ controllers/
 COPY teleport/ teleport/
-RUN CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o /out/cnpg-teleport ./cmd/cnpg-teleport
+COPY certs/ certs/
+COPY clusterspec/ clusterspec/
+ARG VERSION=dev
+RUN CGO_ENABLED=0 GOOS=linux GOARCH=amd64 go build -trimpath -ldflags="-s -w -X main.version=${VERSION}" \
+      -o /out/cnpg-teleport ./cmd/cnpg-teleport
 
 FROM gcr.io/distroless/static-debian12:nonroot
 COPY --from=build /out/cnpg-teleport /cnpg-teleport

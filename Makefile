@@ -22,7 +22,7 @@ TEST_TIMEOUT ?= 30m
 # (PgBouncer is built by hack/tools.sh: CNPG needs >= 1.20, Debian 12 has 1.18.)
 HOST_PACKAGES := postgresql util-linux iproute2 openssl curl jq gcc bsdutils ca-certificates
 
-.PHONY: all build test unit race lint vet deps tools world-tools help clean demo demo-verify
+.PHONY: all build test unit race lint vet deps tools world-tools help clean demo demo-verify image image-test
 
 all: build
 
@@ -63,6 +63,19 @@ WORLD_ENV = KUBE_APISERVER_DIR=$$($(TOOLS) kube-apiserver) ETCD_DIR=$$($(TOOLS) 
 	CNPG_BIN_DIR=$$($(TOOLS) cnpg) PGBOUNCER_BIN_DIR=$$($(TOOLS) pgbouncer) \
 	TELEPORT_BIN_DIR=$$($(TOOLS) teleport) HELM_BIN_DIR=$$($(TOOLS) helm) CERT_MANAGER_BIN=$(BIN)/cert-manager CNPG_TELEPORT_BIN=$(BIN)/cnpg-teleport
 
+## image: the controller image without a container engine (hack/image): an OCI layout in bin/image and
+## bin/cnpg-teleport-image.tar for docker/podman load; prints its digest (the same binary, the same digest).
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+IMAGE_TAG ?= cnpg-teleport:$(subst +,-,$(VERSION))
+image: deps
+	@mkdir -p $(BIN)
+	GOOS=linux GOARCH=amd64 $(GO) build -trimpath -ldflags "-s -w -X main.version=$(VERSION)" -o $(BIN)/image-cnpg-teleport ./cmd/cnpg-teleport
+	cd hack/image && $(GO) run . -binary $(BIN)/image-cnpg-teleport -layout $(BIN)/image -tar $(BIN)/cnpg-teleport-image.tar -tag $(IMAGE_TAG)
+
+## image-test: vet, lint and the tests of the image builder (hack/image: its own module, so not in ./...).
+image-test: deps
+	cd hack/image && $(GO) vet ./... && $$($(CURDIR)/$(TOOLS) golangci-lint)/golangci-lint run ./... && $(GO) test -count=1 ./...
+
 vet:
 	$(GO) vet ./...
 
@@ -74,6 +87,7 @@ test: tools
 	@echo "[test] go vet"; $(GO) vet ./...
 	@echo "[test] golangci-lint"; $$($(TOOLS) golangci-lint)/golangci-lint run ./...
 	@echo "[test] go test -race (unit, envtest)"; $(MAKE) --no-print-directory race
+	@echo "[test] image (hack/image)"; $(MAKE) --no-print-directory image-test
 	@echo "[test] go test (unit, integration, end-to-end)"
 	$(WORLD_ENV) $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
 

@@ -45,6 +45,7 @@ type flags struct {
 	metricsAddr    string
 	probeAddr      string
 	leaderElection bool
+	version        bool
 }
 
 func parseFlags(args []string) (flags, error) {
@@ -65,8 +66,12 @@ func parseFlags(args []string) (flags, error) {
 	fs.StringVar(&f.metricsAddr, "metrics-bind-address", ":8080", "Prometheus metrics address ('0' disables)")
 	fs.StringVar(&f.probeAddr, "health-probe-bind-address", ":8081", "health probe address")
 	fs.BoolVar(&f.leaderElection, "leader-elect", false, "enable leader election (for more than one replica)")
+	fs.BoolVar(&f.version, "version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		return f, err
+	}
+	if f.version {
+		return f, nil // needs no other flag
 	}
 	if f.teleportAddr == "" || f.kubeCluster == "" {
 		return f, fmt.Errorf("--teleport-addr and --kube-cluster are required")
@@ -137,6 +142,10 @@ func main() {
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "cnpg-teleport:", err)
 		os.Exit(2)
+	}
+	if f.version {
+		fmt.Println("cnpg-teleport", versionString())
+		return
 	}
 	ctrl.SetLogger(zap.New())
 	if err := run(ctrl.SetupSignalHandler(), f); err != nil {

@@ -34,3 +34,18 @@ func TestStripCached(t *testing.T) {
 		t.Fatalf("a Cluster must keep its annotations (the controller reads them), lose managedFields: %v %v", c.Annotations, c.ManagedFields)
 	}
 }
+
+func TestVersionFlag(t *testing.T) {
+	f, err := parseFlags([]string{"--version"})
+	if err != nil || !f.version {
+		t.Fatalf("--version alone must parse (no other flag needed): %+v %v", f, err)
+	}
+	if _, err := parseFlags(nil); err == nil {
+		t.Fatal("without --version the required flags are still required")
+	}
+	version = "v9.9.9-test"
+	defer func() { version = "" }()
+	if got := versionString(); got != "v9.9.9-test" {
+		t.Fatalf("-X main.version not used: %q", got)
+	}
+}
