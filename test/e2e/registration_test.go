@@ -146,7 +146,7 @@ func (r *reg) waitNames(prefix string, names ...string) map[string]types.Databas
 func (r *reg) event(c *cnpgv1.Cluster, eventType, reason string) *eventsv1.Event {
 	r.t.Helper()
 	var found *eventsv1.Event
-	world.Eventually(r.t, 30*time.Second, "event "+reason+" on "+c.Name, func() error {
+	world.Eventually(r.t, time.Minute, "event "+reason+" on "+c.Name, func() error {
 		var list eventsv1.EventList
 		if err := r.w.Client.List(r.ctx, &list, client.InNamespace(c.Namespace)); err != nil {
 			return err
