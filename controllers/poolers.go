@@ -171,8 +171,11 @@ func (r *ClusterReconciler) ensurePoolers(ctx context.Context, c *cnpgv1.Cluster
 		if err := r.Client.Patch(ctx, next, patch); err != nil {
 			return nil, fmt.Errorf("pooler %s: %w", p.Name, err)
 		}
-		r.Recorder.Eventf(next, nil, corev1.EventTypeNormal, ReasonPoolerConfigured, "Trust",
-			"PgBouncer reloads the client-CA bundle %s and server certificate %s (digest %s)%s", bundle.Name, serverTLS, inputs, map[bool]string{true: "; Teleport's hba line: " + hba}[hba != ""])
+		note := fmt.Sprintf("PgBouncer reloads the client-CA bundle %s and server certificate %s (digest %s)", bundle.Name, serverTLS, inputs)
+		if hba != "" {
+			note += "; Teleport's hba line: " + hba
+		}
+		r.Recorder.Eventf(next, nil, corev1.EventTypeNormal, ReasonPoolerConfigured, "Trust", "%s", note)
 		*p = *next
 	}
 	return registered, nil
