@@ -52,6 +52,7 @@ world-tools: deps
 	@$(TOOLS) pgbouncer >/dev/null
 	@$(TOOLS) teleport >/dev/null
 	@$(TOOLS) helm >/dev/null
+	@$(TOOLS) monitoring-crds >/dev/null
 	@echo "[tools] building bin/cert-manager and bin/cnpg-teleport (cold: about 5 min on 2 cores, then seconds)"
 	@$(GO) build -o $(BIN)/cert-manager ./test/cmd/cert-manager
 	@$(GO) build -o $(BIN)/cnpg-teleport ./cmd/cnpg-teleport
@@ -61,7 +62,8 @@ tools: world-tools
 
 WORLD_ENV = KUBE_APISERVER_DIR=$$($(TOOLS) kube-apiserver) ETCD_DIR=$$($(TOOLS) etcd) \
 	CNPG_BIN_DIR=$$($(TOOLS) cnpg) PGBOUNCER_BIN_DIR=$$($(TOOLS) pgbouncer) \
-	TELEPORT_BIN_DIR=$$($(TOOLS) teleport) HELM_BIN_DIR=$$($(TOOLS) helm) CERT_MANAGER_BIN=$(BIN)/cert-manager CNPG_TELEPORT_BIN=$(BIN)/cnpg-teleport
+	TELEPORT_BIN_DIR=$$($(TOOLS) teleport) HELM_BIN_DIR=$$($(TOOLS) helm) CERT_MANAGER_BIN=$(BIN)/cert-manager CNPG_TELEPORT_BIN=$(BIN)/cnpg-teleport \
+	MONITORING_CRDS_DIR=$$($(TOOLS) monitoring-crds)
 
 ## image: the controller image without a container engine (hack/image): an OCI layout in bin/image and
 ## bin/cnpg-teleport-image.tar for docker/podman load; prints its digest (the same binary, the same digest).

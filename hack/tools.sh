@@ -4,8 +4,11 @@
 # hash of the wrapper module's go.sum. It prints the directory holding the binaries.
 #
 #   hack/tools.sh kube-apiserver|etcd|teleport|cnpg|pgbouncer|golangci-lint|helm
+#   hack/tools.sh monitoring-crds
 #
 # kube-apiserver also holds kube-controller-manager (same wrapper module).
+# monitoring-crds builds nothing: it prints the Prometheus operator's CRD
+# directory in the module cache (downloaded once, checked against a pinned hash).
 #
 # Each build runs in a temporary directory and is moved into place only when it
 # succeeded, so an interrupted build never leaves a half-written cache entry.
@@ -27,6 +30,10 @@ HELM_VERSION=v3.22.0
 # PgBouncer >= 1.20 (CNPG's pgbouncer.ini needs auth_dbname); Debian 12 ships 1.18,
 # so it is built from Debian 13's source package, against the machine's own libraries.
 PGBOUNCER_VERSION=1.24.1-1+deb13u2
+# The Prometheus operator's CRDs (ServiceMonitor, PrometheusRule), read from its module; not in the
+# project's go.mod, which would pull the operator's dependencies into the controller's module.
+PROMETHEUS_OPERATOR_VERSION=v0.94.1
+PROMETHEUS_OPERATOR_SUM=h1:QEIb2wenPH+SdMN1xMf8l4Pmj00YYXXI6HlbLlQWkww=
 
 gover=$(go env GOVERSION)
 
@@ -147,6 +154,23 @@ build_helm() {
 	(cd "$1" && CGO_ENABLED=0 go build -trimpath -ldflags "$ld" -o "$2/helm" helm.sh/helm/v3/cmd/helm)
 }
 
+# monitoring_crds prints the directory of the Prometheus operator's CRDs: `go mod download` of the exact
+# version (run outside any module, so no go.mod changes; offline once in the module cache), its hash checked
+# against the pinned one.
+monitoring_crds() {
+	local m=github.com/prometheus-operator/prometheus-operator json dir sum
+	json=$(cd / && GOFLAGS=-mod=mod go mod download -json "$m@$PROMETHEUS_OPERATOR_VERSION") ||
+		{ log "go mod download $m@$PROMETHEUS_OPERATOR_VERSION failed: $json"; exit 1; }
+	dir=$(sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p' <<<"$json")
+	sum=$(sed -n 's/^[[:space:]]*"Sum": "\(.*\)",$/\1/p' <<<"$json")
+	[ "$sum" = "$PROMETHEUS_OPERATOR_SUM" ] ||
+		{ log "$m@$PROMETHEUS_OPERATOR_VERSION: hash $sum, want $PROMETHEUS_OPERATOR_SUM"; exit 1; }
+	dir=$dir/example/prometheus-operator-crd
+	[ -f "$dir/monitoring.coreos.com_servicemonitors.yaml" ] && [ -f "$dir/monitoring.coreos.com_prometheusrules.yaml" ] ||
+		{ log "$dir: no ServiceMonitor or PrometheusRule CRD"; exit 1; }
+	echo "$dir"
+}
+
 build_golangci_lint() {
 	GOBIN=$2 go install "github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$GOLANGCI_VERSION"
 }
@@ -170,8 +194,9 @@ cnpg) build cnpg "$CNPG_VERSION" "$root/test/tools/cnpg" "5 min" manager ;;
 pgbouncer) build pgbouncer "$PGBOUNCER_VERSION" /nonexistent "1 min" pgbouncer ;;
 golangci-lint) build golangci-lint "$GOLANGCI_VERSION" /nonexistent "3 min" golangci-lint ;;
 helm) build helm "$HELM_VERSION" "$root/test/tools/helm" "3 min" helm ;;
+monitoring-crds) monitoring_crds ;;
 *)
-	echo "usage: $0 kube-apiserver|etcd|teleport|cnpg|pgbouncer|golangci-lint|helm" >&2
+	echo "usage: $0 kube-apiserver|etcd|teleport|cnpg|pgbouncer|golangci-lint|helm|monitoring-crds" >&2
 	exit 2
 	;;
 esac

@@ -26,6 +26,8 @@ const (
 	envCNPGBinDir       = "CNPG_BIN_DIR"
 	envPgBouncerBinDir  = "PGBOUNCER_BIN_DIR"
 	envHelmBinDir       = "HELM_BIN_DIR"
+	envPromRulesBinDir  = "PROMRULES_BIN_DIR"
+	envMonitoringCRDs   = "MONITORING_CRDS_DIR"
 )
 
 // RepoRoot is the repository root, found from this source file.
@@ -39,11 +41,13 @@ var toolDirs sync.Map
 var toolEnv = map[string]string{
 	"kube-apiserver": envKubeAPIServerDir, "etcd": envEtcdDir, "teleport": envTeleportBinDir,
 	"cnpg": envCNPGBinDir, "pgbouncer": envPgBouncerBinDir, "helm": envHelmBinDir,
+	"promrules": envPromRulesBinDir, "monitoring-crds": envMonitoringCRDs,
 }
 
 // ToolDir returns the directory holding the binaries of tool (kube-apiserver
-// and kube-controller-manager, etcd, teleport, cnpg's manager, pgbouncer, helm),
-// from its environment variable or hack/tools.sh.
+// and kube-controller-manager, etcd, teleport, cnpg's manager, pgbouncer, helm,
+// promrules) or, for monitoring-crds, the Prometheus operator's CRDs, from its
+// environment variable or hack/tools.sh.
 func ToolDir(tool string) (string, error) {
 	if d := os.Getenv(toolEnv[tool]); d != "" {
 		return d, nil
@@ -118,6 +122,11 @@ func PostgresBinDir() (string, error) {
 	}
 	return filepath.Dir(matches[len(matches)-1]), nil
 }
+
+// ModuleDir returns the module cache directory of a dependency pinned in
+// go.mod, so a test can read what the binary is built from (a library's
+// metric names, say) at the version it is built with.
+func ModuleDir(module string) (string, error) { return moduleDir(module) }
 
 // moduleDir returns the module cache directory of a dependency pinned in go.mod.
 func moduleDir(module string) (string, error) {

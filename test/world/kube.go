@@ -59,6 +59,10 @@ type World struct {
 type Options struct {
 	// APIServerArgs are appended to kube-apiserver's flags (e.g. an audit log).
 	APIServerArgs map[string]string
+	// MonitoringCRDs also installs the Prometheus operator's ServiceMonitor
+	// and PrometheusRule CRDs (see MonitoringCRDs), for the chart's optional
+	// monitoring objects; the operator itself does not run.
+	MonitoringCRDs bool
 }
 
 // Scheme returns a scheme with Kubernetes, CNPG and cert-manager types.
@@ -89,6 +93,25 @@ func CRDDirs() ([]string, error) {
 		dirs = append(dirs, filepath.Join(d, m.sub))
 	}
 	return dirs, nil
+}
+
+// monitoringCRDFiles are the CRDs of the Prometheus operator the chart can make objects of.
+var monitoringCRDFiles = []string{"monitoring.coreos.com_servicemonitors.yaml", "monitoring.coreos.com_prometheusrules.yaml"}
+
+// MonitoringCRDs are the ServiceMonitor and PrometheusRule CRD files of the
+// Prometheus operator at the version hack/tools.sh pins (read from its module:
+// the project's go.mod does not require it). Only these two: the operator's
+// other CRDs (Prometheus, Alertmanager...) are large and nothing here uses them.
+func MonitoringCRDs() ([]string, error) {
+	dir, err := ToolDir("monitoring-crds")
+	if err != nil {
+		return nil, err
+	}
+	var files []string
+	for _, f := range monitoringCRDFiles {
+		files = append(files, filepath.Join(dir, f))
+	}
+	return files, nil
 }
 
 // Start starts the world for one test; it is stopped when the test ends, and
@@ -127,6 +150,13 @@ func StartWorld(dir string, opts Options) (*World, error) {
 	crdDirs, err := CRDDirs()
 	if err != nil {
 		return nil, err
+	}
+	if opts.MonitoringCRDs {
+		files, err := MonitoringCRDs()
+		if err != nil {
+			return nil, err
+		}
+		crdDirs = append(crdDirs, files...) // envtest takes files as well as directories
 	}
 	apiDir, err := ToolDir("kube-apiserver")
 	if err != nil {

@@ -86,7 +86,7 @@ func prefetch() error {
 		}
 		_ = os.Setenv(moduleEnv(m), d)
 	}
-	for _, tool := range []string{"kube-apiserver", "etcd", "teleport", "cnpg", "pgbouncer"} {
+	for _, tool := range []string{"kube-apiserver", "etcd", "teleport", "cnpg", "pgbouncer", "monitoring-crds"} {
 		d, err := ToolDir(tool)
 		if err != nil {
 			return err
