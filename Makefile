@@ -4,7 +4,7 @@
 #   make test   unit, integration and end-to-end tests against the real test world
 #
 # Heavy test-world binaries (kube-apiserver and kube-controller-manager, etcd,
-# CNPG's manager, PgBouncer, Teleport, Helm, golangci-lint) are
+# CNPG's manager, PgBouncer, Teleport, Helm, golangci-lint, the Prometheus rule checker) are
 # built once from the Go module proxy by hack/tools.sh and cached outside the
 # repository in $${XDG_CACHE_HOME:-$$HOME/.cache}/cnpg-teleport, keyed by version.
 
@@ -59,6 +59,7 @@ world-tools: deps
 
 tools: world-tools
 	@$(TOOLS) golangci-lint >/dev/null
+	@$(TOOLS) promrules >/dev/null
 
 WORLD_ENV = KUBE_APISERVER_DIR=$$($(TOOLS) kube-apiserver) ETCD_DIR=$$($(TOOLS) etcd) \
 	CNPG_BIN_DIR=$$($(TOOLS) cnpg) PGBOUNCER_BIN_DIR=$$($(TOOLS) pgbouncer) \
@@ -91,7 +92,7 @@ test: tools
 	@echo "[test] go test -race (unit, envtest)"; $(MAKE) --no-print-directory race
 	@echo "[test] image (hack/image)"; $(MAKE) --no-print-directory image-test
 	@echo "[test] go test (unit, integration, end-to-end)"
-	$(WORLD_ENV) $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+	$(WORLD_ENV) PROMRULES_BIN_DIR=$$($(TOOLS) promrules) $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
 
 ## demo: the main job on one machine (world, controller, sample Cluster, tctl/tsh), pausing between steps.
 demo: world-tools

@@ -3,7 +3,7 @@
 # into a cache outside the repository keyed by tool version, Go version and a
 # hash of the wrapper module's go.sum. It prints the directory holding the binaries.
 #
-#   hack/tools.sh kube-apiserver|etcd|teleport|cnpg|pgbouncer|golangci-lint|helm
+#   hack/tools.sh kube-apiserver|etcd|teleport|cnpg|pgbouncer|golangci-lint|helm|promrules
 #   hack/tools.sh monitoring-crds
 #
 # kube-apiserver also holds kube-controller-manager (same wrapper module).
@@ -30,6 +30,8 @@ HELM_VERSION=v3.22.0
 # PgBouncer >= 1.20 (CNPG's pgbouncer.ini needs auth_dbname); Debian 12 ships 1.18,
 # so it is built from Debian 13's source package, against the machine's own libraries.
 PGBOUNCER_VERSION=1.24.1-1+deb13u2
+# The rule checker of the chart's PrometheusRule (test/tools/promrules): Prometheus's own rulefmt and PromQL parser.
+PROMETHEUS_VERSION=v0.316.0
 # The Prometheus operator's CRDs (ServiceMonitor, PrometheusRule), read from its module; not in the
 # project's go.mod, which would pull the operator's dependencies into the controller's module.
 PROMETHEUS_OPERATOR_VERSION=v0.94.1
@@ -154,6 +156,10 @@ build_helm() {
 	(cd "$1" && CGO_ENABLED=0 go build -trimpath -ldflags "$ld" -o "$2/helm" helm.sh/helm/v3/cmd/helm)
 }
 
+build_promrules() {
+	(cd "$1" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$2/promrules" .)
+}
+
 # monitoring_crds prints the directory of the Prometheus operator's CRDs: `go mod download` of the exact
 # version (run outside any module, so no go.mod changes; offline once in the module cache), its hash checked
 # against the pinned one.
@@ -194,9 +200,14 @@ cnpg) build cnpg "$CNPG_VERSION" "$root/test/tools/cnpg" "5 min" manager ;;
 pgbouncer) build pgbouncer "$PGBOUNCER_VERSION" /nonexistent "1 min" pgbouncer ;;
 golangci-lint) build golangci-lint "$GOLANGCI_VERSION" /nonexistent "3 min" golangci-lint ;;
 helm) build helm "$HELM_VERSION" "$root/test/tools/helm" "3 min" helm ;;
+promrules)
+	# Keyed by the checker's source too: it lives in the wrapper module.
+	build promrules "$PROMETHEUS_VERSION-$(cat "$root"/test/tools/promrules/*.go | sha256sum | cut -c1-8)" \
+		"$root/test/tools/promrules" "1 min" promrules
+	;;
 monitoring-crds) monitoring_crds ;;
 *)
-	echo "usage: $0 kube-apiserver|etcd|teleport|cnpg|pgbouncer|golangci-lint|helm|monitoring-crds" >&2
+	echo "usage: $0 kube-apiserver|etcd|teleport|cnpg|pgbouncer|golangci-lint|helm|promrules|monitoring-crds" >&2
 	exit 2
 	;;
 esac
