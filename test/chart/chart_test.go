@@ -102,6 +102,9 @@ func TestChartSchema(t *testing.T) {
 		"an empty namespace":                                           {sets: append(slices.Clone(required), namespaced("a", "")...), want: "watchNamespaces"},
 		"misspelt value":                                               {sets: append(slices.Clone(required), "kubeClusterId=x"), want: "kubeClusterId"},
 		"negative replicas":                                            {sets: append(slices.Clone(required), "replicas=-1"), want: "replicas"},
+		// The Prometheus operator's CRDs take Prometheus durations: no fractions, no ns/us.
+		"scrape interval not a Prometheus duration": {sets: append(slices.Clone(required), "metrics.serviceMonitor.interval=1.5m"), want: "serviceMonitor.interval"},
+		"alert for not a Prometheus duration":       {sets: append(slices.Clone(required), "metrics.prometheusRule.for=1h30m0.5s"), want: "prometheusRule.for"},
 	}
 	for name, c := range cases {
 		t.Run(name, func(t *testing.T) {
