@@ -19,6 +19,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log"
 	"log/slog"
 	"os"
 	"slices"
@@ -42,47 +43,44 @@ type Rule struct {
 }
 
 func main() {
+	log.SetFlags(0)
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: promrules FILE...")
-		os.Exit(2)
+		log.Fatal("usage: promrules FILE...")
 	}
-	if !run(os.Args[1:], os.Stdout, os.Stderr) {
+	errs := run(os.Args[1:], os.Stdout)
+	for _, err := range errs {
+		log.Print(err)
+	}
+	if len(errs) > 0 {
 		os.Exit(1)
 	}
 }
 
-// run checks every file, prints the rules of the valid ones to out and the
-// errors to errw; it reports whether all files were valid.
-func run(files []string, out, errw io.Writer) bool {
+// run checks every file and prints the rules of the valid ones to out; it
+// returns every error of every file.
+func run(files []string, out io.Writer) (errs []error) {
 	p := parser.NewParser(parser.Options{})
 	enc := json.NewEncoder(out)
-	ok := true
 	for _, f := range files {
 		// Legacy names: what every Prometheus, 2.x included, accepts.
-		groups, errs := rulefmt.ParseFile(f, false, model.LegacyValidation, p, slog.New(slog.DiscardHandler))
-		if len(errs) > 0 {
-			for _, err := range errs {
-				fmt.Fprintln(errw, err)
-			}
-			ok = false
+		groups, ferrs := rulefmt.ParseFile(f, false, model.LegacyValidation, p, slog.New(slog.DiscardHandler))
+		if len(ferrs) > 0 {
+			errs = append(errs, ferrs...)
 			continue
 		}
 		for _, g := range groups.Groups {
 			for _, r := range g.Rules {
 				rule, err := describe(p, f, g.Name, r)
-				if err != nil {
-					fmt.Fprintln(errw, err)
-					ok = false
-					continue
+				if err == nil {
+					err = enc.Encode(rule)
 				}
-				if err := enc.Encode(rule); err != nil {
-					fmt.Fprintln(errw, err)
-					return false
+				if err != nil {
+					errs = append(errs, err)
 				}
 			}
 		}
 	}
-	return ok
+	return errs
 }
 
 // describe lists the metrics the rule's expression selects and the other
