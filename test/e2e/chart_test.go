@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -16,6 +17,9 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
@@ -41,15 +45,17 @@ type chartBed struct {
 }
 
 // TestChartInstall installs the chart into the world's apiserver in cluster
-// and in namespaced mode (every object accepted), then runs the controller
-// binary with the flags of the installed Deployment, as the chart's
-// ServiceAccount (a TokenRequest token): an annotated Cluster the real CNPG
-// runs is registered in Teleport and trusted, so the chart's RBAC suffices.
+// and in namespaced mode (every object accepted; in the last one also the
+// ServiceMonitor and PrometheusRule, against the Prometheus operator's real
+// CRDs), then runs the controller binary with the flags of the installed
+// Deployment, as the chart's ServiceAccount (a TokenRequest token): an
+// annotated Cluster the real CNPG runs is registered in Teleport and
+// trusted, so the chart's RBAC suffices.
 // It then shows, with that token, what the ServiceAccount may not do.
 func TestChartInstall(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 12*time.Minute)
 	defer cancel()
-	w := world.Start(t, world.Options{})
+	w := world.Start(t, world.Options{MonitoringCRDs: true}) // the Prometheus operator's CRDs: see monitoring
 	tp := startTeleport(t)
 	for _, ns := range []string{chartNS, "appc", "appn", "appx", "other"} {
 		if err := w.Namespace(ctx, ns); err != nil {
@@ -126,7 +132,9 @@ func TestChartInstall(t *testing.T) {
 		b.t = t
 		// With its identity given, the controller needs nothing cluster-scoped:
 		// the chart binds no ClusterRole at all.
-		sa := b.install("ctx", "kx", "appx", "18094", "rbac.mode=namespaced", "watchNamespaces={appx}", "kubeClusterID=world-x")
+		sa := b.install("ctx", "kx", "appx", "18094", "rbac.mode=namespaced", "watchNamespaces={appx}", "kubeClusterID=world-x",
+			"metrics.serviceMonitor.enabled=true", "metrics.prometheusRule.enabled=true")
+		b.monitoring("ctx")
 		b.forbidden("get Namespace kube-system", func() error {
 			return sa.Get(ctx, client.ObjectKey{Name: "kube-system"}, &corev1.Namespace{})
 		})
@@ -219,6 +227,112 @@ func (b *chartBed) install(release, kube, appNS, port string, sets ...string) cl
 	})
 	t.Logf("%s/pg trusted and registered as %s in %s", appNS, db, time.Since(t0).Round(100*time.Millisecond))
 	return sa
+}
+
+// monitoring checks the release's ServiceMonitor and PrometheusRule, which
+// install got back from the apiserver (so accepted against the Prometheus
+// operator's real CRDs): the ServiceMonitor selects the release's metrics
+// Service and no other release's (the earlier subtests' share chartNS), in
+// its own namespace, on a port the Service has, whose target is a port of the
+// controller's container. The CRDs' schemas are enforced, not decorative: a
+// duration Prometheus would not parse is refused (values.schema.json
+// refuses it before, see test/chart). The rules' PromQL is checked in test/chart.
+func (b *chartBed) monitoring(release string) {
+	t, ctx, w := b.t, b.ctx, b.w
+	t.Helper()
+	fullname := release + "-cnpg-teleport"
+	monitoring := func(kind string) *unstructured.Unstructured {
+		u := &unstructured.Unstructured{}
+		u.SetGroupVersionKind(schema.GroupVersionKind{Group: "monitoring.coreos.com", Version: "v1", Kind: kind})
+		if err := w.Client.Get(ctx, client.ObjectKey{Namespace: chartNS, Name: fullname}, u); err != nil {
+			t.Fatalf("%s %s/%s: %v", kind, chartNS, fullname, err)
+		}
+		return u
+	}
+	sm, rule := monitoring("ServiceMonitor"), monitoring("PrometheusRule")
+
+	var spec struct {
+		Selector          metav1.LabelSelector `json:"selector"`
+		NamespaceSelector struct {
+			Any        bool     `json:"any"`
+			MatchNames []string `json:"matchNames"`
+		} `json:"namespaceSelector"`
+		Endpoints []struct {
+			Port string `json:"port"`
+		} `json:"endpoints"`
+	}
+	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(sm.Object["spec"].(map[string]any), &spec); err != nil {
+		t.Fatal(err)
+	}
+	if spec.NamespaceSelector.Any || len(spec.NamespaceSelector.MatchNames) > 0 {
+		t.Errorf("ServiceMonitor looks beyond its own namespace: %+v", spec.NamespaceSelector)
+	}
+	sel, err := metav1.LabelSelectorAsSelector(&spec.Selector)
+	if err != nil || sel.Empty() {
+		t.Fatalf("ServiceMonitor selector %+v: %v (empty selects every Service)", spec.Selector, err)
+	}
+	var svcs corev1.ServiceList
+	if err := w.Client.List(ctx, &svcs, client.InNamespace(chartNS)); err != nil {
+		t.Fatal(err)
+	}
+	var selected []corev1.Service
+	for _, s := range svcs.Items {
+		if sel.Matches(labels.Set(s.Labels)) {
+			selected = append(selected, s)
+		}
+	}
+	if len(selected) != 1 || selected[0].Name != fullname+"-metrics" {
+		t.Fatalf("ServiceMonitor selector %s selects %d of %d Services in %s, want only %s-metrics", sel, len(selected), len(svcs.Items), chartNS, fullname)
+	}
+	svc := selected[0]
+	var d appsv1.Deployment
+	if err := w.Client.Get(ctx, client.ObjectKey{Namespace: chartNS, Name: fullname}, &d); err != nil {
+		t.Fatal(err)
+	}
+	if len(spec.Endpoints) == 0 {
+		t.Fatal("ServiceMonitor has no endpoint")
+	}
+	for _, e := range spec.Endpoints {
+		i := slices.IndexFunc(svc.Spec.Ports, func(p corev1.ServicePort) bool { return p.Name == e.Port })
+		if i < 0 {
+			t.Errorf("ServiceMonitor endpoint port %q: Service %s has ports %+v", e.Port, svc.Name, svc.Spec.Ports)
+			continue
+		}
+		target := svc.Spec.Ports[i].TargetPort.String()
+		if !slices.ContainsFunc(d.Spec.Template.Spec.Containers[0].Ports, func(p corev1.ContainerPort) bool { return p.Name == target }) {
+			t.Errorf("Service port %q targets %q, which the controller's container does not name", e.Port, target)
+		}
+	}
+	if len(svc.Spec.Selector) == 0 || !labels.SelectorFromSet(svc.Spec.Selector).Matches(labels.Set(d.Spec.Template.Labels)) {
+		t.Errorf("Service %s selector %v does not select the controller's Pods %v", svc.Name, svc.Spec.Selector, d.Spec.Template.Labels)
+	}
+	if groups, _, _ := unstructured.NestedSlice(rule.Object, "spec", "groups"); len(groups) == 0 {
+		t.Error("PrometheusRule has no group")
+	}
+
+	// The same durations in both CRDs: Prometheus's (90s, 90m), not Go's (1.5m).
+	objects := map[string]func(d string) map[string]any{
+		"ServiceMonitor": func(d string) map[string]any {
+			return map[string]any{"selector": map[string]any{"matchLabels": map[string]any{"x": "y"}},
+				"endpoints": []any{map[string]any{"port": "metrics", "interval": d}}}
+		},
+		"PrometheusRule": func(d string) map[string]any {
+			return map[string]any{"groups": []any{map[string]any{"name": "g",
+				"rules": []any{map[string]any{"alert": "A", "expr": "vector(1)", "for": d}}}}}
+		},
+	}
+	for kind, spec := range objects {
+		for dur, ok := range map[string]bool{"90s": true, "90m": true, "1.5m": false} {
+			u := &unstructured.Unstructured{Object: map[string]any{"apiVersion": "monitoring.coreos.com/v1", "kind": kind,
+				"metadata": map[string]any{"namespace": chartNS, "name": "duration-check"}, "spec": spec(dur)}}
+			err := w.Client.Create(ctx, u, client.DryRunAll)
+			if (ok && err != nil) || (!ok && !apierrors.IsInvalid(err)) {
+				t.Errorf("%s with duration %s (dry run): want accepted=%v, got %v", kind, dur, ok, err)
+			}
+		}
+	}
+	t.Logf("ServiceMonitor %s selects only Service %s (selector %s, port %s); PrometheusRule %s accepted; CRD schemas enforced",
+		sm.GetName(), svc.Name, sel, spec.Endpoints[0].Port, rule.GetName())
 }
 
 // serviceAccountKubeconfig mints a token for the chart's ServiceAccount with
