@@ -484,7 +484,7 @@ func startChartControllerStandIn(ctx context.Context, t *testing.T, w *world.Wor
 	d := ds.Items[0]
 	b := &chartBed{t: t, ctx: ctx, w: w, tp: tp}
 	kubeconfig, _ := b.serviceAccountKubeconfig(d.Spec.Template.Spec.ServiceAccountName)
-	flags := b.podFlags(d.Spec.Template.Spec, "18090")
+	flags := b.podFlags(d.Spec.Template.Spec, "18096")
 	p, err := w.StartControllerAs("controller-"+d.Name, kubeconfig, flags...)
 	if err != nil {
 		t.Fatal(err)
@@ -492,4 +492,32 @@ func startChartControllerStandIn(ctx context.Context, t *testing.T, w *world.Wor
 	t.Logf("stand-in for the Deployment's Pod: the controller as system:serviceaccount:%s:%s: %s",
 		chartNS, d.Spec.Template.Spec.ServiceAccountName, strings.Join(flags, " "))
 	return p
+}
+
+// TestWalkthroughCommands pins how the README's sh blocks are split into
+// commands: continuation lines and here-documents stay with their command,
+// comments and blank lines are not commands, inline kubectl and tsh spans are.
+func TestWalkthroughCommands(t *testing.T) {
+	readme := "# x\n\n" + walkthroughHeading + "\n\nRun `tsh db ls` and `helm upgrade`.\n" +
+		"1. Step:\n   ```sh\n   # a comment\n   a \\\n     --b\n\n   tctl create <<'EOF'\n   kind: user\n   EOF\n   c   # trailing\n   ```\n" +
+		"   ```yaml\n   not: a command\n   ```\n## Next\n`kubectl get pods`\n"
+	got, err := walkthroughCommands(readme)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []readmeCommand{
+		{Text: "tsh db ls", Line: 5},
+		{Text: "a \\\n  --b", Line: 9},
+		{Text: "tctl create <<'EOF'\nkind: user\nEOF", Line: 12},
+		{Text: "c   # trailing", Line: 15},
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("got  %+v\nwant %+v", got, want)
+	}
+	if _, err := walkthroughCommands(strings.Replace(readme, "   EOF\n", "", 1)); err == nil {
+		t.Error("an unclosed here-document was accepted")
+	}
+	if _, err := walkthroughCommands("# no walk-through\n"); err == nil {
+		t.Error("a README without the section was accepted")
+	}
 }
