@@ -182,7 +182,7 @@ cnpg) build cnpg "$CNPG_VERSION" "$root/test/tools/cnpg" "5 min" manager ;;
 pgbouncer) build pgbouncer "$PGBOUNCER_VERSION" /nonexistent "1 min" pgbouncer ;;
 golangci-lint) build golangci-lint "$GOLANGCI_VERSION" /nonexistent "3 min" golangci-lint ;;
 helm) build helm "$HELM_VERSION" "$root/test/tools/helm" "3 min" helm ;;
-kubectl) build kubectl "$KUBE_VERSION" "$root/test/tools/kubectl" "3 min" kubectl ;;
+kubectl) build kubectl "$KUBE_VERSION" "$root/test/tools/kubectl" "6 min" kubectl ;;
 *)
 	echo "usage: $0 kube-apiserver|etcd|teleport|cnpg|pgbouncer|golangci-lint|helm|kubectl" >&2
 	exit 2
