@@ -127,7 +127,7 @@ func TestWalkthrough(t *testing.T) {
 			}
 			return nil
 		}},
-		{prefix: "tsh db ls", within: time.Minute, want: func(out string) error {
+		{prefix: "tsh db ls -v", within: time.Minute, want: func(out string) error {
 			if !strings.Contains(out, db) {
 				return fmt.Errorf("%s is not listed:\n%s", db, out)
 			}
@@ -400,8 +400,18 @@ func (s *walkShell) runChecked(ctx context.Context, c readmeCommand, run string,
 	if chk.stdin != nil {
 		stdin = chk.stdin()
 	}
+	// What was typed is not printed back (script(1) echoes alice's password
+	// before tsh turns echo off).
+	typed := strings.TrimSpace(stdin)
+	hide := func(s string) string {
+		if typed == "" {
+			return s
+		}
+		return strings.ReplaceAll(s, typed, "<typed>")
+	}
 	check := func() (string, error) {
 		stdout, stderr, err := s.run(ctx, run, stdin)
+		stdout, stderr = hide(stdout), hide(stderr)
 		if err != nil {
 			return stdout, fmt.Errorf("%w\nstdout:\n%s\nstderr:\n%s", err, stdout, stderr)
 		}
