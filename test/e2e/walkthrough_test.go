@@ -115,7 +115,7 @@ func TestWalkthrough(t *testing.T) {
 				return nil
 			})
 		}},
-		{prefix: "kubectl -n <namespace> get cluster pg -o jsonpath=", within: 5 * time.Minute, want: func(out string) error {
+		{prefix: "kubectl -n <namespace> get cluster pg -o jsonpath=", within: 3 * time.Minute, want: func(out string) error {
 			if out != "pg-teleport-ca" {
 				return fmt.Errorf("printed %q, the README promises pg-teleport-ca", out)
 			}
