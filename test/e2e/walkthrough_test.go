@@ -110,7 +110,7 @@ func TestWalkthrough(t *testing.T) {
 			p := startChartControllerStandIn(ctx, t, w, tp)
 			guards = append(guards, func() error {
 				if exited, err := p.Exited(); exited {
-					return fmt.Errorf("the controller exited (%v):\n%s", err, p.Tail(4<<10))
+					return fmt.Errorf("the controller exited (%w):\n%s", err, p.Tail(4<<10))
 				}
 				return nil
 			})
