@@ -37,10 +37,10 @@ const walkNS = "payments"
 // certificate, which tsh is told to accept (--insecure, see the tsh wrapper)
 // but the controller's API client must not be, so the controller is given
 // the world's auth address and tsh the proxy's.
-func walkthroughPlaceholders(tp *world.Teleport) *strings.Replacer {
+func walkthroughPlaceholders(authAddr, proxyAddr string) *strings.Replacer {
 	return strings.NewReplacer(
-		"teleport.address=teleport.example.com:443", "teleport.address="+tp.AuthAddr,
-		"--proxy=teleport.example.com:443", "--proxy="+tp.ProxyAddr,
+		"teleport.address=teleport.example.com:443", "teleport.address="+authAddr,
+		"--proxy=teleport.example.com:443", "--proxy="+proxyAddr,
 		"<namespace>", walkNS,
 	)
 }
@@ -141,7 +141,14 @@ func TestWalkthrough(t *testing.T) {
 				return nil
 			}},
 	}
-	// A check whose command left the README would silently check nothing.
+	// Both mistakes are found before the world starts: a placeholder the
+	// test cannot fill, and a check whose command left the README (it would
+	// silently check nothing).
+	for _, c := range cmds {
+		if p := unknownPlaceholder.FindString(walkthroughPlaceholders("auth", "proxy").Replace(c.Text)); p != "" {
+			t.Fatalf("README.md:%d: %q is a placeholder TestWalkthrough does not replace (walkthroughPlaceholders):\n%s", c.Line, p, c.Text)
+		}
+	}
 	for _, c := range checks {
 		if checkFor(checks, cmds, c.prefix) == 0 {
 			t.Fatalf("README.md's walk-through has no command starting with %q, which TestWalkthrough checks: "+
@@ -152,13 +159,10 @@ func TestWalkthrough(t *testing.T) {
 	w = world.Start(t, world.Options{})
 	tp = startTeleport(t)
 	sh := newWalkShell(t, w, tp)
-	subst := walkthroughPlaceholders(tp)
+	subst := walkthroughPlaceholders(tp.AuthAddr, tp.ProxyAddr)
 	t0 := time.Now()
 	for _, c := range cmds {
 		run := subst.Replace(c.Text)
-		if p := unknownPlaceholder.FindString(run); p != "" {
-			t.Fatalf("README.md:%d: %q is a placeholder TestWalkthrough does not replace (walkthroughPlaceholders):\n%s", c.Line, p, c.Text)
-		}
 		chk := walkCheck{}
 		if i := checkIndex(checks, c.Text); i >= 0 {
 			chk = checks[i]
