@@ -3,9 +3,11 @@
 # into a cache outside the repository keyed by tool version, Go version and a
 # hash of the wrapper module's go.sum. It prints the directory holding the binaries.
 #
-#   hack/tools.sh kube-apiserver|etcd|teleport|cnpg|pgbouncer|golangci-lint|helm
+#   hack/tools.sh kube-apiserver|etcd|teleport|cnpg|pgbouncer|golangci-lint|helm|kubectl
 #
 # kube-apiserver also holds kube-controller-manager (same wrapper module).
+# kubectl is built from k8s.io/kubectl at the same Kubernetes version
+# (test/tools/kubectl; TestWalkthrough runs the README's commands with it).
 #
 # Each build runs in a temporary directory and is moved into place only when it
 # succeeded, so an interrupted build never leaves a half-written cache entry.
@@ -82,6 +84,16 @@ build_kube_apiserver() {
 	(cd "$1" &&
 		CGO_ENABLED=0 go build -trimpath -ldflags "$ld" -o "$2/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver &&
 		CGO_ENABLED=0 go build -trimpath -ldflags "$ld" -o "$2/kube-controller-manager" k8s.io/kubernetes/cmd/kube-controller-manager)
+}
+
+build_kubectl() {
+	# The version variables as build_kube_apiserver sets them, so `kubectl version` says v1.37.2.
+	local v=k8s.io/component-base/version c=k8s.io/client-go/pkg/version
+	local ld="-s -w"
+	for p in $v $c; do
+		ld+=" -X $p.gitVersion=$KUBE_VERSION -X $p.gitMajor=1 -X $p.gitMinor=37"
+	done
+	(cd "$1" && CGO_ENABLED=0 go build -trimpath -ldflags "$ld" -o "$2/kubectl" .)
 }
 
 build_cnpg() {
@@ -170,8 +182,9 @@ cnpg) build cnpg "$CNPG_VERSION" "$root/test/tools/cnpg" "5 min" manager ;;
 pgbouncer) build pgbouncer "$PGBOUNCER_VERSION" /nonexistent "1 min" pgbouncer ;;
 golangci-lint) build golangci-lint "$GOLANGCI_VERSION" /nonexistent "3 min" golangci-lint ;;
 helm) build helm "$HELM_VERSION" "$root/test/tools/helm" "3 min" helm ;;
+kubectl) build kubectl "$KUBE_VERSION" "$root/test/tools/kubectl" "6 min" kubectl ;;
 *)
-	echo "usage: $0 kube-apiserver|etcd|teleport|cnpg|pgbouncer|golangci-lint|helm" >&2
+	echo "usage: $0 kube-apiserver|etcd|teleport|cnpg|pgbouncer|golangci-lint|helm|kubectl" >&2
 	exit 2
 	;;
 esac

@@ -26,6 +26,7 @@ const (
 	envCNPGBinDir       = "CNPG_BIN_DIR"
 	envPgBouncerBinDir  = "PGBOUNCER_BIN_DIR"
 	envHelmBinDir       = "HELM_BIN_DIR"
+	envKubectlBinDir    = "KUBECTL_BIN_DIR"
 )
 
 // RepoRoot is the repository root, found from this source file.
@@ -39,11 +40,12 @@ var toolDirs sync.Map
 var toolEnv = map[string]string{
 	"kube-apiserver": envKubeAPIServerDir, "etcd": envEtcdDir, "teleport": envTeleportBinDir,
 	"cnpg": envCNPGBinDir, "pgbouncer": envPgBouncerBinDir, "helm": envHelmBinDir,
+	"kubectl": envKubectlBinDir,
 }
 
 // ToolDir returns the directory holding the binaries of tool (kube-apiserver
-// and kube-controller-manager, etcd, teleport, cnpg's manager, pgbouncer, helm),
-// from its environment variable or hack/tools.sh.
+// and kube-controller-manager, etcd, teleport, cnpg's manager, pgbouncer, helm,
+// kubectl), from its environment variable or hack/tools.sh.
 func ToolDir(tool string) (string, error) {
 	if d := os.Getenv(toolEnv[tool]); d != "" {
 		return d, nil
