@@ -35,8 +35,9 @@ const walkNS = "payments"
 // teleport.example.com:443 is one address in production (the proxy, with a
 // certificate people trust); the world's proxy has a self-signed web
 // certificate, which tsh is told to accept (--insecure, see the tsh wrapper)
-// but the controller's API client must not be, so the controller is given
-// the world's auth address and tsh the proxy's.
+// but the controller's API client must not be, so the controller (a Pod of
+// the world) is given the world's auth address as Pods reach it, and tsh the
+// proxy's.
 func walkthroughPlaceholders(authAddr, proxyAddr string) *strings.Replacer {
 	return strings.NewReplacer(
 		"teleport.address=teleport.example.com:443", "teleport.address="+authAddr,
@@ -107,13 +108,7 @@ func TestWalkthrough(t *testing.T) {
 			password = p
 		}},
 		{prefix: "helm install ", after: func(string) {
-			p := startChartControllerStandIn(ctx, t, w, tp)
-			guards = append(guards, func() error {
-				if exited, err := p.Exited(); exited {
-					return fmt.Errorf("the controller exited (%w):\n%s", err, p.Tail(4<<10))
-				}
-				return nil
-			})
+			guards = append(guards, chartDeploymentReady(ctx, t, w, tp))
 		}},
 		{prefix: "kubectl -n <namespace> get cluster pg -o jsonpath=", within: 3 * time.Minute, want: func(out string) error {
 			if out != "pg-teleport-ca" {
@@ -159,7 +154,7 @@ func TestWalkthrough(t *testing.T) {
 	w = world.Start(t, world.Options{})
 	tp = startTeleport(t)
 	sh := newWalkShell(t, w, tp)
-	subst := walkthroughPlaceholders(tp.AuthAddr, tp.ProxyAddr)
+	subst := walkthroughPlaceholders(tp.PodAuthAddr, tp.ProxyAddr)
 	t0 := time.Now()
 	for _, c := range cmds {
 		run := subst.Replace(c.Text)
@@ -479,14 +474,11 @@ func indent(s string) string {
 	return b.String()
 }
 
-// startChartControllerStandIn runs the controller as the chart's Deployment
-// would, for the world's kubelet does not run the controller image yet: the
-// one Deployment `helm install` made in the chart's namespace, its
-// container's flags (the identity Secret written out as the kubelet mounts
-// it, listeners on loopback), as its ServiceAccount (a TokenRequest token),
-// exactly as TestChartInstall does.
-// Removed when the world runs the chart's Deployment.
-func startChartControllerStandIn(ctx context.Context, t *testing.T, w *world.World, tp *world.Teleport) *world.Process {
+// chartDeploymentReady waits until the Pods of the one Deployment `helm
+// install` made in the chart's namespace are Ready (the world's kubelet runs
+// the controller image as the chart says), and returns a guard that fails
+// the test when a controller container ends or restarts.
+func chartDeploymentReady(ctx context.Context, t *testing.T, w *world.World, tp *world.Teleport) func() error {
 	t.Helper()
 	var ds appsv1.DeploymentList
 	if err := w.Client.List(ctx, &ds, client.InNamespace(chartNS)); err != nil {
@@ -495,17 +487,13 @@ func startChartControllerStandIn(ctx context.Context, t *testing.T, w *world.Wor
 	if len(ds.Items) != 1 {
 		t.Fatalf("helm install made %d Deployments in %s, want 1", len(ds.Items), chartNS)
 	}
-	d := ds.Items[0]
+	d := &ds.Items[0]
 	b := &chartBed{t: t, ctx: ctx, w: w, tp: tp}
-	kubeconfig, _ := b.serviceAccountKubeconfig(d.Spec.Template.Spec.ServiceAccountName)
-	flags := b.podFlags(d.Spec.Template.Spec, "18096")
-	p, err := w.StartControllerAs("controller-"+d.Name, kubeconfig, flags...)
-	if err != nil {
-		t.Fatal(err)
+	t.Logf("the chart's controller Pods Ready: %s", strings.Join(b.readyPods(d), " "))
+	return func() error {
+		b.podsRunning(d)
+		return nil
 	}
-	t.Logf("stand-in for the Deployment's Pod: the controller as system:serviceaccount:%s:%s: %s",
-		chartNS, d.Spec.Template.Spec.ServiceAccountName, strings.Join(flags, " "))
-	return p
 }
 
 // TestWalkthroughCommands pins how the README's sh blocks are split into
