@@ -1,5 +1,6 @@
 # cnpg-teleport controller image: a static binary on distroless static, non-root.
-# (Not built here: the development machines have no container engine; `make image`
+# (docker build does not run here: no container engine; TestDockerfileBuildStage builds
+# this stage from its own context, and `make image`
 # builds the same content without one, see README "The image".)
 #
 #   docker build --build-arg VERSION=v0.1.0 -t cnpg-teleport .

@@ -4,7 +4,7 @@
 #   make test   unit, integration and end-to-end tests against the real test world
 #
 # Heavy test-world binaries (kube-apiserver and kube-controller-manager, etcd,
-# CNPG's manager, PgBouncer, Teleport, Helm, golangci-lint, the Prometheus rule checker) are
+# CNPG's manager, PgBouncer, Teleport, Helm, kubectl, golangci-lint, the Prometheus rule checker) are
 # built once from the Go module proxy by hack/tools.sh and cached outside the
 # repository in $${XDG_CACHE_HOME:-$$HOME/.cache}/cnpg-teleport, keyed by version.
 
@@ -53,6 +53,7 @@ world-tools: deps
 	@$(TOOLS) teleport >/dev/null
 	@$(TOOLS) helm >/dev/null
 	@$(TOOLS) monitoring-crds >/dev/null
+	@$(TOOLS) kubectl >/dev/null
 	@echo "[tools] building bin/cert-manager and bin/cnpg-teleport (cold: about 5 min on 2 cores, then seconds)"
 	@$(GO) build -o $(BIN)/cert-manager ./test/cmd/cert-manager
 	@$(GO) build -o $(BIN)/cnpg-teleport ./cmd/cnpg-teleport
@@ -63,8 +64,8 @@ tools: world-tools
 
 WORLD_ENV = KUBE_APISERVER_DIR=$$($(TOOLS) kube-apiserver) ETCD_DIR=$$($(TOOLS) etcd) \
 	CNPG_BIN_DIR=$$($(TOOLS) cnpg) PGBOUNCER_BIN_DIR=$$($(TOOLS) pgbouncer) \
-	TELEPORT_BIN_DIR=$$($(TOOLS) teleport) HELM_BIN_DIR=$$($(TOOLS) helm) CERT_MANAGER_BIN=$(BIN)/cert-manager CNPG_TELEPORT_BIN=$(BIN)/cnpg-teleport \
-	MONITORING_CRDS_DIR=$$($(TOOLS) monitoring-crds)
+	TELEPORT_BIN_DIR=$$($(TOOLS) teleport) HELM_BIN_DIR=$$($(TOOLS) helm) KUBECTL_BIN_DIR=$$($(TOOLS) kubectl) \
+	CERT_MANAGER_BIN=$(BIN)/cert-manager CNPG_TELEPORT_BIN=$(BIN)/cnpg-teleport MONITORING_CRDS_DIR=$$($(TOOLS) monitoring-crds)
 
 ## image: the controller image without a container engine (hack/image): an OCI layout in bin/image and
 ## bin/cnpg-teleport-image.tar for docker/podman load; prints its digest (the same binary, the same digest).

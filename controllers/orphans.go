@@ -14,6 +14,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	k8stypes "k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 )
 
@@ -169,13 +170,19 @@ func (o *OrphanCollector) orphaned(ctx context.Context, r client.Reader, db type
 }
 
 // orphanOf reports whether db, made for the Cluster UID uid, is an orphan
-// given the live Cluster c of the same namespace and name. An opted-in
+// given the live Cluster c of the same namespace and name. What the Cluster
+// of that UID still holds our finalizer for is never an orphan. An opted-in
 // Cluster keeps what it claims: its own, and, re-created under the name,
 // the db names it builds, which the reconciler takes over. A keep annotation
 // on the live Cluster is honoured even after it dropped register in the same
 // edit (the reconciler has not labelled its db resources kept yet), and any
 // keep value but "false" is not guessed at: the reconciler reports it.
 func orphanOf(o Options, c *cnpgv1.Cluster, db types.Database, uid string) bool {
+	if string(c.UID) == uid && controllerutil.ContainsFinalizer(c, Finalizer) {
+		// Its own Cluster still holds our finalizer: the reconciler releases
+		// the db (and says so with an Event); deleting it here would race it.
+		return false
+	}
 	if OptedIn(c) {
 		return string(c.UID) != uid && !claims(o, c, db)
 	}

@@ -91,6 +91,11 @@ func TestCollect(t *testing.T) {
 	}{
 		{name: "Cluster gone", wantDeleted: true},
 		{name: "Cluster opted out", cache: []*cnpgv1.Cluster{old}, live: []*cnpgv1.Cluster{old}, wantDeleted: true},
+		{name: "Cluster opted out, our finalizer still on: its reconciler releases it",
+			cache: []*cnpgv1.Cluster{withFinalizer(old)}, live: []*cnpgv1.Cluster{withFinalizer(old)}},
+		{name: "another Cluster of the name holds our finalizer: not this db's",
+			cache: []*cnpgv1.Cluster{withFinalizer(withUID(cluster("app", "pg", 1, nil), "new"))},
+			live:  []*cnpgv1.Cluster{withFinalizer(withUID(cluster("app", "pg", 1, nil), "new"))}, wantDeleted: true},
 		{name: "another Cluster of the name, not opted in",
 			cache: []*cnpgv1.Cluster{withUID(cluster("app", "pg", 1, nil), "new")}, live: []*cnpgv1.Cluster{withUID(cluster("app", "pg", 1, nil), "new")}, wantDeleted: true},
 		{name: "re-created, opted in under another name: not its db",
@@ -157,4 +162,11 @@ func TestCollect(t *testing.T) {
 			}
 		})
 	}
+}
+
+// withFinalizer returns a copy of c carrying the controller's finalizer.
+func withFinalizer(c *cnpgv1.Cluster) *cnpgv1.Cluster {
+	c = c.DeepCopy()
+	c.Finalizers = append(c.Finalizers, Finalizer)
+	return c
 }

@@ -3,10 +3,12 @@
 # into a cache outside the repository keyed by tool version, Go version and a
 # hash of the wrapper module's go.sum. It prints the directory holding the binaries.
 #
-#   hack/tools.sh kube-apiserver|etcd|teleport|cnpg|pgbouncer|golangci-lint|helm|promrules
+#   hack/tools.sh kube-apiserver|etcd|teleport|cnpg|pgbouncer|golangci-lint|helm|kubectl|promrules
 #   hack/tools.sh monitoring-crds
 #
 # kube-apiserver also holds kube-controller-manager (same wrapper module).
+# kubectl is built from k8s.io/kubectl at the same Kubernetes version
+# (test/tools/kubectl; TestWalkthrough runs the README's commands with it).
 # monitoring-crds builds nothing: it prints the Prometheus operator's CRD
 # directory in the module cache (downloaded once, checked against a pinned hash).
 #
@@ -91,6 +93,16 @@ build_kube_apiserver() {
 	(cd "$1" &&
 		CGO_ENABLED=0 go build -trimpath -ldflags "$ld" -o "$2/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver &&
 		CGO_ENABLED=0 go build -trimpath -ldflags "$ld" -o "$2/kube-controller-manager" k8s.io/kubernetes/cmd/kube-controller-manager)
+}
+
+build_kubectl() {
+	# The version variables as build_kube_apiserver sets them, so `kubectl version` says v1.37.2.
+	local v=k8s.io/component-base/version c=k8s.io/client-go/pkg/version
+	local ld="-s -w"
+	for p in $v $c; do
+		ld+=" -X $p.gitVersion=$KUBE_VERSION -X $p.gitMajor=1 -X $p.gitMinor=37"
+	done
+	(cd "$1" && CGO_ENABLED=0 go build -trimpath -ldflags "$ld" -o "$2/kubectl" .)
 }
 
 build_cnpg() {
@@ -200,6 +212,7 @@ cnpg) build cnpg "$CNPG_VERSION" "$root/test/tools/cnpg" "5 min" manager ;;
 pgbouncer) build pgbouncer "$PGBOUNCER_VERSION" /nonexistent "1 min" pgbouncer ;;
 golangci-lint) build golangci-lint "$GOLANGCI_VERSION" /nonexistent "3 min" golangci-lint ;;
 helm) build helm "$HELM_VERSION" "$root/test/tools/helm" "3 min" helm ;;
+kubectl) build kubectl "$KUBE_VERSION" "$root/test/tools/kubectl" "6 min" kubectl ;;
 promrules)
 	# Keyed by the checker's source too: it lives in the wrapper module.
 	build promrules "$PROMETHEUS_VERSION-$(cat "$root"/test/tools/promrules/*.go | sha256sum | cut -c1-8)" \
@@ -207,7 +220,7 @@ promrules)
 	;;
 monitoring-crds) monitoring_crds ;;
 *)
-	echo "usage: $0 kube-apiserver|etcd|teleport|cnpg|pgbouncer|golangci-lint|helm|promrules|monitoring-crds" >&2
+	echo "usage: $0 kube-apiserver|etcd|teleport|cnpg|pgbouncer|golangci-lint|helm|kubectl|promrules|monitoring-crds" >&2
 	exit 2
 	;;
 esac

@@ -211,6 +211,10 @@ func run(ctx context.Context, f flags) error {
 		HealthProbeBindAddress: f.probeAddr,
 		LeaderElection:         f.leaderElection,
 		LeaderElectionID:       "cnpg-teleport." + f.kubeCluster,
+		// The manager is the last thing main runs: giving the Lease up on
+		// the way out hands over in one retry period (a rolling update, a
+		// deleted Pod) instead of a whole lease duration.
+		LeaderElectionReleaseOnCancel: true,
 	})
 	if err != nil {
 		return err

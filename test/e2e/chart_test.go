@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -21,8 +20,6 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
-	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/cnpg-teleport/cnpg-teleport/controllers"
@@ -47,11 +44,13 @@ type chartBed struct {
 // TestChartInstall installs the chart into the world's apiserver in cluster
 // and in namespaced mode (every object accepted; in the last one also the
 // ServiceMonitor and PrometheusRule, against the Prometheus operator's real
-// CRDs), then runs the controller binary with the flags of the installed
-// Deployment, as the chart's ServiceAccount (a TokenRequest token): an
-// annotated Cluster the real CNPG runs is registered in Teleport and
-// trusted, so the chart's RBAC suffices.
-// It then shows, with that token, what the ServiceAccount may not do.
+// CRDs); the world's kubelet runs
+// the installed Deployment's Pods (the controller as the chart's
+// ServiceAccount, with the chart's args, mounts and probes): an annotated
+// Cluster the real CNPG runs is registered in Teleport and trusted, so the
+// chart's RBAC suffices. In cluster mode two replicas elect a leader and hand
+// the Lease over when it goes. It then shows, with a token of that
+// ServiceAccount, what it may not do.
 func TestChartInstall(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 12*time.Minute)
 	defer cancel()
@@ -89,7 +88,18 @@ func TestChartInstall(t *testing.T) {
 
 	t.Run("cluster mode", func(t *testing.T) {
 		b.t = t
-		sa := b.install("ctc", "kc", "appc", "18090", "rbac.mode=cluster")
+		// Two replicas: leader election on (the chart adds --leader-elect
+		// and its Role); the Lease is handed over when the leader goes.
+		sa, d := b.install("ctc", "kc", "appc", "rbac.mode=cluster", "replicas=2")
+		first := b.leader(d, "")
+		t0 := time.Now()
+		if err := w.Client.Delete(ctx, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: chartNS, Name: first}}); err != nil {
+			t.Fatal(err)
+		}
+		next := b.leader(d, first)
+		t.Logf("leader %s deleted: %s took the Lease over in %s", first, next, time.Since(t0).Round(100*time.Millisecond))
+		b.registered(d, "kc", "appc", "pg2")
+		b.noForbidden(d)
 		// Cluster mode grants Secrets (get/list/watch/create/update/delete)
 		// in every namespace: the controller reads the CA Secrets a Cluster
 		// names wherever Clusters are. It grants nothing else on them, and
@@ -109,7 +119,7 @@ func TestChartInstall(t *testing.T) {
 	})
 	t.Run("namespaced mode", func(t *testing.T) {
 		b.t = t
-		sa := b.install("ctn", "kn", "appn", "18092", "rbac.mode=namespaced", "watchNamespaces={appn}")
+		sa, _ := b.install("ctn", "kn", "appn", "rbac.mode=namespaced", "watchNamespaces={appn}")
 		// No Secret outside the watched namespace: not one in a namespace
 		// it does not watch, not its own identity Secret, no cluster-wide list.
 		b.forbidden("get a Secret in an unwatched namespace", func() error {
@@ -132,7 +142,7 @@ func TestChartInstall(t *testing.T) {
 		b.t = t
 		// With its identity given, the controller needs nothing cluster-scoped:
 		// the chart binds no ClusterRole at all.
-		sa := b.install("ctx", "kx", "appx", "18094", "rbac.mode=namespaced", "watchNamespaces={appx}", "kubeClusterID=world-x",
+		sa, _ := b.install("ctx", "kx", "appx", "rbac.mode=namespaced", "watchNamespaces={appx}", "kubeClusterID=world-x",
 			"metrics.serviceMonitor.enabled=true", "metrics.prometheusRule.enabled=true")
 		b.monitoring("ctx")
 		b.forbidden("get Namespace kube-system", func() error {
@@ -141,17 +151,19 @@ func TestChartInstall(t *testing.T) {
 	})
 }
 
-// install installs the chart as release with the Deployment at 0 replicas
-// (the world kubelet has no controller image) and checks every object it
-// made is in the apiserver; then it runs the controller with the installed
-// Deployment's flags as the release's ServiceAccount, and an annotated
-// 1-instance Cluster pg in appNS must be registered as kube and trusted.
-// It returns a client with the ServiceAccount's token.
-func (b *chartBed) install(release, kube, appNS, port string, sets ...string) client.Client {
+// install installs the chart as release and checks every object it made is
+// in the apiserver; the world's kubelet then runs the Deployment's Pods from
+// the controller image (the controller binary at the image's entrypoint, the
+// chart's args, the identity Secret mounted, the ServiceAccount's token at
+// the in-cluster path), and the test waits for them to be Ready by the
+// chart's readiness probe. An annotated 1-instance Cluster pg in appNS must
+// then be registered as kube and trusted, so the chart's RBAC suffices. It
+// returns a client with the ServiceAccount's token, and the Deployment.
+func (b *chartBed) install(release, kube, appNS string, sets ...string) (client.Client, *appsv1.Deployment) {
 	t, ctx, w := b.t, b.ctx, b.w
 	t.Helper()
 	args := []string{"install", release, world.ChartDir(), "--namespace", chartNS, "--kubeconfig", w.Kubeconfig,
-		"--set", "replicas=0", "--set", "teleport.address=" + b.tp.AuthAddr, "--set", "teleport.identity.secretName=tbot-identity",
+		"--set", "teleport.address=" + b.tp.PodAuthAddr, "--set", "teleport.identity.secretName=tbot-identity",
 		"--set", "kubeCluster=" + kube, "--set", "resyncPeriod=2s", "--set", "metrics.service.enabled=true"}
 	for _, s := range sets {
 		args = append(args, "--set", s)
@@ -183,35 +195,56 @@ func (b *chartBed) install(release, kube, appNS, port string, sets ...string) cl
 	t.Logf("helm install %s: %d objects in the apiserver: %s", release, len(objs), strings.Join(kinds, " "))
 
 	fullname := release + "-cnpg-teleport"
-	kubeconfig, sa := b.serviceAccountKubeconfig(fullname)
-	var d appsv1.Deployment
-	if err := w.Client.Get(ctx, client.ObjectKey{Namespace: chartNS, Name: fullname}, &d); err != nil {
+	sa := b.serviceAccountClient(fullname)
+	d := &appsv1.Deployment{}
+	if err := w.Client.Get(ctx, client.ObjectKey{Namespace: chartNS, Name: fullname}, d); err != nil {
 		t.Fatal(err)
 	}
-	flags := b.podFlags(d.Spec.Template.Spec, port)
-	p, err := w.StartControllerAs("controller-"+release, kubeconfig, flags...)
-	if err != nil {
-		t.Fatal(err)
+	if img := d.Spec.Template.Spec.Containers[0].Image; !world.IsControllerImage(img) {
+		t.Fatalf("the chart's image %s is not the controller image %s the world runs", img, world.ControllerImage)
 	}
-	defer p.Stop()
-	t.Logf("controller as system:serviceaccount:%s:%s: %s", chartNS, fullname, strings.Join(flags, " "))
+	t0 := time.Now()
+	pods := b.readyPods(d)
+	t.Logf("%d controller Pod(s) Ready in %s: %s", len(pods), time.Since(t0).Round(100*time.Millisecond), strings.Join(pods, " "))
+	b.registered(d, kube, appNS, "pg")
+	b.noForbidden(d)
+	return sa, d
+}
 
-	c := world.NewCluster(appNS, "pg", 1)
+// noForbidden fails the test when a controller Pod's log shows a request
+// the apiserver refused: the chart's RBAC must cover every call the
+// controller made, its leader election's Events included.
+func (b *chartBed) noForbidden(d *appsv1.Deployment) {
+	b.t.Helper()
+	for _, p := range b.pods(d) {
+		for _, line := range strings.Split(b.w.ContainerLog(p.Namespace, p.Name, "controller"), "\n") {
+			if strings.Contains(line, "is forbidden") {
+				b.t.Errorf("controller Pod %s was refused by RBAC: %s", p.Name, line)
+			}
+		}
+	}
+}
+
+// registered creates an annotated 1-instance Cluster name in appNS and waits
+// until CNPG runs the bundle and Teleport has its rw db resource, failing at
+// once when a controller Pod's container ends.
+func (b *chartBed) registered(d *appsv1.Deployment, kube, appNS, name string) {
+	t, ctx, w := b.t, b.ctx, b.w
+	t.Helper()
+	c := world.NewCluster(appNS, name, 1)
 	c.Annotations = map[string]string{controllers.AnnotationRegister: "true"}
 	t0 := time.Now()
 	if err := w.Client.Create(ctx, c); err != nil {
 		t.Fatal(err)
 	}
-	db := kube + "-" + appNS + "-pg-rw"
-	world.Eventually(t, 2*time.Minute, "Cluster "+appNS+"/pg trusted and registered as "+db, func() error {
-		if exited, err := p.Exited(); exited { // it will not come back: say so now
-			t.Fatalf("controller exited (%v): %s", err, p.Tail(4<<10))
-		}
+	db := kube + "-" + appNS + "-" + name + "-rw"
+	world.Eventually(t, 2*time.Minute, "Cluster "+appNS+"/"+name+" trusted and registered as "+db, func() error {
+		b.podsRunning(d) // a crashed controller will not come back: say so now
 		var got cnpgv1.Cluster
 		if err := w.Client.Get(ctx, client.ObjectKeyFromObject(c), &got); err != nil {
 			return err
 		}
-		if ca := got.Status.Certificates.ClientCASecret; ca != "pg-teleport-ca" {
+		if ca := got.Status.Certificates.ClientCASecret; ca != name+"-teleport-ca" {
 			return fmt.Errorf("CNPG runs client CA %q", ca)
 		}
 		dbs, err := b.tc.ListDatabases(ctx)
@@ -225,8 +258,7 @@ func (b *chartBed) install(release, kube, appNS, port string, sets ...string) cl
 		}
 		return fmt.Errorf("no db %s in Teleport (%d others)", db, len(dbs))
 	})
-	t.Logf("%s/pg trusted and registered as %s in %s", appNS, db, time.Since(t0).Round(100*time.Millisecond))
-	return sa
+	t.Logf("%s/%s trusted and registered as %s in %s", appNS, name, db, time.Since(t0).Round(100*time.Millisecond))
 }
 
 // monitoring checks the release's ServiceMonitor and PrometheusRule, which
@@ -335,10 +367,89 @@ func (b *chartBed) monitoring(release string) {
 		sm.GetName(), svc.Name, sel, spec.Endpoints[0].Port, rule.GetName())
 }
 
-// serviceAccountKubeconfig mints a token for the chart's ServiceAccount with
-// the TokenRequest API (as the kubelet does for a Pod) and writes a kubeconfig
-// with it; it also returns a client that uses it.
-func (b *chartBed) serviceAccountKubeconfig(name string) (string, client.Client) {
+// pods lists the Deployment's Pods that are not being deleted.
+func (b *chartBed) pods(d *appsv1.Deployment) []corev1.Pod {
+	b.t.Helper()
+	var list corev1.PodList
+	if err := b.w.Client.List(b.ctx, &list, client.InNamespace(d.Namespace), client.MatchingLabels(d.Spec.Selector.MatchLabels)); err != nil {
+		b.t.Fatal(err)
+	}
+	var out []corev1.Pod
+	for _, p := range list.Items {
+		if p.DeletionTimestamp == nil {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// readyPods waits until the Deployment has as many Ready Pods as replicas.
+func (b *chartBed) readyPods(d *appsv1.Deployment) []string {
+	b.t.Helper()
+	var names []string
+	world.Eventually(b.t, 2*time.Minute, "controller Pods of "+d.Name+" Ready", func() error {
+		b.podsRunning(d)
+		names = nil
+		for _, p := range b.pods(d) {
+			for _, c := range p.Status.Conditions {
+				if c.Type == corev1.PodReady && c.Status == corev1.ConditionTrue {
+					names = append(names, p.Name)
+				}
+			}
+		}
+		if len(names) != int(*d.Spec.Replicas) {
+			return fmt.Errorf("%d of %d Ready", len(names), *d.Spec.Replicas)
+		}
+		return nil
+	})
+	return names
+}
+
+// podsRunning fails the test at once, with the container's log, when a
+// controller container has ended or restarted, or cannot start.
+func (b *chartBed) podsRunning(d *appsv1.Deployment) {
+	b.t.Helper()
+	for _, p := range b.pods(d) {
+		for _, cs := range p.Status.ContainerStatuses {
+			bad := cs.RestartCount > 0 || cs.State.Terminated != nil
+			if w := cs.State.Waiting; w != nil && w.Reason != "" && w.Reason != "ContainerCreating" {
+				bad = true
+			}
+			if bad {
+				b.t.Fatalf("controller Pod %s: container %s %+v (restarts %d):\n%s", p.Name, cs.Name, cs.State, cs.RestartCount,
+					b.w.ContainerLog(p.Namespace, p.Name, cs.Name))
+			}
+		}
+	}
+}
+
+// leader waits until exactly one of the Deployment's Pods other than not
+// says in its log that it acquired the Lease (client-go's leader election:
+// "Successfully acquired lease"), and returns it. The Lease's holder names
+// the host, which all the world's Pods share, so the log tells which Pod.
+func (b *chartBed) leader(d *appsv1.Deployment, not string) string {
+	b.t.Helper()
+	var leader string
+	world.Eventually(b.t, time.Minute, "one controller Pod of "+d.Name+" leading", func() error {
+		var leaders []string
+		for _, p := range b.pods(d) {
+			if p.Name != not && strings.Contains(strings.ToLower(b.w.ContainerLog(p.Namespace, p.Name, "controller")), "successfully acquired lease") {
+				leaders = append(leaders, p.Name)
+			}
+		}
+		if len(leaders) != 1 {
+			return fmt.Errorf("leaders %v", leaders)
+		}
+		leader = leaders[0]
+		return nil
+	})
+	return leader
+}
+
+// serviceAccountClient mints a token for the chart's ServiceAccount with the
+// TokenRequest API (as the kubelet does for a Pod) and returns a client that
+// uses it, to show what the ServiceAccount may and may not do.
+func (b *chartBed) serviceAccountClient(name string) client.Client {
 	t, ctx, w := b.t, b.ctx, b.w
 	t.Helper()
 	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: chartNS, Name: name}}
@@ -347,57 +458,12 @@ func (b *chartBed) serviceAccountKubeconfig(name string) (string, client.Client)
 	if err := w.Client.SubResource("token").Create(ctx, sa, tr); err != nil {
 		t.Fatalf("TokenRequest for %s/%s: %v", chartNS, name, err)
 	}
-	cfg := clientcmdapi.NewConfig()
-	cfg.Clusters["world"] = &clientcmdapi.Cluster{Server: w.Config.Host, CertificateAuthorityData: w.Config.CAData}
-	cfg.AuthInfos[name] = &clientcmdapi.AuthInfo{Token: tr.Status.Token}
-	cfg.Contexts[name] = &clientcmdapi.Context{Cluster: "world", AuthInfo: name}
-	cfg.CurrentContext = name
-	path := filepath.Join(w.Dir, name+".kubeconfig")
-	if err := clientcmd.WriteToFile(*cfg, path); err != nil {
-		t.Fatal(err)
-	}
 	c, err := client.New(&rest.Config{Host: w.Config.Host, BearerToken: tr.Status.Token,
 		TLSClientConfig: rest.TLSClientConfig{CAData: w.Config.CAData}}, client.Options{Scheme: w.Scheme})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return path, c
-}
-
-// podFlags are the controller container's flags as the chart rendered them,
-// with the mounted identity Secret written to a directory (as the kubelet
-// mounts it) and the listeners on loopback ports (port, port+1).
-func (b *chartBed) podFlags(pod corev1.PodSpec, port string) []string {
-	t := b.t
-	t.Helper()
-	mount := pod.Containers[0].VolumeMounts[0]
-	var s corev1.Secret
-	if err := b.w.Client.Get(b.ctx, client.ObjectKey{Namespace: chartNS, Name: pod.Volumes[0].Secret.SecretName}, &s); err != nil {
-		t.Fatal(err)
-	}
-	dir := filepath.Join(t.TempDir(), "identity")
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	for k, v := range s.Data {
-		if err := os.WriteFile(filepath.Join(dir, k), v, 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	next := port[:len(port)-1] + string(port[len(port)-1]+1)
-	var flags []string
-	for _, a := range pod.Containers[0].Args {
-		switch {
-		case strings.HasPrefix(a, "--metrics-bind-address="):
-			a = "--metrics-bind-address=127.0.0.1:" + port
-		case strings.HasPrefix(a, "--health-probe-bind-address="):
-			a = "--health-probe-bind-address=127.0.0.1:" + next
-		default:
-			a = strings.Replace(a, "="+mount.MountPath+"/", "="+dir+"/", 1)
-		}
-		flags = append(flags, a)
-	}
-	return flags
+	return c
 }
 
 // forbidden checks that the ServiceAccount's request is refused by RBAC (403).

@@ -28,6 +28,7 @@ const (
 	envHelmBinDir       = "HELM_BIN_DIR"
 	envPromRulesBinDir  = "PROMRULES_BIN_DIR"
 	envMonitoringCRDs   = "MONITORING_CRDS_DIR"
+	envKubectlBinDir    = "KUBECTL_BIN_DIR"
 )
 
 // RepoRoot is the repository root, found from this source file.
@@ -41,13 +42,13 @@ var toolDirs sync.Map
 var toolEnv = map[string]string{
 	"kube-apiserver": envKubeAPIServerDir, "etcd": envEtcdDir, "teleport": envTeleportBinDir,
 	"cnpg": envCNPGBinDir, "pgbouncer": envPgBouncerBinDir, "helm": envHelmBinDir,
-	"promrules": envPromRulesBinDir, "monitoring-crds": envMonitoringCRDs,
+	"promrules": envPromRulesBinDir, "monitoring-crds": envMonitoringCRDs, "kubectl": envKubectlBinDir,
 }
 
 // ToolDir returns the directory holding the binaries of tool (kube-apiserver
 // and kube-controller-manager, etcd, teleport, cnpg's manager, pgbouncer, helm,
-// promrules) or, for monitoring-crds, the Prometheus operator's CRDs, from its
-// environment variable or hack/tools.sh.
+// promrules, kubectl) or, for monitoring-crds, the Prometheus operator's CRDs,
+// from its environment variable or hack/tools.sh.
 func ToolDir(tool string) (string, error) {
 	if d := os.Getenv(toolEnv[tool]); d != "" {
 		return d, nil

@@ -80,8 +80,11 @@ func (w *World) startCNPG(ctx context.Context) error {
 	}
 	// WEBHOOK_CERT_DIR: certificates are provided (OLM's mode), so the
 	// operator does not wait for a Secret mounted by a kubelet.
+	// POSTGRES_IMAGE_NAME: the operator's default image (an operator setting,
+	// as in CNPG's ConfigMap) is the host's PostgreSQL, so a Cluster written
+	// without spec.imageName, as a user writes one, runs in the world too.
 	env := append(os.Environ(), w.marker, "KUBECONFIG="+w.Kubeconfig, "OPERATOR_NAMESPACE="+CNPGNamespace,
-		"WEBHOOK_CERT_DIR="+filepath.Join(dir, "webhook"))
+		"WEBHOOK_CERT_DIR="+filepath.Join(dir, "webhook"), "POSTGRES_IMAGE_NAME="+PostgresImage())
 	p, err := startProcessIn(dir, w.Dir, "cnpg-operator", env, []string{bin, "controller",
 		fmt.Sprintf("--webhook-port=%d", wh.LocalServingPort), "--metrics-bind-address=0"})
 	if err != nil {

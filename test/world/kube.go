@@ -404,3 +404,9 @@ func (w *World) ApplyClusterRole(ctx context.Context, file, user string) error {
 		Subjects:   []rbacv1.Subject{{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: user}},
 	})
 }
+
+// ContainerLog returns the tail of a container's log (every run of it: a
+// restarted container appends), as the world's kubelet wrote it.
+func (w *World) ContainerLog(namespace, pod, container string) string {
+	return tailFile(filepath.Join(w.Dir, fmt.Sprintf("%s_%s_%s.log", namespace, pod, container)), 8<<10)
+}

@@ -200,9 +200,17 @@ func (w *podWorker) state(c corev1.Container, init bool) *ctrState {
 var pgImage = regexp.MustCompile(`/postgresql:(\d+)`)
 
 func (w *podWorker) newSandbox(ctx context.Context, p *corev1.Pod) (*sandbox, string, error) {
+	controller := ""
 	for _, c := range slices.Concat(p.Spec.InitContainers, p.Spec.Containers) {
 		if _, err := imagePath(c.Image); err != nil {
 			return nil, "ErrImagePull", err
+		}
+		if IsControllerImage(c.Image) && controller == "" {
+			bin, err := ControllerBin()
+			if err != nil {
+				return nil, "ErrImagePull", fmt.Errorf("image %s: %w", c.Image, err)
+			}
+			controller = bin
 		}
 	}
 	dirs, err := w.volumes(ctx, p)
@@ -214,13 +222,41 @@ func (w *podWorker) newSandbox(ctx context.Context, p *corev1.Pod) (*sandbox, st
 		return nil, "CreateContainerConfigError", err
 	}
 	sb, err := newSandbox(ctx, p, sandboxParts{
-		base: w.k.base, logDir: w.k.dir, manager: w.k.bins.manager, pgbouncer: w.k.bins.pgbouncer,
+		base: w.k.base, logDir: w.k.dir, manager: w.k.bins.manager, pgbouncer: w.k.bins.pgbouncer, controller: controller,
 		volumeDirs: dirs, token: token, caCert: w.k.caCert, namespace: p.Namespace,
 	})
 	if err != nil {
 		return nil, "CreateContainerError", err
 	}
 	return sb, "", nil
+}
+
+// ControllerImage is the repository of the controller's image (the chart's
+// image.repository). The world runs it from the controller binary the
+// Makefile builds (CNPG_TELEPORT_BIN), mounted at the image's entrypoint: the
+// image's own content is what hack/image's tests check.
+const ControllerImage = "ghcr.io/cnpg-teleport/cnpg-teleport"
+
+// controllerEntrypoint is the controller image's entrypoint (hack/image).
+const controllerEntrypoint = "/cnpg-teleport"
+
+// IsControllerImage reports whether image (repository[:tag][@digest]) is the
+// controller's image, whatever its tag or digest.
+func IsControllerImage(image string) bool {
+	repo, _, _ := strings.Cut(image, "@")
+	if i := strings.LastIndex(repo, ":"); i > strings.LastIndex(repo, "/") {
+		repo = repo[:i]
+	}
+	return repo == ControllerImage
+}
+
+// entrypoint is what a container runs: its command, else the image's
+// entrypoint (the world knows one image's), then its args.
+func entrypoint(c corev1.Container) []string {
+	if len(c.Command) == 0 && IsControllerImage(c.Image) {
+		return slices.Concat([]string{controllerEntrypoint}, c.Args)
+	}
+	return slices.Concat(c.Command, c.Args)
 }
 
 // imagePath is the PATH of an image. The world's images are the host: a
@@ -471,7 +507,7 @@ func (w *podWorker) launch(ctx context.Context, p *corev1.Pod, sb *sandbox, st *
 		k, v, _ := strings.Cut(e, "=")
 		vars[k] = v
 	}
-	argv := expand(slices.Concat(c.Command, c.Args), vars)
+	argv := expand(entrypoint(c), vars)
 	if len(argv) == 0 {
 		return fmt.Errorf("container %s has no command (the world has no image entrypoints)", c.Name)
 	}
@@ -738,8 +774,14 @@ func statusEqual(a, b corev1.PodStatus) bool {
 
 // podStatus is what a kubelet reports for the worker's state.
 func (w *podWorker) podStatus(p *corev1.Pod, sb *sandbox) corev1.PodStatus {
+	// The apiserver sets the QoS class at creation from the containers'
+	// resources, and it is immutable: report it as it is.
+	qos := p.Status.QOSClass
+	if qos == "" {
+		qos = corev1.PodQOSBestEffort
+	}
 	st := corev1.PodStatus{Phase: corev1.PodPending, HostIP: WorldAddr, HostIPs: []corev1.HostIP{{IP: WorldAddr}}, StartTime: &w.start,
-		QOSClass: corev1.PodQOSBestEffort}
+		QOSClass: qos}
 	if sb != nil && sb.ip != "" {
 		st.PodIP, st.PodIPs = sb.ip, []corev1.PodIP{{IP: sb.ip}}
 	}

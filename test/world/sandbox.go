@@ -46,6 +46,7 @@ type sandboxParts struct {
 	logDir     string
 	manager    string // CNPG's manager binary, at /manager (the operator image's path)
 	pgbouncer  string // PgBouncer binary, at /usr/bin/pgbouncer
+	controller string // the controller binary at its image's entrypoint ("": the Pod does not run it)
 	volumeDirs map[string]string
 	token      []byte // service-account token (nil: none mounted)
 	caCert     []byte
@@ -203,8 +204,9 @@ func (s *sandbox) mountDev() error {
 	return nil
 }
 
-// mountScratch mounts /proc, a private /tmp and CNPG's manager at /manager
-// (where the operator image has it, for the bootstrap-controller init container).
+// mountScratch mounts /proc, a private /tmp, CNPG's manager at /manager
+// (where the operator image has it, for the bootstrap-controller init
+// container) and, for a Pod of the controller's image, its binary.
 func (s *sandbox) mountScratch(parts sandboxParts) error {
 	if err := mount("/proc", filepath.Join(s.root, "proc"), "", syscall.MS_BIND|syscall.MS_REC, ""); err != nil {
 		return err
@@ -218,6 +220,11 @@ func (s *sandbox) mountScratch(parts sandboxParts) error {
 	}
 	if err := bind(tmp, filepath.Join(s.root, "tmp"), false); err != nil {
 		return err
+	}
+	if parts.controller != "" {
+		if err := bindFile(parts.controller, filepath.Join(s.root, controllerEntrypoint), true); err != nil {
+			return err
+		}
 	}
 	return bindFile(parts.manager, filepath.Join(s.root, "manager"), true)
 }

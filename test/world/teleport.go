@@ -27,6 +27,7 @@ type Teleport struct {
 	BinDir      string
 	ClusterName string
 	AuthAddr    string // the auth service's gRPC address: what the controller dials
+	PodAuthAddr string // the same service as a Pod of the world dials it (the world's address)
 	ProxyAddr   string // the proxy's web address: what tsh logs in to
 
 	proc *Process
@@ -46,7 +47,9 @@ teleport:
     severity: INFO
 auth_service:
   enabled: true
-  listen_addr: 127.0.0.1:3025
+  # every address of the world's namespace: loopback, and WorldAddr for Pods
+  # (the controller's Deployment installed by the chart)
+  listen_addr: 0.0.0.0:3025
   cluster_name: world
   proxy_listener_mode: separate
   authentication:
@@ -76,7 +79,7 @@ func StartTeleport(dir string) (*Teleport, error) {
 	}
 	tp := &Teleport{
 		Dir: dir, Config: filepath.Join(dir, "teleport.yaml"), BinDir: bin, ClusterName: "world",
-		AuthAddr: "127.0.0.1:3025", ProxyAddr: "localhost:3080",
+		AuthAddr: "127.0.0.1:3025", PodAuthAddr: WorldAddr + ":3025", ProxyAddr: "localhost:3080",
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
