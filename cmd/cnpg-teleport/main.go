@@ -7,12 +7,15 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"time"
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 	cnpgv1 "github.com/cloudnative-pg/cloudnative-pg/api/v1"
+	"github.com/go-logr/logr"
+	"go.uber.org/zap/zapcore"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -45,6 +48,7 @@ type flags struct {
 	metricsAddr    string
 	probeAddr      string
 	leaderElection bool
+	logLevel       zapcore.Level
 	version        bool
 }
 
@@ -66,6 +70,11 @@ func parseFlags(args []string) (flags, error) {
 	fs.StringVar(&f.metricsAddr, "metrics-bind-address", ":8080", "Prometheus metrics address ('0' disables)")
 	fs.StringVar(&f.probeAddr, "health-probe-bind-address", ":8081", "health probe address")
 	fs.BoolVar(&f.leaderElection, "leader-elect", false, "enable leader election (for more than one replica)")
+	fs.Func("log-level", "log level: debug, info (the default), warn or error", func(v string) error {
+		l, err := logLevel(v)
+		f.logLevel = l
+		return err
+	})
 	fs.BoolVar(&f.version, "version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		return f, err
@@ -86,6 +95,22 @@ func parseFlags(args []string) (flags, error) {
 		return f, err
 	}
 	return f, nil
+}
+
+// newLogger is the controller's logger: controller-runtime's zap (JSON) at
+// --log-level, writing to w.
+func newLogger(f flags, w io.Writer) logr.Logger {
+	return zap.New(zap.Level(f.logLevel), zap.WriteTo(w))
+}
+
+// logLevel parses --log-level: zap's level names (debug shows the
+// reconcilers' V(1) lines).
+func logLevel(v string) (zapcore.Level, error) {
+	switch v {
+	case "debug", "info", "warn", "error":
+		return zapcore.ParseLevel(v)
+	}
+	return zapcore.InfoLevel, fmt.Errorf("want debug, info, warn or error, not %q", v)
 }
 
 // namespaces parses --namespaces: empty means all; an empty item is an error
@@ -147,7 +172,7 @@ func main() {
 		fmt.Println("cnpg-teleport", versionString())
 		return
 	}
-	ctrl.SetLogger(zap.New())
+	ctrl.SetLogger(newLogger(f, os.Stderr))
 	if err := run(ctrl.SetupSignalHandler(), f); err != nil {
 		ctrl.Log.Error(err, "cnpg-teleport stopped")
 		os.Exit(1)

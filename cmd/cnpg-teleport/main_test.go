@@ -1,7 +1,9 @@
 package main
 
 import (
+	"bytes"
 	"slices"
+	"strings"
 	"testing"
 
 	cnpgv1 "github.com/cloudnative-pg/cloudnative-pg/api/v1"
@@ -47,5 +49,46 @@ func TestVersionFlag(t *testing.T) {
 	defer func() { version = "" }()
 	if got := versionString(); got != "v9.9.9-test" {
 		t.Fatalf("-X main.version not used: %q", got)
+	}
+}
+
+func TestLogLevelFlag(t *testing.T) {
+	required := []string{"--teleport-addr=t:3025", "--kube-cluster=k", "--identity-file=/i"}
+	lines := func(level ...string) string {
+		f, err := parseFlags(append(required, level...))
+		if err != nil {
+			t.Fatalf("%v: %v", level, err)
+		}
+		var b bytes.Buffer
+		l := newLogger(f, &b)
+		l.V(1).Info("debug line")
+		l.Info("info line")
+		l.Error(nil, "error line")
+		return b.String()
+	}
+	for _, tt := range []struct {
+		flag       []string
+		want, hide []string
+	}{
+		{nil, []string{"info line", "error line"}, []string{"debug line"}},
+		{[]string{"--log-level=debug"}, []string{"debug line", "info line", "error line"}, nil},
+		{[]string{"--log-level=error"}, []string{"error line"}, []string{"debug line", "info line"}},
+	} {
+		out := lines(tt.flag...)
+		for _, w := range tt.want {
+			if !strings.Contains(out, w) {
+				t.Errorf("%v: %q not logged:\n%s", tt.flag, w, out)
+			}
+		}
+		for _, h := range tt.hide {
+			if strings.Contains(out, h) {
+				t.Errorf("%v: %q logged:\n%s", tt.flag, h, out)
+			}
+		}
+	}
+	for _, bad := range []string{"verbose", "INFO", ""} {
+		if _, err := parseFlags(append(required, "--log-level="+bad)); err == nil {
+			t.Errorf("--log-level=%q accepted", bad)
+		}
 	}
 }

@@ -99,6 +99,7 @@ func TestChartSchema(t *testing.T) {
 		"unknown rbac mode":                                            {sets: append(slices.Clone(required), "rbac.mode=none"), want: "rbac.mode"},
 		"bad name policy":                                              {sets: append(slices.Clone(required), "namePolicy=free"), want: "namePolicy"},
 		"bad resync period":                                            {sets: append(slices.Clone(required), "resyncPeriod=10"), want: "resyncPeriod"},
+		"bad log level":                                                {sets: append(slices.Clone(required), "logLevel=verbose"), want: "logLevel"},
 		"an empty namespace":                                           {sets: append(slices.Clone(required), namespaced("a", "")...), want: "watchNamespaces"},
 		"misspelt value":                                               {sets: append(slices.Clone(required), "kubeClusterId=x"), want: "kubeClusterId"},
 		"negative replicas":                                            {sets: append(slices.Clone(required), "replicas=-1"), want: "replicas"},
@@ -361,7 +362,8 @@ func TestChartDeployment(t *testing.T) {
 	}
 	args := c.Args
 	want := []string{"--teleport-addr=teleport.example.com:443", "--kube-cluster=prod", "--namespaces=a,b",
-		"--identity-file=/var/run/cnpg-teleport/identity/identity", "--health-probe-bind-address=:8081", "--metrics-bind-address=:8080"}
+		"--identity-file=/var/run/cnpg-teleport/identity/identity", "--health-probe-bind-address=:8081", "--metrics-bind-address=:8080",
+		"--log-level=info"}
 	for _, a := range want {
 		if !slices.Contains(args, a) {
 			t.Errorf("args %q lack %q", args, a)
@@ -379,8 +381,8 @@ func TestChartDeployment(t *testing.T) {
 
 	// The other flags, and leader election with more than one replica.
 	d = deployment(t, render(t, "replicas=2", "labels.env=prod", "labels.team=db", "annotationLabels={tier,env=dev|prod}",
-		"namePolicy=any", "clusterDomain=k.internal", "resyncPeriod=2m", "kubeClusterID=c0ffee"))
-	for _, a := range []string{"--leader-elect", "--labels=env=prod,team=db", "--annotation-labels=tier,env=dev|prod",
+		"namePolicy=any", "clusterDomain=k.internal", "resyncPeriod=2m", "kubeClusterID=c0ffee", "logLevel=debug"))
+	for _, a := range []string{"--leader-elect", "--labels=env=prod,team=db", "--annotation-labels=tier,env=dev|prod", "--log-level=debug",
 		"--name-policy=any", "--cluster-domain=k.internal", "--resync-period=2m", "--kube-cluster-id=c0ffee"} {
 		if !slices.Contains(d.Spec.Template.Spec.Containers[0].Args, a) {
 			t.Errorf("args %q lack %q", d.Spec.Template.Spec.Containers[0].Args, a)
