@@ -65,8 +65,17 @@ build() { # build NAME VERSION WRAPPERDIR EXPECTED BINARY... ; body in build_NAM
 	tmp=$(mktemp -d "$cache/.build-$name-XXXXXX")
 	log "building $name $version (cold: about $expected on 2 cores; cached afterwards in $dest)"
 	local t0=$SECONDS
+	# The ticker kills its own sleep when stopped: a sleep left running would
+	# hold stdout and stderr open, and a caller reading them ($(...),
+	# world.ToolDir) would wait up to a minute after the build.
 	(
-		while sleep 60; do log "  still building $name ($((SECONDS - t0))s)"; done
+		trap 'kill "$s" 2>/dev/null; exit 0' TERM
+		while :; do
+			sleep 60 &
+			s=$!
+			wait "$s"
+			log "  still building $name ($((SECONDS - t0))s)"
+		done
 	) &
 	local ticker=$!
 	if ! "build_${name//-/_}" "$dir" "$tmp" >"$tmp.log" 2>&1; then
