@@ -16,6 +16,7 @@ import (
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/cnpg-teleport/cnpg-teleport/test/world"
@@ -110,12 +111,6 @@ func TestWalkthrough(t *testing.T) {
 		{prefix: "helm install ", after: func(string) {
 			guards = append(guards, chartDeploymentReady(ctx, t, w, tp))
 		}},
-		{prefix: "kubectl -n <namespace> get cluster pg -o jsonpath=", within: 3 * time.Minute, want: func(out string) error {
-			if out != "pg-teleport-ca" {
-				return fmt.Errorf("printed %q, the README promises pg-teleport-ca", out)
-			}
-			return nil
-		}},
 		{prefix: "tsh login ", stdin: func() string { return password + "\n" }, want: func(out string) error {
 			if !strings.Contains(out, "Logged in as") {
 				return fmt.Errorf("not logged in:\n%s", out)
@@ -127,6 +122,9 @@ func TestWalkthrough(t *testing.T) {
 				return fmt.Errorf("%s is not listed:\n%s", db, out)
 			}
 			return nil
+		}},
+		{prefix: "helm uninstall ", after: func(string) {
+			uninstalled(ctx, t, w, tp, db)
 		}},
 		{prefix: "tsh db connect ", within: time.Minute, stdin: func() string { return "SELECT 'walkthrough ' || current_user AS who;\n" },
 			want: func(out string) error {
@@ -158,7 +156,7 @@ func TestWalkthrough(t *testing.T) {
 	t0 := time.Now()
 	for _, c := range cmds {
 		run := subst.Replace(c.Text)
-		chk := walkCheck{}
+		chk := printsCheck(c.Text)
 		if i := checkIndex(checks, c.Text); i >= 0 {
 			chk = checks[i]
 		}
@@ -168,6 +166,87 @@ func TestWalkthrough(t *testing.T) {
 		}
 	}
 	t.Logf("the README's walk-through: %d commands in %s", len(cmds), time.Since(t0).Round(time.Second))
+}
+
+// printsComment is the README's way of saying what a command prints: a
+// trailing "# prints VALUE" (or "# prints nothing"), the rest of the comment
+// being words for the reader.
+var printsComment = regexp.MustCompile(`#\s*prints\s+(\S+)`)
+
+// printsCheck is the check of a command whose README comment says what it
+// prints: exactly that (trimmed), within 3 minutes (it reports on what the
+// controller and CNPG are doing).
+func printsCheck(text string) walkCheck {
+	m := printsComment.FindStringSubmatch(text)
+	if m == nil {
+		return walkCheck{}
+	}
+	want := m[1]
+	if want == "nothing" {
+		want = ""
+	}
+	return walkCheck{within: 3 * time.Minute, want: func(out string) error {
+		if out != want {
+			return fmt.Errorf("printed %q, the README promises %q", out, want)
+		}
+		return nil
+	}}
+}
+
+// uninstalled checks what the README promises after `helm uninstall`: the
+// controller is gone, Teleport has no db resource of the Cluster left, and
+// the Cluster starts again without it (its Pod deleted, CNPG brings it back
+// healthy).
+func uninstalled(ctx context.Context, t *testing.T, w *world.World, tp *world.Teleport, db string) {
+	t.Helper()
+	world.Eventually(t, time.Minute, "the controller's Pods gone", func() error {
+		var pods corev1.PodList
+		if err := w.Client.List(ctx, &pods, client.InNamespace(chartNS)); err != nil {
+			return err
+		}
+		if len(pods.Items) > 0 {
+			return fmt.Errorf("%d Pods left in %s", len(pods.Items), chartNS)
+		}
+		return nil
+	})
+	out, err := tp.Tctl(ctx, "", "get", "db", "--format=json")
+	if err != nil {
+		t.Fatalf("tctl get db: %v\n%s", err, out)
+	}
+	if prefix := strings.TrimSuffix(db, "-rw"); strings.Contains(string(out), `"`+prefix) {
+		t.Fatalf("Teleport still has a db resource of %s after the opt-out and uninstall:\n%s", prefix, out)
+	}
+	var old corev1.Pod
+	if err := w.Client.Get(ctx, client.ObjectKey{Namespace: walkNS, Name: "pg-1"}, &old); err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	if err := w.Client.Delete(ctx, &old); err != nil {
+		t.Fatal(err)
+	}
+	world.Eventually(t, 3*time.Minute, "pg-1 back: a new Pod, Ready", func() error {
+		var p corev1.Pod
+		if err := w.Client.Get(ctx, client.ObjectKey{Namespace: walkNS, Name: "pg-1"}, &p); err != nil {
+			return err
+		}
+		if p.UID == old.UID {
+			return fmt.Errorf("still the deleted Pod")
+		}
+		for _, c := range p.Status.Conditions {
+			if c.Type == corev1.PodReady && c.Status == corev1.ConditionTrue {
+				return nil
+			}
+		}
+		return fmt.Errorf("not Ready")
+	})
+	c, err := w.WaitClusterHealthy(ctx, walkNS, "pg", 3*time.Minute)
+	if err != nil {
+		t.Fatalf("pg after uninstall: %v", err)
+	}
+	if ca := c.Status.Certificates.ClientCASecret; ca != "pg-ca" {
+		t.Fatalf("pg runs client CA %q after uninstall, want its own pg-ca", ca)
+	}
+	t.Logf("uninstalled: no db of pg in Teleport; pg's Pod deleted and pg healthy again in %s", time.Since(t0).Round(100*time.Millisecond))
 }
 
 // checkIndex is the index of the first check for the README command text, or -1.
