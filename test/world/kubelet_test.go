@@ -157,6 +157,37 @@ func TestExpandAndImages(t *testing.T) {
 	}
 }
 
+func TestControllerImage(t *testing.T) {
+	for image, want := range map[string]bool{
+		"ghcr.io/cnpg-teleport/cnpg-teleport":                 true,
+		"ghcr.io/cnpg-teleport/cnpg-teleport:0.1.0":           true,
+		"ghcr.io/cnpg-teleport/cnpg-teleport@sha256:0123abcd": true,
+		"ghcr.io/cnpg-teleport/cnpg-teleport-x:0.1.0":         false,
+		"localhost:5000/cnpg-teleport:0.1.0":                  false,
+		"ghcr.io/cloudnative-pg/cloudnative-pg:1.30.0":        false,
+	} {
+		if IsControllerImage(image) != want {
+			t.Errorf("IsControllerImage(%q) = %v", image, !want)
+		}
+	}
+	c := corev1.Container{Image: ControllerImage + ":v1", Args: []string{"--x"}}
+	if got := strings.Join(entrypoint(c), " "); got != "/cnpg-teleport --x" {
+		t.Errorf("the controller image's entrypoint then its args: %q", got)
+	}
+	c.Command = []string{"/bin/true"}
+	if got := strings.Join(entrypoint(c), " "); got != "/bin/true --x" {
+		t.Errorf("a command replaces the entrypoint: %q", got)
+	}
+	// The chart's default image is the one the world runs.
+	raw, err := os.ReadFile(filepath.Join(RepoRoot(), "charts", "cnpg-teleport", "values.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(raw), "repository: "+ControllerImage+"\n") {
+		t.Errorf("charts/cnpg-teleport/values.yaml's image.repository is not %s", ControllerImage)
+	}
+}
+
 func TestWriteKeys(t *testing.T) {
 	dir := t.TempDir()
 	data := map[string][]byte{"tls.crt": []byte("c"), "tls.key": []byte("k")}
