@@ -10,6 +10,7 @@ import (
 	"time"
 
 	cnpgv1 "github.com/cloudnative-pg/cloudnative-pg/api/v1"
+	"github.com/gravitational/teleport/api/types"
 	appsv1 "k8s.io/api/apps/v1"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -119,7 +120,7 @@ func TestChartInstall(t *testing.T) {
 	})
 	t.Run("namespaced mode", func(t *testing.T) {
 		b.t = t
-		sa, _ := b.install("ctn", "kn", "appn", "rbac.mode=namespaced", "watchNamespaces={appn}")
+		sa, d := b.install("ctn", "kn", "appn", "rbac.mode=namespaced", "watchNamespaces={appn}")
 		// No Secret outside the watched namespace: not one in a namespace
 		// it does not watch, not its own identity Secret, no cluster-wide list.
 		b.forbidden("get a Secret in an unwatched namespace", func() error {
@@ -137,6 +138,7 @@ func TestChartInstall(t *testing.T) {
 		})
 		// ...while the same token reads the CA Secret of a watched Cluster.
 		b.allowed(sa, &corev1.Secret{}, "appn", "pg-ca")
+		b.uninstallOptedIn(d, "appn", "pg", "kn-appn-pg-rw")
 	})
 	t.Run("namespaced mode with kubeClusterID", func(t *testing.T) {
 		b.t = t
@@ -365,6 +367,72 @@ func (b *chartBed) monitoring(release string) {
 	}
 	t.Logf("ServiceMonitor %s selects only Service %s (selector %s, port %s); PrometheusRule %s accepted; CRD schemas enforced",
 		sm.GetName(), svc.Name, sel, spec.Endpoints[0].Port, rule.GetName())
+}
+
+// uninstallOptedIn uninstalls the release of d without opting the Cluster
+// out first (the README says what then happens): the controller goes, the
+// Cluster keeps its bundle (the Cluster owns it) and starts again on it (its
+// Pod deleted, CNPG brings it back healthy), and its db resource stays in
+// Teleport (nothing deregisters it).
+func (b *chartBed) uninstallOptedIn(d *appsv1.Deployment, ns, cluster, db string) {
+	t, ctx, w := b.t, b.ctx, b.w
+	t.Helper()
+	release := d.Labels["app.kubernetes.io/instance"]
+	if _, err := w.WaitClusterHealthy(ctx, ns, cluster, 3*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := world.Helm(ctx, b.helm, "uninstall", release, "--namespace", chartNS, "--kubeconfig", w.Kubeconfig); err != nil {
+		t.Fatalf("helm uninstall %s: %v\n%s", release, err, out)
+	}
+	world.Eventually(t, time.Minute, "the Pods of "+release+" gone", func() error {
+		var list corev1.PodList
+		if err := w.Client.List(ctx, &list, client.InNamespace(chartNS), client.MatchingLabels(d.Spec.Selector.MatchLabels)); err != nil {
+			return err
+		}
+		if len(list.Items) > 0 {
+			return fmt.Errorf("%d left", len(list.Items))
+		}
+		return nil
+	})
+	var old corev1.Pod
+	if err := w.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: cluster + "-1"}, &old); err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	if err := w.Client.Delete(ctx, &old); err != nil {
+		t.Fatal(err)
+	}
+	world.Eventually(t, 3*time.Minute, cluster+"-1 back: a new Pod, Ready", func() error {
+		var p corev1.Pod
+		if err := w.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: cluster + "-1"}, &p); err != nil {
+			return err
+		}
+		if p.UID == old.UID {
+			return fmt.Errorf("still the deleted Pod")
+		}
+		for _, c := range p.Status.Conditions {
+			if c.Type == corev1.PodReady && c.Status == corev1.ConditionTrue {
+				return nil
+			}
+		}
+		return fmt.Errorf("not Ready")
+	})
+	c, err := w.WaitClusterHealthy(ctx, ns, cluster, 3*time.Minute)
+	if err != nil {
+		t.Fatalf("%s/%s after uninstall: %v", ns, cluster, err)
+	}
+	if ca := c.Status.Certificates.ClientCASecret; ca != cluster+"-teleport-ca" {
+		t.Fatalf("%s/%s runs client CA %q after uninstall, want the bundle it kept", ns, cluster, ca)
+	}
+	dbs, err := b.tc.ListDatabases(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.ContainsFunc(dbs, func(x types.Database) bool { return x.GetName() == db }) {
+		t.Fatalf("%s gone from Teleport after an uninstall without opt-out: nothing should have deregistered it", db)
+	}
+	t.Logf("%s uninstalled with %s/%s opted in: the Cluster came back healthy on its bundle in %s, %s still registered",
+		release, ns, cluster, time.Since(t0).Round(100*time.Millisecond), db)
 }
 
 // pods lists the Deployment's Pods that are not being deleted.
