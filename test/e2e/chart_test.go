@@ -394,30 +394,8 @@ func (b *chartBed) uninstallOptedIn(d *appsv1.Deployment, ns, cluster, db string
 		}
 		return nil
 	})
-	var old corev1.Pod
-	if err := w.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: cluster + "-1"}, &old); err != nil {
-		t.Fatal(err)
-	}
 	t0 := time.Now()
-	if err := w.Client.Delete(ctx, &old); err != nil {
-		t.Fatal(err)
-	}
-	world.Eventually(t, 3*time.Minute, cluster+"-1 back: a new Pod, Ready", func() error {
-		var p corev1.Pod
-		if err := w.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: cluster + "-1"}, &p); err != nil {
-			return err
-		}
-		if p.UID == old.UID {
-			return fmt.Errorf("still the deleted Pod")
-		}
-		for _, c := range p.Status.Conditions {
-			if c.Type == corev1.PodReady && c.Status == corev1.ConditionTrue {
-				return nil
-			}
-		}
-		return fmt.Errorf("not Ready")
-	})
-	c, err := w.WaitClusterHealthy(ctx, ns, cluster, 3*time.Minute)
+	c, err := w.RestartClusterPod(ctx, ns, cluster, cluster+"-1", 3*time.Minute)
 	if err != nil {
 		t.Fatalf("%s/%s after uninstall: %v", ns, cluster, err)
 	}

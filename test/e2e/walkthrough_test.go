@@ -216,30 +216,8 @@ func uninstalled(ctx context.Context, t *testing.T, w *world.World, tp *world.Te
 	if prefix := strings.TrimSuffix(db, "-rw"); strings.Contains(string(out), `"`+prefix) {
 		t.Fatalf("Teleport still has a db resource of %s after the opt-out and uninstall:\n%s", prefix, out)
 	}
-	var old corev1.Pod
-	if err := w.Client.Get(ctx, client.ObjectKey{Namespace: walkNS, Name: "pg-1"}, &old); err != nil {
-		t.Fatal(err)
-	}
 	t0 := time.Now()
-	if err := w.Client.Delete(ctx, &old); err != nil {
-		t.Fatal(err)
-	}
-	world.Eventually(t, 3*time.Minute, "pg-1 back: a new Pod, Ready", func() error {
-		var p corev1.Pod
-		if err := w.Client.Get(ctx, client.ObjectKey{Namespace: walkNS, Name: "pg-1"}, &p); err != nil {
-			return err
-		}
-		if p.UID == old.UID {
-			return fmt.Errorf("still the deleted Pod")
-		}
-		for _, c := range p.Status.Conditions {
-			if c.Type == corev1.PodReady && c.Status == corev1.ConditionTrue {
-				return nil
-			}
-		}
-		return fmt.Errorf("not Ready")
-	})
-	c, err := w.WaitClusterHealthy(ctx, walkNS, "pg", 3*time.Minute)
+	c, err := w.RestartClusterPod(ctx, walkNS, "pg", "pg-1", 3*time.Minute)
 	if err != nil {
 		t.Fatalf("pg after uninstall: %v", err)
 	}

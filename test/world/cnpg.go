@@ -163,3 +163,35 @@ func (w *World) WaitClusterHealthy(ctx context.Context, namespace, name string, 
 	})
 	return &c, err
 }
+
+// RestartClusterPod deletes the Pod name of a Cluster and waits until CNPG
+// has brought a new one (another UID) up Ready and reports the Cluster
+// healthy again, which it returns: the Cluster can start on what it has.
+func (w *World) RestartClusterPod(ctx context.Context, namespace, cluster, pod string, timeout time.Duration) (*cnpgv1.Cluster, error) {
+	var old corev1.Pod
+	if err := w.Client.Get(ctx, types.NamespacedName{Namespace: namespace, Name: pod}, &old); err != nil {
+		return nil, err
+	}
+	if err := w.Client.Delete(ctx, &old); err != nil {
+		return nil, err
+	}
+	err := waitFor(timeout, 200*time.Millisecond, func() error {
+		var p corev1.Pod
+		if err := w.Client.Get(ctx, types.NamespacedName{Namespace: namespace, Name: pod}, &p); err != nil {
+			return err
+		}
+		if p.UID == old.UID {
+			return fmt.Errorf("pod %s/%s: still the deleted one", namespace, pod)
+		}
+		for _, c := range p.Status.Conditions {
+			if c.Type == corev1.PodReady && c.Status == corev1.ConditionTrue {
+				return nil
+			}
+		}
+		return fmt.Errorf("pod %s/%s: not Ready", namespace, pod)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return w.WaitClusterHealthy(ctx, namespace, cluster, timeout)
+}
