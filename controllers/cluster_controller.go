@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	cnpgv1 "github.com/cloudnative-pg/cloudnative-pg/api/v1"
@@ -56,6 +57,10 @@ type ClusterReconciler struct {
 	TrustPoll time.Duration
 	// Now is the clock (time.Now when nil).
 	Now func() time.Time
+	// Owned indexes each Cluster's db names, shared with the orphan
+	// collector, which refreshes it from its lists (nil: its own).
+	Owned     *ownedIndex
+	ownedOnce sync.Once
 
 	// recent remembers this process's own writes for readLag, because
 	// Teleport's reads lag its writes (its cache): a stale read must neither
@@ -199,17 +204,13 @@ var errConflict = errors.New("name conflict")
 // apply creates and updates the desired db resources and deletes the
 // Cluster's own ones that are no longer desired. It writes only on change.
 func (r *ClusterReconciler) apply(ctx context.Context, c *cnpgv1.Cluster, desired []types.Database) error {
-	all, err := r.Teleport.ListDatabases(ctx)
+	names := make([]string, 0, len(desired))
+	for _, d := range desired {
+		names = append(names, d.GetName())
+	}
+	visible, owned, err := r.readOwned(ctx, c, names)
 	if err != nil {
 		return r.unavailable(c, "Register", err)
-	}
-	visible := make(map[string]types.Database, len(all))
-	var owned []types.Database
-	for _, db := range all {
-		visible[db.GetName()] = db
-		if OwnedByCluster(db, r.Options, c) {
-			owned = append(owned, db)
-		}
 	}
 	create, update, remove := Diff(desired, owned)
 	var errs []error
@@ -236,6 +237,7 @@ func (r *ClusterReconciler) create(ctx context.Context, c *cnpgv1.Cluster, d, se
 		}
 		return r.conflict(c, d.GetName(), "exists with other owner labels")
 	}
+	r.index().addName(string(c.UID), d.GetName()) // before: a create that answers late is still looked for
 	err := r.Teleport.CreateDatabase(ctx, d)
 	switch {
 	case err == nil:
@@ -276,11 +278,13 @@ func (r *ClusterReconciler) update(ctx context.Context, c *cnpgv1.Cluster, d, ac
 func (r *ClusterReconciler) delete(ctx context.Context, c *cnpgv1.Cluster, d types.Database) error {
 	err := r.Teleport.DeleteDatabase(ctx, d.GetName())
 	if trace.IsNotFound(err) {
+		r.index().removeName(string(c.UID), d.GetName())
 		return nil // gone already (a stale read listed it)
 	}
 	if err != nil {
 		return r.unavailable(c, "Deregister", err)
 	}
+	r.index().removeName(string(c.UID), d.GetName())
 	r.recent.forget(d.GetName())
 	r.Recorder.Eventf(c, nil, corev1.EventTypeNormal, ReasonDeregistered, "Deregister", "removed Teleport db %s", d.GetName())
 	return nil
@@ -348,7 +352,7 @@ func (r *ClusterReconciler) finalize(ctx context.Context, c *cnpgv1.Cluster) err
 			"deregistration waits: %v; fix it, or remove the finalizer %s by hand (orphan collection then deletes the db resources not labelled kept)", err, Finalizer)
 		return reconcile.TerminalError(err)
 	}
-	all, err := r.Teleport.ListDatabases(ctx)
+	_, all, err := r.readOwned(ctx, c, endpointNames(r.Options, c))
 	if err != nil && refused(err) {
 		return r.unavailable(c, "Deregister", err)
 	}
@@ -367,6 +371,27 @@ func (r *ClusterReconciler) finalize(ctx context.Context, c *cnpgv1.Cluster) err
 	r.risky.clear(c)
 	riskyRoles.DeleteLabelValues(c.Namespace, c.Name)
 	return r.patchFinalizer(ctx, c, false)
+}
+
+// endpointNames are the names c's endpoints have under its current
+// annotations (none when they do not parse): with the index, what a
+// deregistration reads.
+func endpointNames(o Options, c *cnpgv1.Cluster) []string {
+	spec, err := ParseAnnotations(o, c)
+	if err != nil {
+		return nil
+	}
+	return []string{spec.dbName("rw"), spec.dbName("ro"), spec.dbName("r")}
+}
+
+// index is the reconciler's owned index (its own when none is shared).
+func (r *ClusterReconciler) index() *ownedIndex {
+	r.ownedOnce.Do(func() {
+		if r.Owned == nil {
+			r.Owned = newOwnedIndex()
+		}
+	})
+	return r.Owned
 }
 
 // release deletes the Cluster's own db resources or, with keep, makes sure

@@ -591,7 +591,9 @@ func TestEnvRecreatedClusterTakenOverDuringCollection(t *testing.T) {
 	rw := dbName(b.ns, "pg", "rw")
 	old, _ := b.registered("pg", 1, rw)
 
-	b.f.SetError("ListDatabases", trace.ConnectionProblem(errors.New("refused"), "teleport is down"))
+	down := trace.ConnectionProblem(errors.New("refused"), "teleport is down")
+	b.f.SetError("ListDatabases", down)
+	b.f.SetError("GetDatabase", down)
 	if err := b.c.Delete(ctx, old); err != nil {
 		t.Fatal(err)
 	}
@@ -601,6 +603,7 @@ func TestEnvRecreatedClusterTakenOverDuringCollection(t *testing.T) {
 	})
 	b.waitGone("pg")
 	b.f.SetError("ListDatabases", nil)
+	b.f.SetError("GetDatabase", nil)
 	b.collectGarbage(old.UID) // no kube-controller-manager here
 
 	var recreated *cnpgv1.Cluster

@@ -38,6 +38,9 @@ type OrphanCollector struct {
 	// Cluster of a db resource elsewhere is not this controller's to judge:
 	// it is never gone, and never counted or logged as an orphan.
 	Namespaces []string
+	// Owned is the reconciler's index of each Cluster's db names: every
+	// list of a pass refreshes it (nil: none to refresh).
+	Owned *ownedIndex
 }
 
 // Start runs until ctx ends (a manager.Runnable; the cache is synced first).
@@ -66,6 +69,9 @@ func (o *OrphanCollector) Collect(ctx context.Context) (int, error) {
 	dbs, err := o.Teleport.ListDatabases(ctx)
 	if err != nil {
 		return 0, err
+	}
+	if o.Owned != nil {
+		o.Owned.seed(dbs, o.Options)
 	}
 	if err := identityCheck(dbs, o.Options); err != nil {
 		return 0, err
@@ -97,6 +103,9 @@ func (o *OrphanCollector) Collect(ctx context.Context) (int, error) {
 		if err := o.Teleport.DeleteDatabase(ctx, db.GetName()); err != nil && !trace.IsNotFound(err) {
 			errs = append(errs, err)
 			continue
+		}
+		if o.Owned != nil {
+			o.Owned.removeName(uid, db.GetName())
 		}
 		log.FromContext(ctx).Info("deleted orphaned Teleport db", "db", db.GetName(), "cluster", ns+"/"+name)
 		deleted++

@@ -52,7 +52,9 @@ func Setup(ctx context.Context, mgr ctrl.Manager, cfg Config) error {
 	if cfg.Retry <= 0 {
 		cfg.Retry = 30 * time.Second
 	}
+	owned := newOwnedIndex()
 	r := &ClusterReconciler{
+		Owned:     owned,
 		Client:    mgr.GetClient(),
 		APIReader: mgr.GetAPIReader(),
 		Teleport:  cfg.Teleport,
@@ -67,7 +69,7 @@ func Setup(ctx context.Context, mgr ctrl.Manager, cfg Config) error {
 	}
 	if err := mgr.Add(&OrphanCollector{
 		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Teleport: cfg.Teleport, Options: cfg.Options,
-		Period: cfg.Resync, Namespaces: cfg.Namespaces,
+		Period: cfg.Resync, Namespaces: cfg.Namespaces, Owned: owned,
 	}); err != nil {
 		return err
 	}

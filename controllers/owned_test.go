@@ -1,0 +1,155 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/gravitational/teleport/api/types"
+
+	"github.com/cnpg-teleport/cnpg-teleport/teleport/teleporttest"
+)
+
+// callsSince counts the fake's calls by method after the first n.
+func callsSince(f *teleporttest.Fake, n int) map[string]int {
+	out := map[string]int{}
+	for _, c := range f.Calls()[n:] {
+		out[c.Method]++
+	}
+	return out
+}
+
+// foreignDBs puts n db resources of other Kubernetes clusters into f, all
+// visible to the controller's identity (the fake's role sees every
+// managed-by db): what a large shared Teleport holds.
+func foreignDBs(t *testing.T, f *teleporttest.Fake, n int) {
+	t.Helper()
+	other := opts
+	other.KubeCluster, other.KubeClusterID = "other", "id-other"
+	for i := range n {
+		c := cluster("team", fmt.Sprintf("db%d", i), 1, map[string]string{AnnotationRegister: "true"})
+		dbs, err := DesiredDatabases(other, c, testCA(t, "ca"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := f.Put(dbs[0]); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestApplyReadsByName: after the index is filled by one list, a pass of a
+// registered Cluster reads its names one by one and lists nothing, so its
+// Teleport reads are the same with 100 or 2,000 other db resources in
+// Teleport; and an idle pass writes nothing.
+func TestApplyReadsByName(t *testing.T) {
+	ctx := context.Background()
+	var perPass []map[string]int
+	for _, foreign := range []int{100, 2000} {
+		f := leastPrivilege()
+		foreignDBs(t, f, foreign)
+		r, _, now := testReconciler(f)
+		c := cluster("app", "pg", 3, map[string]string{AnnotationRegister: "true"})
+		desired, err := DesiredDatabases(opts, c, testCA(t, "ca"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := r.apply(ctx, c, desired); err != nil {
+			t.Fatal(err)
+		}
+		first := callsSince(f, 0)
+		if first["ListDatabases"] != 1 {
+			t.Fatalf("first pass: %d lists, want the one that fills the index", first["ListDatabases"])
+		}
+		*now = now.Add(time.Minute) // past the read lag
+		n := len(f.Calls())
+		for range 5 {
+			if err := r.apply(ctx, c, desired); err != nil {
+				t.Fatal(err)
+			}
+		}
+		got := callsSince(f, n)
+		if got["ListDatabases"] != 0 || got["CreateDatabase"]+got["UpdateDatabase"]+got["DeleteDatabase"] != 0 {
+			t.Fatalf("%d foreign: 5 idle passes made %v; want no list and no write", foreign, got)
+		}
+		if got["GetDatabase"] != 5*len(desired) {
+			t.Fatalf("%d foreign: 5 passes read %d db resources, want %d (its own names)", foreign, got["GetDatabase"], 5*len(desired))
+		}
+		perPass = append(perPass, got)
+	}
+	t.Logf("Teleport calls of 5 idle passes, with 100 and with 2,000 foreign db resources: %v", perPass)
+}
+
+// TestApplyAfterRestartRemovesStaleNames: a new process (an empty index)
+// finds, through the one list that fills it, the db resources the Cluster
+// no longer wants (an old name prefix, a Pooler gone) and deletes them,
+// while a foreign one stays.
+func TestApplyAfterRestartRemovesStaleNames(t *testing.T) {
+	ctx := context.Background()
+	f := leastPrivilege()
+	foreignDBs(t, f, 3)
+	c := cluster("app", "pg", 1, map[string]string{AnnotationRegister: "true", AnnotationName: "app-old"})
+	old, err := DesiredDatabases(opts, c, testCA(t, "ca"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, db := range old {
+		if err := f.Put(db); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.Annotations[AnnotationName] = "app-new"
+	desired, err := DesiredDatabases(opts, c, testCA(t, "ca"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, rec, _ := testReconciler(f) // a fresh process: nothing indexed
+	if err := r.apply(ctx, c, desired); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := f.Stored("app-old-rw"); ok {
+		t.Fatalf("app-old-rw left after the prefix changed: %v", f.StoredNames())
+	}
+	if _, ok := f.Stored("app-new-rw"); !ok {
+		t.Fatalf("app-new-rw not registered: %v", f.StoredNames())
+	}
+	if n := len(f.StoredNames()); n != 4 {
+		t.Fatalf("stored %v; want app-new-rw and the 3 foreign ones", f.StoredNames())
+	}
+	if !hasReason(drain(rec), ReasonDeregistered) {
+		t.Fatal("the stale name's removal was not reported")
+	}
+}
+
+// TestApplyKeepsLookingForAWriteWithinTheReadLag: a name created and then
+// no longer wanted while reads do not show it yet is still read (and
+// deleted) once they do: the index keeps what this process wrote.
+func TestApplyKeepsLookingForAWriteWithinTheReadLag(t *testing.T) {
+	ctx := context.Background()
+	f := leastPrivilege()
+	r, _, now := testReconciler(f)
+	c := cluster("app", "pg", 2, map[string]string{AnnotationRegister: "true"})
+	two, err := DesiredDatabases(opts, c, testCA(t, "ca"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.SetReadLag(2) // the rw and ro creates stay invisible to reads
+	if err := r.apply(ctx, c, two); err != nil {
+		t.Fatal(err)
+	}
+	one := slices.DeleteFunc(slices.Clone(two), func(d types.Database) bool { return d.GetStaticLabels()[LabelEndpoint] == "ro" })
+	*now = now.Add(time.Second)
+	if err := r.apply(ctx, c, one); err != nil { // ro unwanted, and not readable yet
+		t.Fatal(err)
+	}
+	f.SetReadLag(0)
+	*now = now.Add(time.Minute)
+	if err := r.apply(ctx, c, one); err != nil {
+		t.Fatal(err)
+	}
+	if names := f.StoredNames(); len(names) != 1 || names[0] != one[0].GetName() {
+		t.Fatalf("stored %v; want only %s (ro removed once reads showed it)", names, one[0].GetName())
+	}
+}
