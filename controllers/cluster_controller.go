@@ -233,6 +233,7 @@ func (r *ClusterReconciler) apply(ctx context.Context, c *cnpgv1.Cluster, desire
 func (r *ClusterReconciler) create(ctx context.Context, c *cnpgv1.Cluster, d, seen types.Database) error {
 	if seen != nil {
 		if ns, name, _, ok := ClusterRef(seen); ok && OwnedBy(seen, r.Options) && ns == c.Namespace && name == c.Name {
+			r.index().addName(string(c.UID), d.GetName()) // ours now: read by name from now on
 			return r.update(ctx, c, d, seen)
 		}
 		return r.conflict(c, d.GetName(), "exists with other owner labels")

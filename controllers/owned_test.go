@@ -153,3 +153,47 @@ func TestApplyKeepsLookingForAWriteWithinTheReadLag(t *testing.T) {
 		t.Fatalf("stored %v; want only %s (ro removed once reads showed it)", names, one[0].GetName())
 	}
 }
+
+// TestApplyTakenOverNameStaysIndexed: a Cluster re-created under its name
+// takes its predecessor's db resources over; when it later stops wanting
+// one (here ro, scaled down), the next pass deletes it, with no orphan pass
+// in between: the taken-over name is indexed under the new UID.
+func TestApplyTakenOverNameStaysIndexed(t *testing.T) {
+	ctx := context.Background()
+	f := leastPrivilege()
+	old := cluster("app", "pg", 2, map[string]string{AnnotationRegister: "true"})
+	before, err := DesiredDatabases(opts, old, testCA(t, "ca"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, db := range before {
+		if err := f.Put(db); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r, _, now := testReconciler(f)
+	r.index().seed(nil, opts) // the index is complete and empty: nothing listed it for the new UID
+	c := withUID(old, "new")
+	desired, err := DesiredDatabases(opts, c, testCA(t, "ca"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.apply(ctx, c, desired); err != nil {
+		t.Fatal(err)
+	}
+	if f.Updates() != 2 {
+		t.Fatalf("%d updates, want rw and ro taken over", f.Updates())
+	}
+	*now = now.Add(time.Minute)
+	c.Spec.Instances = 1
+	one, err := DesiredDatabases(opts, c, testCA(t, "ca"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.apply(ctx, c, one); err != nil {
+		t.Fatal(err)
+	}
+	if names := f.StoredNames(); len(names) != 1 || names[0] != one[0].GetName() {
+		t.Fatalf("stored %v; want only %s", names, one[0].GetName())
+	}
+}
