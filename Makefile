@@ -22,7 +22,7 @@ TEST_TIMEOUT ?= 30m
 # (PgBouncer is built by hack/tools.sh: CNPG needs >= 1.20, Debian 12 has 1.18.)
 HOST_PACKAGES := postgresql util-linux iproute2 openssl curl jq gcc bsdutils ca-certificates
 
-.PHONY: all build test unit race lint vet deps tools world-tools help clean demo demo-verify image image-test
+.PHONY: all build test unit race lint vet deps tools world-tools help clean demo demo-verify image image-test bench
 
 all: build
 
@@ -102,6 +102,13 @@ demo: world-tools
 ## demo-verify: the same without pauses; exits non-zero if any step fails.
 demo-verify: world-tools
 	@$(WORLD_ENV) $(GO) run ./test/cmd/demo
+
+## bench: measure the controller against the test world (about 15 min): latency, 1,000 Clusters at once,
+## steady-state writes and reads next to the by-hand approach, deletion, memory; writes docs/bench.png and
+## ends with a BENCH line. BENCH_FLAGS passes flags (go run ./test/cmd/bench -h).
+BENCH_FLAGS ?=
+bench: world-tools
+	@$(WORLD_ENV) $(GO) run ./test/cmd/bench $(BENCH_FLAGS)
 
 ## race: the unit and envtest tests under the race detector. It needs cgo
 ## (gcc); only this test build turns it on: the binaries stay CGO_ENABLED=0.

@@ -329,3 +329,46 @@ func TestReleaseDeletesWhatAStaleListDoesNotShow(t *testing.T) {
 		})
 	}
 }
+
+// TestApplyOneEventPerPass: a pass that registers rw, ro and r records one
+// Registered Event naming all three, and a release one Deregistered Event:
+// client-go folds a second Event of the same reason into a series that
+// shows only the first note, which would hide every db after the first.
+func TestApplyOneEventPerPass(t *testing.T) {
+	ctx := context.Background()
+	f := leastPrivilege()
+	r, rec, now := testReconciler(f)
+	c := cluster("app", "pg", 3, map[string]string{AnnotationRegister: "true", AnnotationEndpoints: "rw,ro,r"})
+	desired, err := DesiredDatabases(opts, c, testCA(t, "ca"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(desired) != 3 {
+		t.Fatalf("desired %d db resources, want 3", len(desired))
+	}
+	if err := r.apply(ctx, c, desired); err != nil {
+		t.Fatal(err)
+	}
+	evs := drain(rec)
+	if len(evs) != 1 || !hasReason(evs, ReasonRegistered) {
+		t.Fatalf("events %q, want one Registered", evs)
+	}
+	for _, d := range desired {
+		if !strings.Contains(evs[0], d.GetName()+" (") {
+			t.Errorf("the Registered Event does not name %s: %s", d.GetName(), evs[0])
+		}
+	}
+	*now = now.Add(time.Minute)
+	if err := r.release(ctx, c, false, desired); err != nil {
+		t.Fatal(err)
+	}
+	evs = drain(rec)
+	if len(evs) != 1 || !hasReason(evs, ReasonDeregistered) {
+		t.Fatalf("events %q, want one Deregistered", evs)
+	}
+	for _, d := range desired {
+		if !strings.Contains(evs[0], d.GetName()) {
+			t.Errorf("the Deregistered Event does not name %s: %s", d.GetName(), evs[0])
+		}
+	}
+}

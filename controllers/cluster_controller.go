@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -55,6 +56,8 @@ type ClusterReconciler struct {
 	// TrustPoll is how often CNPG's status is read while the registration
 	// waits for PostgreSQL to run the client-CA bundle.
 	TrustPoll time.Duration
+	// Concurrent is how many Clusters are reconciled at once (default 1).
+	Concurrent int
 	// Now is the clock (time.Now when nil).
 	Now func() time.Time
 	// Owned indexes each Cluster's db names, shared with the orphan
@@ -214,27 +217,44 @@ func (r *ClusterReconciler) apply(ctx context.Context, c *cnpgv1.Cluster, desire
 	}
 	create, update, remove := Diff(desired, owned)
 	var errs []error
+	var done changes
 	for _, d := range create {
-		errs = append(errs, r.create(ctx, c, d, visible[d.GetName()]))
+		errs = append(errs, r.create(ctx, c, d, visible[d.GetName()], &done))
 	}
 	for _, d := range update {
-		errs = append(errs, r.update(ctx, c, d, visible[d.GetName()]))
+		errs = append(errs, r.update(ctx, c, d, visible[d.GetName()], &done))
 	}
 	for _, d := range remove {
-		errs = append(errs, r.delete(ctx, c, d))
+		errs = append(errs, r.delete(ctx, c, d, &done))
 	}
+	done.report(r.Recorder, c)
 	return errors.Join(errs...)
+}
+
+// changes collects the writes of a pass, reported as one Event per reason:
+// client-go folds Events of the same object, reason and action recorded
+// within minutes into a series that shows only the first note, so one Event
+// per write would hide every db after the first.
+type changes struct{ registered, removed []string }
+
+func (ch *changes) report(rec events.EventRecorder, c *cnpgv1.Cluster) {
+	if len(ch.registered) > 0 {
+		rec.Eventf(c, nil, corev1.EventTypeNormal, ReasonRegistered, "Register", "%s", strings.Join(ch.registered, "; "))
+	}
+	if len(ch.removed) > 0 {
+		rec.Eventf(c, nil, corev1.EventTypeNormal, ReasonDeregistered, "Deregister", "removed Teleport db %s", strings.Join(ch.removed, ", "))
+	}
 }
 
 // create registers d. A visible resource of the same name that this
 // controller made for an earlier Cluster of the same namespace and name
 // (deleted and re-created, so another UID) is taken over; any other owner's
 // is a conflict and left untouched.
-func (r *ClusterReconciler) create(ctx context.Context, c *cnpgv1.Cluster, d, seen types.Database) error {
+func (r *ClusterReconciler) create(ctx context.Context, c *cnpgv1.Cluster, d, seen types.Database, done *changes) error {
 	if seen != nil {
 		if ns, name, _, ok := ClusterRef(seen); ok && OwnedBy(seen, r.Options) && ns == c.Namespace && name == c.Name {
 			r.index().addName(string(c.UID), d.GetName()) // ours now: read by name from now on
-			return r.update(ctx, c, d, seen)
+			return r.update(ctx, c, d, seen, done)
 		}
 		return r.conflict(c, d.GetName(), "exists with other owner labels")
 	}
@@ -243,7 +263,7 @@ func (r *ClusterReconciler) create(ctx context.Context, c *cnpgv1.Cluster, d, se
 	switch {
 	case err == nil:
 		r.recent.wrote(d, r.now())
-		r.Recorder.Eventf(c, nil, corev1.EventTypeNormal, ReasonRegistered, "Register", "registered Teleport db %s (%s)", d.GetName(), d.GetURI())
+		done.registered = append(done.registered, fmt.Sprintf("registered Teleport db %s (%s)", d.GetName(), d.GetURI()))
 		return nil
 	case trace.IsAlreadyExists(err):
 		// Our own write that a stale read did not show yet is no error.
@@ -264,7 +284,7 @@ func (r *ClusterReconciler) create(ctx context.Context, c *cnpgv1.Cluster, d, se
 	}
 }
 
-func (r *ClusterReconciler) update(ctx context.Context, c *cnpgv1.Cluster, d, actual types.Database) error {
+func (r *ClusterReconciler) update(ctx context.Context, c *cnpgv1.Cluster, d, actual types.Database, done *changes) error {
 	if r.recent.same(d, r.now(), readLag) {
 		return nil // written already; the read that differs is stale
 	}
@@ -272,11 +292,11 @@ func (r *ClusterReconciler) update(ctx context.Context, c *cnpgv1.Cluster, d, ac
 		return r.unavailable(c, "Register", err)
 	}
 	r.recent.wrote(d, r.now())
-	r.Recorder.Eventf(c, nil, corev1.EventTypeNormal, ReasonRegistered, "Register", "updated Teleport db %s", d.GetName())
+	done.registered = append(done.registered, "updated Teleport db "+d.GetName())
 	return nil
 }
 
-func (r *ClusterReconciler) delete(ctx context.Context, c *cnpgv1.Cluster, d types.Database) error {
+func (r *ClusterReconciler) delete(ctx context.Context, c *cnpgv1.Cluster, d types.Database, done *changes) error {
 	err := r.Teleport.DeleteDatabase(ctx, d.GetName())
 	if trace.IsNotFound(err) {
 		r.index().removeName(string(c.UID), d.GetName())
@@ -287,7 +307,7 @@ func (r *ClusterReconciler) delete(ctx context.Context, c *cnpgv1.Cluster, d typ
 	}
 	r.index().removeName(string(c.UID), d.GetName())
 	r.recent.forget(d.GetName())
-	r.Recorder.Eventf(c, nil, corev1.EventTypeNormal, ReasonDeregistered, "Deregister", "removed Teleport db %s", d.GetName())
+	done.removed = append(done.removed, d.GetName())
 	return nil
 }
 
@@ -413,10 +433,12 @@ func (r *ClusterReconciler) release(ctx context.Context, c *cnpgv1.Cluster, keep
 		return OwnedByCluster(db, r.Options, c) && !listed[db.GetName()]
 	})...)
 	var errs []error
+	var done changes
+	defer done.report(r.Recorder, c)
 	for _, db := range own {
 		switch {
 		case !keep:
-			errs = append(errs, r.delete(ctx, c, db))
+			errs = append(errs, r.delete(ctx, c, db, &done))
 		case !Kept(db):
 			kept := db.Copy()
 			labels := kept.GetStaticLabels()

@@ -39,6 +39,8 @@ type Config struct {
 	// Namespaces are the namespaces the manager's cache watches (none: all);
 	// the orphan collector leaves db resources of other namespaces alone.
 	Namespaces []string
+	// Concurrent is how many Clusters are reconciled at once (default 1).
+	Concurrent int
 }
 
 // Setup adds the Cluster controller and the orphan collector to mgr.
@@ -54,15 +56,16 @@ func Setup(ctx context.Context, mgr ctrl.Manager, cfg Config) error {
 	}
 	owned := newOwnedIndex()
 	r := &ClusterReconciler{
-		Owned:     owned,
-		Client:    mgr.GetClient(),
-		APIReader: mgr.GetAPIReader(),
-		Teleport:  cfg.Teleport,
-		Recorder:  mgr.GetEventRecorder("cnpg-teleport"),
-		Options:   cfg.Options,
-		Resync:    cfg.Resync,
-		Retry:     cfg.Retry,
-		TrustPoll: time.Second,
+		Owned:      owned,
+		Client:     mgr.GetClient(),
+		APIReader:  mgr.GetAPIReader(),
+		Teleport:   cfg.Teleport,
+		Recorder:   mgr.GetEventRecorder("cnpg-teleport"),
+		Options:    cfg.Options,
+		Resync:     cfg.Resync,
+		Retry:      cfg.Retry,
+		TrustPoll:  time.Second,
+		Concurrent: cfg.Concurrent,
 	}
 	if err := r.SetupWithManager(ctx, mgr); err != nil {
 		return err

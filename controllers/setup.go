@@ -5,10 +5,12 @@ import (
 
 	cnpgv1 "github.com/cloudnative-pg/cloudnative-pg/api/v1"
 	corev1 "k8s.io/api/core/v1"
+	apiequality "k8s.io/apimachinery/pkg/api/equality"
 	k8stypes "k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
@@ -36,6 +38,7 @@ func (r *ClusterReconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manag
 	}
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("cluster").
+		WithOptions(controller.Options{MaxConcurrentReconciles: max(r.Concurrent, 1)}).
 		For(&cnpgv1.Cluster{}, builder.WithPredicates(clusterChanged())).
 		Owns(&cnpgv1.DatabaseRole{}).
 		Watches(&cnpgv1.Pooler{}, handler.EnqueueRequestsFromMapFunc(clusterOfPooler), builder.WithPredicates(poolerChanged())).
@@ -45,8 +48,9 @@ func (r *ClusterReconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manag
 }
 
 // clusterChanged lets through what changes the registration, including the
-// annotation-removed update that must trigger cleanup; CNPG's frequent status
-// writes do not wake the controller.
+// annotation-removed update that must trigger cleanup, and CNPG reporting the
+// certificates it runs (what a registration waits for); CNPG's other
+// frequent status writes do not wake the controller.
 func clusterChanged() predicate.Predicate {
 	return predicate.Funcs{
 		UpdateFunc: func(e event.UpdateEvent) bool {
@@ -54,9 +58,22 @@ func clusterChanged() predicate.Predicate {
 			return o.GetGeneration() != n.GetGeneration() ||
 				!equalMaps(o.GetAnnotations(), n.GetAnnotations()) ||
 				!o.GetDeletionTimestamp().Equal(n.GetDeletionTimestamp()) ||
-				len(o.GetFinalizers()) != len(n.GetFinalizers())
+				len(o.GetFinalizers()) != len(n.GetFinalizers()) ||
+				certificatesReported(o, n)
 		},
 	}
+}
+
+// certificatesReported: CNPG's status names other certificates, or another
+// version of the client CA, than before.
+func certificatesReported(o, n client.Object) bool {
+	oc, ok := o.(*cnpgv1.Cluster)
+	nc, ok2 := n.(*cnpgv1.Cluster)
+	if !ok || !ok2 {
+		return false
+	}
+	return oc.Status.SecretsResourceVersion.ClientCASecretVersion != nc.Status.SecretsResourceVersion.ClientCASecretVersion ||
+		!apiequality.Semantic.DeepEqual(oc.Status.Certificates, nc.Status.Certificates)
 }
 
 // poolerChanged lets through a Pooler's creation, deletion and changes of

@@ -48,6 +48,9 @@ type flags struct {
 	metricsAddr    string
 	probeAddr      string
 	leaderElection bool
+	concurrent     int
+	kubeQPS        float64
+	kubeBurst      int
 	logLevel       zapcore.Level
 	version        bool
 }
@@ -70,6 +73,9 @@ func parseFlags(args []string) (flags, error) {
 	fs.StringVar(&f.metricsAddr, "metrics-bind-address", ":8080", "Prometheus metrics address ('0' disables)")
 	fs.StringVar(&f.probeAddr, "health-probe-bind-address", ":8081", "health probe address")
 	fs.BoolVar(&f.leaderElection, "leader-elect", false, "enable leader election (for more than one replica)")
+	fs.IntVar(&f.concurrent, "concurrent", 4, "how many Clusters are reconciled at once")
+	fs.Float64Var(&f.kubeQPS, "kube-api-qps", 50, "Kubernetes API requests per second the controller may make (sustained)")
+	fs.IntVar(&f.kubeBurst, "kube-api-burst", 300, "Kubernetes API requests the controller may make in a burst")
 	fs.Func("log-level", "log level: debug, info (the default), warn or error", func(v string) error {
 		l, err := logLevel(v)
 		f.logLevel = l
@@ -93,6 +99,9 @@ func parseFlags(args []string) (flags, error) {
 	}
 	if _, err := namespaces(f.namespaces); err != nil {
 		return f, err
+	}
+	if f.concurrent < 1 || f.kubeQPS <= 0 || f.kubeBurst < 1 {
+		return f, fmt.Errorf("--concurrent, --kube-api-qps and --kube-api-burst must be positive")
 	}
 	return f, nil
 }
@@ -229,7 +238,12 @@ func run(ctx context.Context, f flags) error {
 			cacheOpts.DefaultNamespaces[ns] = cache.Config{}
 		}
 	}
-	mgr, err := ctrl.NewManager(ctrl.GetConfigOrDie(), ctrl.Options{
+	kube, err := ctrl.GetConfig()
+	if err != nil {
+		return err
+	}
+	kube.QPS, kube.Burst = float32(f.kubeQPS), f.kubeBurst
+	mgr, err := ctrl.NewManager(kube, ctrl.Options{
 		Scheme:                 scheme,
 		Cache:                  cacheOpts,
 		Metrics:                metricsserver.Options{BindAddress: f.metricsAddr},
@@ -246,5 +260,6 @@ func run(ctx context.Context, f flags) error {
 	}
 	return controllers.Run(ctx, mgr, controllers.Config{
 		Teleport: controllers.Instrument(tc), Options: opts, Resync: f.resync, Namespaces: watched,
+		Concurrent: f.concurrent,
 	})
 }

@@ -63,6 +63,10 @@ type Options struct {
 	// and PrometheusRule CRDs (see MonitoringCRDs), for the chart's optional
 	// monitoring objects; the operator itself does not run.
 	MonitoringCRDs bool
+	// ControlPlaneOnly starts the apiserver and etcd with the CRDs and
+	// nothing else: no webhooks, kube-controller-manager, cert-manager, CNPG
+	// operator or kubelet (make bench: 1,000 Clusters no CNPG here could run).
+	ControlPlaneOnly bool
 }
 
 // Scheme returns a scheme with Kubernetes, CNPG and cert-manager types.
@@ -189,6 +193,14 @@ func StartWorld(dir string, opts Options) (*World, error) {
 	for k, v := range opts.APIServerArgs {
 		api.Configure().Set(k, v)
 	}
+	// CNPG's own validating and mutating webhooks, served by its operator.
+	webhooks := envtest.WebhookInstallOptions{
+		Paths:            []string{filepath.Join(cnpgDir, "config", "webhook", "manifests.yaml")},
+		LocalServingHost: "127.0.0.1",
+	}
+	if opts.ControlPlaneOnly {
+		webhooks = envtest.WebhookInstallOptions{}
+	}
 	w.Env = &envtest.Environment{
 		ControlPlane: envtest.ControlPlane{
 			APIServer: api,
@@ -196,11 +208,7 @@ func StartWorld(dir string, opts Options) (*World, error) {
 		},
 		CRDDirectoryPaths:     crdDirs,
 		ErrorIfCRDPathMissing: true,
-		// CNPG's own validating and mutating webhooks, served by its operator.
-		WebhookInstallOptions: envtest.WebhookInstallOptions{
-			Paths:            []string{filepath.Join(cnpgDir, "config", "webhook", "manifests.yaml")},
-			LocalServingHost: "127.0.0.1",
-		},
+		WebhookInstallOptions: webhooks,
 		// A loaded 2-core machine (a cold build beside the tests) starts slowly.
 		ControlPlaneStartTimeout: 90 * time.Second,
 		Scheme:                   w.Scheme,
@@ -213,6 +221,9 @@ func StartWorld(dir string, opts Options) (*World, error) {
 	}
 	if w.Kubeconfig, err = w.writeKubeconfig("admin", []string{"system:masters"}); err != nil {
 		return w, err
+	}
+	if opts.ControlPlaneOnly {
+		return w, nil
 	}
 	if err := w.startKubeControllerManager(ctx); err != nil {
 		return w, err

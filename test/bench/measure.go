@@ -1,0 +1,213 @@
+package bench
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"math"
+	"net/http"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	eventsv1 "k8s.io/api/events/v1"
+	"k8s.io/apimachinery/pkg/types"
+	toolscache "k8s.io/client-go/tools/cache"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+)
+
+// metrics is one scrape of the controller's /metrics: sample -> value, the
+// sample named as in the exposition (name{label="v",...}).
+type metrics map[string]float64
+
+func scrape(ctx context.Context, addr string) (metrics, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/metrics", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = resp.Body.Close() }()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("metrics: %s", resp.Status)
+	}
+	return parseMetrics(resp.Body)
+}
+
+func parseMetrics(r io.Reader) (metrics, error) {
+	m := metrics{}
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		if i < 0 {
+			continue
+		}
+		v, err := strconv.ParseFloat(line[i+1:], 64)
+		if err != nil {
+			continue
+		}
+		m[line[:i]] = v
+	}
+	return m, sc.Err()
+}
+
+// sum adds the samples of name whose labels include every label given ("k=v").
+func (m metrics) sum(name string, labels ...string) float64 {
+	total := 0.0
+	for k, v := range m {
+		metric, rest, _ := strings.Cut(k, "{")
+		if metric != name {
+			continue
+		}
+		ok := true
+		for _, l := range labels {
+			lk, lv, _ := strings.Cut(l, "=")
+			if !strings.Contains(rest, lk+`="`+lv+`"`) {
+				ok = false
+				break
+			}
+		}
+		if ok {
+			total += v
+		}
+	}
+	return total
+}
+
+// calls is the number of Teleport API calls by method between two scrapes.
+func calls(before, after metrics) map[string]int {
+	out := map[string]int{}
+	for _, m := range []string{"GetDatabase", "ListDatabases", "CreateDatabase", "UpdateDatabase", "DeleteDatabase", "DatabaseClientCAs", "ListRoles"} {
+		if n := int(after.sum(teleportCalls, "method="+m) - before.sum(teleportCalls, "method="+m)); n != 0 {
+			out[m] = n
+		}
+	}
+	return out
+}
+
+const teleportCalls = "cnpg_teleport_teleport_requests_total"
+
+// Writes and reads of Teleport's API, by method name.
+func teleportWrites(c map[string]int) int {
+	return c["CreateDatabase"] + c["UpdateDatabase"] + c["DeleteDatabase"]
+}
+
+func teleportReads(c map[string]int) int {
+	return c["GetDatabase"] + c["ListDatabases"] + c["DatabaseClientCAs"] + c["ListRoles"]
+}
+
+func diff(before, after map[string]int) map[string]int {
+	out := map[string]int{}
+	for k, v := range after {
+		if d := v - before[k]; d != 0 {
+			out[k] = d
+		}
+	}
+	return out
+}
+
+func total(m map[string]int) int {
+	n := 0
+	for _, v := range m {
+		n += v
+	}
+	return n
+}
+
+// memory reads a process's peak and current resident set size (MiB).
+func memory(pid int) (peak, now float64, err error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 {
+			continue
+		}
+		kb, _ := strconv.ParseFloat(f[1], 64)
+		switch f[0] {
+		case "VmHWM:":
+			peak = kb / 1024
+		case "VmRSS:":
+			now = kb / 1024
+		}
+	}
+	if peak == 0 {
+		return 0, 0, fmt.Errorf("no VmHWM in /proc/%d/status", pid)
+	}
+	return peak, now, nil
+}
+
+// events records, per regarded object, when the controller reported each
+// reason (the Event's eventTime, set by the controller as it records it).
+type events struct {
+	mu      sync.Mutex
+	at      map[types.UID]map[string][]time.Time
+	changed chan struct{}
+}
+
+func watchEvents(ctx context.Context, informers cache.Cache) (*events, error) {
+	e := &events{at: map[types.UID]map[string][]time.Time{}, changed: make(chan struct{})}
+	inf, err := informers.GetInformer(ctx, &eventsv1.Event{})
+	if err != nil {
+		return nil, err
+	}
+	_, err = inf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{AddFunc: func(o any) {
+		ev, ok := o.(*eventsv1.Event)
+		if !ok {
+			return
+		}
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		if e.at[ev.Regarding.UID] == nil {
+			e.at[ev.Regarding.UID] = map[string][]time.Time{}
+		}
+		e.at[ev.Regarding.UID][ev.Reason] = append(e.at[ev.Regarding.UID][ev.Reason], ev.EventTime.Time)
+		close(e.changed)
+		e.changed = make(chan struct{})
+	}})
+	return e, err
+}
+
+// waitN waits until uid has n Events of reason and returns the last one's time.
+func (e *events) waitN(ctx context.Context, uid types.UID, reason string, n int, timeout time.Duration) (time.Time, error) {
+	deadline := time.After(timeout)
+	for {
+		e.mu.Lock()
+		times, ch := e.at[uid][reason], e.changed
+		e.mu.Unlock()
+		if len(times) >= n {
+			return slices.MaxFunc(times, func(a, b time.Time) int { return a.Compare(b) }), nil
+		}
+		select {
+		case <-ch:
+		case <-deadline:
+			return time.Time{}, fmt.Errorf("%d %s Events for %s: %d within %s", n, reason, uid, len(times), timeout)
+		case <-ctx.Done():
+			return time.Time{}, ctx.Err()
+		}
+	}
+}
+
+// Percentile is the p-th percentile (nearest rank) of ds, 0 when empty.
+func Percentile(ds []time.Duration, p float64) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	rank := int(math.Ceil(p/100*float64(len(s)))) - 1
+	return s[min(max(rank, 0), len(s)-1)]
+}
