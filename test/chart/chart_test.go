@@ -100,6 +100,8 @@ func TestChartSchema(t *testing.T) {
 		"bad name policy":                                              {sets: append(slices.Clone(required), "namePolicy=free"), want: "namePolicy"},
 		"bad resync period":                                            {sets: append(slices.Clone(required), "resyncPeriod=10"), want: "resyncPeriod"},
 		"bad log level":                                                {sets: append(slices.Clone(required), "logLevel=verbose"), want: "logLevel"},
+		"no workers":                                                   {sets: append(slices.Clone(required), "concurrent=0"), want: "concurrent"},
+		"no Kubernetes API rate":                                       {sets: append(slices.Clone(required), "kubeAPIQPS=0"), want: "kubeAPIQPS"},
 		"an empty namespace":                                           {sets: append(slices.Clone(required), namespaced("a", "")...), want: "watchNamespaces"},
 		"misspelt value":                                               {sets: append(slices.Clone(required), "kubeClusterId=x"), want: "kubeClusterId"},
 		"negative replicas":                                            {sets: append(slices.Clone(required), "replicas=-1"), want: "replicas"},
@@ -381,8 +383,10 @@ func TestChartDeployment(t *testing.T) {
 
 	// The other flags, and leader election with more than one replica.
 	d = deployment(t, render(t, "replicas=2", "labels.env=prod", "labels.team=db", "annotationLabels={tier,env=dev|prod}",
-		"namePolicy=any", "clusterDomain=k.internal", "resyncPeriod=2m", "kubeClusterID=c0ffee", "logLevel=debug"))
+		"namePolicy=any", "clusterDomain=k.internal", "resyncPeriod=2m", "kubeClusterID=c0ffee", "logLevel=debug",
+		"concurrent=8", "kubeAPIQPS=100", "kubeAPIBurst=500"))
 	for _, a := range []string{"--leader-elect", "--labels=env=prod,team=db", "--annotation-labels=tier,env=dev|prod", "--log-level=debug",
+		"--concurrent=8", "--kube-api-qps=100", "--kube-api-burst=500",
 		"--name-policy=any", "--cluster-domain=k.internal", "--resync-period=2m", "--kube-cluster-id=c0ffee"} {
 		if !slices.Contains(d.Spec.Template.Spec.Containers[0].Args, a) {
 			t.Errorf("args %q lack %q", d.Spec.Template.Spec.Containers[0].Args, a)
