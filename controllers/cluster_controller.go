@@ -69,8 +69,11 @@ type ClusterReconciler struct {
 	// Teleport's reads lag its writes (its cache): a stale read must neither
 	// create twice, nor update twice, nor be taken for someone else's name.
 	recent recentWrites
-	warned warnings
-	risky  warnings // the role check's findings: kept across successful passes
+	shared sharedReads
+	// pending: since when each Cluster waits for CNPG to run its bundle.
+	pending pendingSince
+	warned  warnings
+	risky   warnings // the role check's findings: kept across successful passes
 }
 
 // readLag bounds how long Teleport's reads may trail its writes.
@@ -390,6 +393,7 @@ func (r *ClusterReconciler) finalize(ctx context.Context, c *cnpgv1.Cluster) err
 	}
 	r.warned.clear(c)
 	r.risky.clear(c)
+	r.pending.clear(c.UID)
 	riskyRoles.DeleteLabelValues(c.Namespace, c.Name)
 	return r.patchFinalizer(ctx, c, false)
 }

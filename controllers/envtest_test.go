@@ -134,6 +134,8 @@ type bedOptions struct {
 	resync time.Duration
 	// unwatched are extra namespaces made but not watched by the manager.
 	unwatched int
+	// silentCNPG: nobody reports the client CA in the status (CNPG stuck).
+	silentCNPG bool
 }
 
 var nsSeq int
@@ -185,7 +187,9 @@ func newBed(t *testing.T, o bedOptions) (*bed, []string) {
 	}
 	done := make(chan error, 1)
 	go func() { done <- mgr.Start(ctx) }()
-	go b.playCNPG(ctx)
+	if !o.silentCNPG {
+		go b.playCNPG(ctx)
+	}
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {
@@ -436,6 +440,9 @@ func TestEnvRegistration(t *testing.T) {
 		}
 	}
 	b.event("pg", ReasonRegistered, "")
+	if n := b.count("pg", ReasonTrustPending); n != 0 {
+		t.Fatalf("%d TrustPending Events: CNPG reported within a second, nobody needs to hear about the wait", n)
+	}
 	c, _ := b.get("pg")
 	if !slices.Contains(c.Finalizers, Finalizer) {
 		t.Fatalf("finalizers %v", c.Finalizers)
@@ -464,6 +471,33 @@ func TestEnvRegistration(t *testing.T) {
 	}
 	b.waitGone("one")
 	b.waitDBs("one")
+}
+
+// TestEnvTrustPendingWhenCNPGIsSilent: a Cluster whose client CA CNPG does
+// not report gets a TrustPending Event (after trustNoteAfter) and no db
+// resource.
+func TestEnvTrustPendingWhenCNPGIsSilent(t *testing.T) {
+	b, _ := newBed(t, bedOptions{resync: time.Hour, silentCNPG: true})
+	b.newCluster("pg", 1, registerAnn())
+	b.event("pg", ReasonTrustPending, "registration waits until CNPG runs client CA pg-teleport-ca")
+	if got := b.stored("pg"); len(got) != 0 {
+		t.Fatalf("registered %v before CNPG runs the bundle", got)
+	}
+}
+
+// count is the number of Events of reason on the object name.
+func (b *bed) count(name, reason string) int {
+	var list eventsv1.EventList
+	if err := b.c.List(context.Background(), &list, client.InNamespace(b.ns)); err != nil {
+		b.t.Fatal(err)
+	}
+	n := 0
+	for _, e := range list.Items {
+		if e.Regarding.Name == name && e.Reason == reason {
+			n++
+		}
+	}
+	return n
 }
 
 // TestEnvInvalidKeepAtDeletion: keep "True" is not guessed at: the deletion

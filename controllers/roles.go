@@ -131,7 +131,7 @@ func matchValue(want, v string) bool {
 // Cluster's db resources as a system user (Warning Event and metric). It
 // never fails the pass: a Teleport that refuses the read says so once.
 func (r *ClusterReconciler) checkRoles(ctx context.Context, c *cnpgv1.Cluster, desired []types.Database) {
-	roles, err := r.Teleport.ListRoles(ctx)
+	roles, err := r.teleportRoles(ctx)
 	if err != nil {
 		hint := ""
 		if trace.IsAccessDenied(err) {

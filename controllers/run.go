@@ -43,6 +43,10 @@ type Config struct {
 	Concurrent int
 }
 
+// trustPoll is how often a registration waiting for CNPG looks at its
+// status again, besides the wake-up its certificate status brings.
+const trustPoll = 5 * time.Second
+
 // Setup adds the Cluster controller and the orphan collector to mgr.
 func Setup(ctx context.Context, mgr ctrl.Manager, cfg Config) error {
 	if err := cfg.Options.Validate(); err != nil {
@@ -64,7 +68,7 @@ func Setup(ctx context.Context, mgr ctrl.Manager, cfg Config) error {
 		Options:    cfg.Options,
 		Resync:     cfg.Resync,
 		Retry:      cfg.Retry,
-		TrustPoll:  time.Second,
+		TrustPoll:  trustPoll,
 		Concurrent: cfg.Concurrent,
 	}
 	if err := r.SetupWithManager(ctx, mgr); err != nil {

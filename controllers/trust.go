@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"sync"
+	"time"
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
@@ -119,12 +121,44 @@ func (r *ClusterReconciler) trust(ctx context.Context, c *cnpgv1.Cluster, spec S
 	if st.Certificates.ClientCASecret != bundle.Name || st.SecretsResourceVersion.ClientCASecretVersion != bundle.ResourceVersion ||
 		(want.Certs.ServerTLSSecret != "" && st.Certificates.ServerTLSSecret != want.Certs.ServerTLSSecret) ||
 		(want.Certs.ReplicationTLSSecret != "" && st.Certificates.ReplicationTLSSecret != want.Certs.ReplicationTLSSecret) {
-		r.warned.note(r.Recorder, c, ReasonTrustPending, "Register",
-			"registration waits until CNPG runs client CA %s version %s (status: %q version %q)",
-			bundle.Name, bundle.ResourceVersion, st.Certificates.ClientCASecret, st.SecretsResourceVersion.ClientCASecretVersion)
+		if r.pending.since(c.UID, r.now()) >= trustNoteAfter {
+			r.warned.note(r.Recorder, c, ReasonTrustPending, "Register",
+				"registration waits until CNPG runs client CA %s version %s (status: %q version %q)",
+				bundle.Name, bundle.ResourceVersion, st.Certificates.ClientCASecret, st.SecretsResourceVersion.ClientCASecretVersion)
+		}
 		return false, nil, nil
 	}
+	r.pending.clear(c.UID)
 	return true, registered, nil
+}
+
+// trustNoteAfter: CNPG reports a new client CA within seconds; only a wait
+// longer than this is worth a TrustPending Event (the usual one is not).
+const trustNoteAfter = 5 * time.Second
+
+// pendingSince remembers since when each Cluster waits for CNPG.
+type pendingSince struct {
+	mu sync.Mutex
+	at map[k8stypes.UID]time.Time
+}
+
+// since returns how long uid has waited, starting the clock at its first call.
+func (p *pendingSince) since(uid k8stypes.UID, now time.Time) time.Duration {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.at == nil {
+		p.at = map[k8stypes.UID]time.Time{}
+	}
+	if _, ok := p.at[uid]; !ok {
+		p.at[uid] = now
+	}
+	return now.Sub(p.at[uid])
+}
+
+func (p *pendingSince) clear(uid k8stypes.UID) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(p.at, uid)
 }
 
 // userServerTLS reports whether the user gave the Cluster a server
@@ -203,7 +237,7 @@ func (r *ClusterReconciler) ensureBundle(ctx context.Context, c *cnpgv1.Cluster,
 		}
 		return nil, fmt.Errorf("the Cluster's client CA %s: %w", ownKey, err)
 	}
-	cas, err := r.Teleport.DatabaseClientCAs(ctx)
+	cas, err := r.databaseClientCAs(ctx)
 	if err != nil {
 		if exists {
 			r.warned.warn(r.Recorder, c, ReasonTeleportUnavailable, "Trust", "Teleport's CA not refreshed, the bundle stays as it is: %v", err)

@@ -66,6 +66,32 @@ type dbWatch struct {
 type Point struct{ X, Y float64 }
 
 func watchDBs(ctx context.Context, clt *client.Client) (*dbWatch, error) {
+	d := &dbWatch{cluster: map[string]string{}, changed: make(chan struct{})}
+	w, err := d.connect(ctx, clt)
+	if err != nil {
+		return nil, err
+	}
+	go func() {
+		for {
+			d.follow(w)
+			// Teleport closes a watcher that falls behind (a burst of
+			// writes): watch again and re-read the state in between.
+			var err error
+			for w, err = d.connect(ctx, clt); err != nil; w, err = d.connect(ctx, clt) {
+				if ctx.Err() != nil {
+					d.fail(ctx.Err())
+					return
+				}
+				time.Sleep(time.Second)
+			}
+		}
+	}()
+	return d, nil
+}
+
+// connect starts a watcher and, once it is initialised, replaces the state
+// with a full read, so nothing between two watchers is missed.
+func (d *dbWatch) connect(ctx context.Context, clt *client.Client) (types.Watcher, error) {
 	w, err := clt.NewWatcher(ctx, types.Watch{Name: "bench", Kinds: []types.WatchKind{{Kind: types.KindDatabase}}})
 	if err != nil {
 		return nil, err
@@ -73,53 +99,72 @@ func watchDBs(ctx context.Context, clt *client.Client) (*dbWatch, error) {
 	select {
 	case ev := <-w.Events():
 		if ev.Type != types.OpInit {
+			_ = w.Close()
 			return nil, fmt.Errorf("teleport watch: first event %v, want init", ev.Type)
 		}
 	case <-w.Done():
 		return nil, fmt.Errorf("teleport watch: %w", w.Error())
 	case <-time.After(30 * time.Second):
+		_ = w.Close()
 		return nil, fmt.Errorf("teleport watch: no init event in 30 s")
 	}
-	d := &dbWatch{cluster: map[string]string{}, changed: make(chan struct{})}
-	go func() {
-		defer func() { _ = w.Close() }()
-		for {
-			select {
-			case ev := <-w.Events():
-				d.apply(ev)
-			case <-w.Done():
-				d.mu.Lock()
-				if d.err = w.Error(); d.err == nil {
-					d.err = fmt.Errorf("teleport watch closed")
-				}
-				d.notifyLocked()
-				d.mu.Unlock()
-				return
-			}
+	all, err := clt.GetDatabases(ctx)
+	if err != nil {
+		_ = w.Close()
+		return nil, err
+	}
+	d.mu.Lock()
+	clear(d.cluster)
+	for _, db := range all {
+		d.putLocked(db.GetName(), db.GetAllLabels())
+	}
+	d.recordLocked()
+	d.mu.Unlock()
+	return w, nil
+}
+
+// follow applies the watcher's events until it closes.
+func (d *dbWatch) follow(w types.Watcher) {
+	defer func() { _ = w.Close() }()
+	for {
+		select {
+		case ev := <-w.Events():
+			d.apply(ev)
+		case <-w.Done():
+			return
 		}
-	}()
-	return d, nil
+	}
+}
+
+func (d *dbWatch) fail(err error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.err = err
+	d.notifyLocked()
 }
 
 func (d *dbWatch) apply(ev types.Event) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	name := ev.Resource.GetName()
 	switch ev.Type {
 	case types.OpPut:
-		l := ev.Resource.GetMetadata().Labels
-		if l[controllers.LabelManagedBy] != controllers.ManagedByValue {
-			return
-		}
-		d.cluster[name] = l[controllers.LabelNamespace] + "/" + l[controllers.LabelCluster]
+		d.putLocked(ev.Resource.GetName(), ev.Resource.GetMetadata().Labels)
 	case types.OpDelete:
-		if _, ok := d.cluster[name]; !ok {
-			return
-		}
-		delete(d.cluster, name)
+		delete(d.cluster, ev.Resource.GetName())
 	default:
 		return
 	}
+	d.recordLocked()
+}
+
+// putLocked records a db resource if it is the controller's.
+func (d *dbWatch) putLocked(name string, l map[string]string) {
+	if l[controllers.LabelManagedBy] == controllers.ManagedByValue {
+		d.cluster[name] = l[controllers.LabelNamespace] + "/" + l[controllers.LabelCluster]
+	}
+}
+
+func (d *dbWatch) recordLocked() {
 	if d.track != nil {
 		d.curve = append(d.curve, Point{time.Since(d.t0).Seconds(), float64(d.countLocked(d.track))})
 	}

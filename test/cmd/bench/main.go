@@ -25,7 +25,7 @@ import (
 
 func main() {
 	cfg := bench.Config{Log: os.Stdout}
-	var foreign, png string
+	var foreign, png, args string
 	var keep bool
 	flag.IntVar(&cfg.Sequential, "sequential", 200, "Clusters created (then deleted) one at a time: latency")
 	flag.IntVar(&cfg.AtOnce, "clusters", 1000, "Clusters created at once: convergence, steady state, memory")
@@ -36,6 +36,7 @@ func main() {
 	flag.BoolVar(&cfg.Tsh, "tsh", true, "also time annotate -> visible in tsh db ls")
 	flag.StringVar(&png, "plot", "docs/bench.png", "plot to write (relative to the repository root; empty: none)")
 	flag.BoolVar(&keep, "keep", false, "keep the run's directory (logs)")
+	flag.StringVar(&args, "controller-args", "", "more flags for the controller, space-separated (e.g. --concurrent=8)")
 	flag.Parse()
 	for _, f := range strings.Split(foreign, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(f))
@@ -45,6 +46,7 @@ func main() {
 		}
 		cfg.Foreign = append(cfg.Foreign, n)
 	}
+	cfg.Args = strings.Fields(args)
 	world.Enter()
 	dir, err := os.MkdirTemp("", "cnpg-teleport-bench-")
 	if err != nil {
