@@ -85,6 +85,7 @@ func (r *ClusterReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 	if err := r.Client.Get(ctx, req.NamespacedName, &c); err != nil {
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
+	ctx = withPassSecrets(ctx)
 	if !c.DeletionTimestamp.IsZero() || !OptedIn(&c) {
 		if !controllerutil.ContainsFinalizer(&c, Finalizer) {
 			return ctrl.Result{}, r.poolersWithoutCluster(ctx, &c)
@@ -195,7 +196,7 @@ func serverCASecret(c *cnpgv1.Cluster) string {
 func (r *ClusterReconciler) serverCA(ctx context.Context, c *cnpgv1.Cluster) ([]byte, error) {
 	var s corev1.Secret
 	key := k8stypes.NamespacedName{Namespace: c.Namespace, Name: serverCASecret(c)}
-	if err := r.APIReader.Get(ctx, key, &s); err != nil {
+	if err := r.getSecret(ctx, key, &s); err != nil {
 		return nil, fmt.Errorf("secret %s: %w", key, err)
 	}
 	if len(s.Data["ca.crt"]) == 0 {

@@ -716,3 +716,46 @@ func TestEnvTeleportRefused(t *testing.T) {
 	b.f.SetError("CreateDatabase", nil)
 	b.waitDBs("pg", dbName(b.ns, "pg", "rw"))
 }
+
+// TestEnvObjectConflict: a DatabaseRole, or a bundle Secret, of the
+// controller's name that it did not make is left untouched: an
+// ObjectConflict Warning, nothing registered; once it is gone, the Cluster
+// is trusted and registered.
+func TestEnvObjectConflict(t *testing.T) {
+	b, _ := newBed(t, bedOptions{resync: time.Hour})
+	ctx := context.Background()
+	role := &cnpgv1.DatabaseRole{
+		ObjectMeta: metav1.ObjectMeta{Namespace: b.ns, Name: "pg-teleport-read"},
+		Spec: cnpgv1.DatabaseRoleSpec{
+			RoleConfiguration: cnpgv1.RoleConfiguration{Name: "teleport_read", Comment: "a person's"},
+			ClusterRef:        corev1.LocalObjectReference{Name: "pg"},
+		},
+	}
+	if err := b.c.Create(ctx, role); err != nil {
+		t.Fatal(err)
+	}
+	secret := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: b.ns, Name: "other-teleport-ca"}, Data: map[string][]byte{"ca.crt": []byte("mine")}}
+	if err := b.c.Create(ctx, secret); err != nil {
+		t.Fatal(err)
+	}
+	b.newCluster("pg", 1, registerAnn())
+	b.newCluster("other", 1, registerAnn())
+	b.event("pg", ReasonObjectConflict, "DatabaseRole pg-teleport-read exists and is not ours")
+	b.event("other", ReasonObjectConflict, "Secret "+b.ns+"/other-teleport-ca exists and is not ours")
+	var got cnpgv1.DatabaseRole
+	if err := b.c.Get(ctx, client.ObjectKeyFromObject(role), &got); err != nil || got.Spec.Comment != "a person's" || len(got.OwnerReferences) != 0 {
+		t.Fatalf("the person's DatabaseRole changed: %+v %v", got.Spec, err)
+	}
+	var s corev1.Secret
+	if err := b.c.Get(ctx, client.ObjectKeyFromObject(secret), &s); err != nil || string(s.Data["ca.crt"]) != "mine" || len(s.Data) != 1 {
+		t.Fatalf("the person's Secret changed: %v %v", s.Data, err)
+	}
+	if got := append(b.stored("pg"), b.stored("other")...); len(got) != 0 {
+		t.Fatalf("registered %v", got)
+	}
+	// Gone: the next pass (its deletion wakes the Cluster) goes on.
+	if err := b.c.Delete(ctx, secret); err != nil {
+		t.Fatal(err)
+	}
+	b.waitDBs("other", dbName(b.ns, "other", "rw"))
+}

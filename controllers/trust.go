@@ -217,7 +217,15 @@ func (r *ClusterReconciler) ensureCertificate(ctx context.Context, c *cnpgv1.Clu
 func (r *ClusterReconciler) ensureBundle(ctx context.Context, c *cnpgv1.Cluster, issuerCA []byte) (*corev1.Secret, error) {
 	var cur corev1.Secret
 	key := k8stypes.NamespacedName{Namespace: c.Namespace, Name: BundleSecretName(c)}
-	err := r.APIReader.Get(ctx, key, &cur)
+	// Secrets' metadata is cached (never their data): one the cache does not
+	// know is created without a read first; a create that meets one anyway
+	// (the cache trails) fails the pass, and the next one reads it.
+	meta := &metav1.PartialObjectMetadata{}
+	meta.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("Secret"))
+	err := r.Client.Get(ctx, key, meta)
+	if err == nil {
+		err = r.APIReader.Get(ctx, key, &cur)
+	}
 	exists := err == nil
 	if err != nil && !apierrors.IsNotFound(err) {
 		return nil, fmt.Errorf("secret %s: %w", key, err)
@@ -230,7 +238,7 @@ func (r *ClusterReconciler) ensureBundle(ctx context.Context, c *cnpgv1.Cluster,
 	ownKey := k8stypes.NamespacedName{Namespace: c.Namespace, Name: clusterspec.OwnClientCASecret(c, key.Name)}
 	if issuerCA != nil { // issuer mode: the issuer's CA, no key (nobody holds it)
 		own.Data = map[string][]byte{"ca.crt": issuerCA}
-	} else if err := r.APIReader.Get(ctx, ownKey, &own); err != nil {
+	} else if err := r.getSecret(ctx, ownKey, &own); err != nil {
 		if apierrors.IsNotFound(err) { // CNPG makes <cluster>-ca soon after the Cluster
 			r.warned.note(r.Recorder, c, ReasonTrustPending, "Trust", "waiting for the Cluster's client CA %s", ownKey)
 			return nil, fmt.Errorf("the Cluster's client CA %s: %w", ownKey, errWaiting)
@@ -330,14 +338,17 @@ func (r *ClusterReconciler) ensureRoles(ctx context.Context, c *cnpgv1.Cluster, 
 		var have cnpgv1.DatabaseRole
 		err := r.Client.Get(ctx, client.ObjectKeyFromObject(w), &have)
 		if apierrors.IsNotFound(err) {
-			// The cache holds only ours: one of our name that is not must still be seen.
+			// The cache holds only ours: create, and one of our name that is
+			// not ours (or not cached yet) answers AlreadyExists: read it.
+			if err = r.Client.Create(ctx, w); err == nil {
+				continue
+			}
+			if !apierrors.IsAlreadyExists(err) {
+				return fmt.Errorf("databaserole %s: %w", w.Name, err)
+			}
 			err = r.APIReader.Get(ctx, client.ObjectKeyFromObject(w), &have)
 		}
 		switch {
-		case apierrors.IsNotFound(err):
-			if err := r.Client.Create(ctx, w); err != nil {
-				return fmt.Errorf("databaserole %s: %w", w.Name, err)
-			}
 		case err != nil:
 			return fmt.Errorf("databaserole %s: %w", w.Name, err)
 		case !ownedBy(&have, c):
