@@ -49,6 +49,7 @@ type flags struct {
 	probeAddr      string
 	leaderElection bool
 	concurrent     int
+	pprofAddr      string
 	kubeQPS        float64
 	kubeBurst      int
 	logLevel       zapcore.Level
@@ -74,6 +75,7 @@ func parseFlags(args []string) (flags, error) {
 	fs.StringVar(&f.probeAddr, "health-probe-bind-address", ":8081", "health probe address")
 	fs.BoolVar(&f.leaderElection, "leader-elect", false, "enable leader election (for more than one replica)")
 	fs.IntVar(&f.concurrent, "concurrent", 4, "how many Clusters are reconciled at once")
+	fs.StringVar(&f.pprofAddr, "pprof-bind-address", "", "Go's pprof profiles on this address (default: off)")
 	fs.Float64Var(&f.kubeQPS, "kube-api-qps", 50, "Kubernetes API requests per second the controller may make (sustained)")
 	fs.IntVar(&f.kubeBurst, "kube-api-burst", 300, "Kubernetes API requests the controller may make in a burst")
 	fs.Func("log-level", "log level: debug, info (the default), warn or error", func(v string) error {
@@ -140,7 +142,8 @@ func namespaces(v string) ([]string, error) {
 }
 
 // stripCached drops what the controller never reads from its cache:
-// managedFields everywhere, and the annotations of metadata-only objects
+// managedFields everywhere, a Cluster's status but its certificates, and
+// the annotations of metadata-only objects
 // (its one metadata-only watch is Secrets': kubectl's
 // last-applied-configuration annotation would hold a Secret's data).
 func stripCached(o any) (any, error) {
@@ -149,6 +152,13 @@ func stripCached(o any) (any, error) {
 	}
 	if p, ok := o.(*metav1.PartialObjectMetadata); ok {
 		p.Annotations = nil
+	}
+	// Of a Cluster's status (instances, conditions, topology: large on a
+	// real Cluster, rewritten by CNPG all the time) the controller reads the
+	// certificates CNPG runs, and nothing else; it never writes a Cluster's
+	// status, nor a Cluster with Update.
+	if c, ok := o.(*cnpgv1.Cluster); ok {
+		c.Status = cnpgv1.ClusterStatus{Certificates: c.Status.Certificates, SecretsResourceVersion: c.Status.SecretsResourceVersion}
 	}
 	return o, nil
 }
@@ -248,6 +258,7 @@ func run(ctx context.Context, f flags) error {
 		Cache:                  cacheOpts,
 		Metrics:                metricsserver.Options{BindAddress: f.metricsAddr},
 		HealthProbeBindAddress: f.probeAddr,
+		PprofBindAddress:       f.pprofAddr,
 		LeaderElection:         f.leaderElection,
 		LeaderElectionID:       "cnpg-teleport." + f.kubeCluster,
 		// The manager is the last thing main runs: giving the Lease up on

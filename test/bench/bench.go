@@ -73,16 +73,19 @@ type Result struct {
 	Curve          []Point         // their db resources in Teleport over time
 	ConvergeCalls  map[string]int
 	ConvergeWrites map[string]int // Kubernetes writes by the controller
+	ConvergeKube   map[string]int // the controller's Kubernetes requests by HTTP method (its own client metrics)
 	Steady         []Steady
 	ByHandWrites   int // Teleport writes of Resyncs by-hand syncs of AtOnce Clusters (Teleport's audit log)
 	ByHandTime     time.Duration
 	RSSPeak, RSS   float64 // MiB
+	HeapInUse      float64 // MiB, the Go runtime's (go_memstats_heap_inuse_bytes) at the end
 }
 
 const (
 	kubeUser     = "cnpg-teleport-bench"
 	kubeCluster  = "bench"
 	metricsAddr  = "127.0.0.1:18080"
+	pprofAddr    = "127.0.0.1:18082"
 	seqNamespace = "bench-seq"
 )
 
@@ -245,7 +248,7 @@ func (r *run) start(ctx context.Context) error {
 	r.ctl, err = r.w.StartControllerAs("controller", kubeconfig, append([]string{
 		"--teleport-addr=" + r.tp.AuthAddr, "--identity-file=" + id, "--kube-cluster=" + kubeCluster,
 		"--resync-period=" + r.cfg.Resync.String(), "--metrics-bind-address=" + metricsAddr,
-		"--health-probe-bind-address=127.0.0.1:18081"}, r.cfg.Args...)...)
+		"--health-probe-bind-address=127.0.0.1:18081", "--pprof-bind-address=" + pprofAddr}, r.cfg.Args...)...)
 	if err != nil {
 		return err
 	}
@@ -377,6 +380,7 @@ func (r *run) converge(ctx context.Context) error {
 		return err
 	}
 	r.res.ConvergeCalls, r.res.ConvergeWrites = calls(calls0, calls1), diff(writes0, writes1)
+	r.res.ConvergeKube = kubeRequests(calls0, calls1)
 	return nil
 }
 
@@ -523,10 +527,17 @@ func (r *run) deletion(ctx context.Context) error {
 	return r.dbs.wait(ctx, time.Minute, "every deleted Cluster's db resources gone from Teleport", func() bool { return r.dbs.countLocked(seq) == 0 })
 }
 
-func (r *run) memory(context.Context) error {
+func (r *run) memory(ctx context.Context) error {
 	var err error
-	r.res.RSSPeak, r.res.RSS, err = memory(r.ctl.PID())
-	return err
+	if r.res.RSSPeak, r.res.RSS, err = memory(r.ctl.PID()); err != nil {
+		return err
+	}
+	m, err := scrape(ctx, metricsAddr)
+	if err != nil {
+		return err
+	}
+	r.res.HeapInUse = m.sum("go_memstats_heap_inuse_bytes") / (1 << 20)
+	return saveHeapProfile(ctx, filepath.Join(r.cfg.Dir, "heap.pprof"))
 }
 
 // parallel runs f(0..n-1) on 16 workers.

@@ -98,6 +98,18 @@ func calls(before, after metrics) map[string]int {
 
 const teleportCalls = "cnpg_teleport_teleport_requests_total"
 
+// kubeRequests is the number of Kubernetes API requests by HTTP method
+// between two scrapes (client-go's rest_client_requests_total).
+func kubeRequests(before, after metrics) map[string]int {
+	out := map[string]int{}
+	for _, m := range []string{"GET", "LIST", "POST", "PUT", "PATCH", "DELETE"} {
+		if n := int(after.sum("rest_client_requests_total", "method="+m) - before.sum("rest_client_requests_total", "method="+m)); n != 0 {
+			out[m] = n
+		}
+	}
+	return out
+}
+
 // Writes and reads of Teleport's API, by method name.
 func teleportWrites(c map[string]int) int {
 	return c["CreateDatabase"] + c["UpdateDatabase"] + c["DeleteDatabase"]
@@ -123,6 +135,25 @@ func total(m map[string]int) int {
 		n += v
 	}
 	return n
+}
+
+// saveHeapProfile writes the controller's heap profile to path (go tool
+// pprof -top -sample_index=inuse_space path).
+func saveHeapProfile(ctx context.Context, path string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+pprofAddr+"/debug/pprof/heap", nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = resp.Body.Close() }()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, b, 0o600)
 }
 
 // memory reads a process's peak and current resident set size (MiB).

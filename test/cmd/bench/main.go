@@ -66,6 +66,9 @@ func main() {
 		os.Exit(1)
 	}
 	report(res, time.Since(t0))
+	if keep {
+		fmt.Println("register:", res.Register, "\ndelete:", res.Delete)
+	}
 	if png != "" {
 		path := png
 		if !strings.HasPrefix(path, "/") {
@@ -97,6 +100,7 @@ func report(r *bench.Result, took time.Duration) {
 	fmt.Printf("| %d Clusters created at once → all %d db resources in Teleport | %.1f s | ≤ 60 s |\n", c.AtOnce, 2*c.AtOnce, r.Converge.Seconds())
 	fmt.Printf("| … Teleport calls spent (per Cluster) | %d (%.1f): %s | |\n", sum(r.ConvergeCalls), float64(sum(r.ConvergeCalls))/float64(c.AtOnce), kv(r.ConvergeCalls))
 	fmt.Printf("| … Kubernetes writes spent (per Cluster) | %d (%.1f): %s | |\n", sum(r.ConvergeWrites), float64(sum(r.ConvergeWrites))/float64(c.AtOnce), kv(r.ConvergeWrites))
+	fmt.Printf("| … Kubernetes requests by method, Events aside (per Cluster) | %d (%.1f): %s | |\n", sum(r.ConvergeKube), float64(sum(r.ConvergeKube))/float64(c.AtOnce), kv(r.ConvergeKube))
 	for _, s := range r.Steady {
 		fmt.Printf("| steady state, %d Clusters, %d foreign db resources: %.1f resyncs | Teleport writes %d (Teleport's audit log: %d), Kubernetes writes %d | 0 |\n",
 			c.Sequential+c.AtOnce, s.Foreign, s.Resyncs, s.TeleportWrites, s.AuditWrites, sum(s.KubeWrites))
@@ -106,8 +110,8 @@ func report(r *bench.Result, took time.Duration) {
 		c.Resyncs, c.AtOnce, r.ByHandWrites, r.ByHandTime.Seconds())
 	fmt.Printf("| delete → rw and ro deregistered, %d Clusters one at a time | p50 %s, p99 %s | p99 ≤ 1 s |\n",
 		len(r.Delete), ms(bench.Percentile(r.Delete, 50)), ms(bench.Percentile(r.Delete, 99)))
-	fmt.Printf("| controller peak RSS, %d Clusters and %d unrelated Secrets | %.0f MiB (now %.0f MiB) | ≤ 150 MiB |\n",
-		c.Sequential+c.AtOnce, c.Secrets, r.RSSPeak, r.RSS)
+	fmt.Printf("| controller peak RSS, %d Clusters and %d unrelated Secrets | %.0f MiB (at the end %.0f MiB, Go heap in use %.0f MiB) | ≤ 150 MiB |\n",
+		c.Sequential+c.AtOnce, c.Secrets, r.RSSPeak, r.RSS, r.HeapInUse)
 }
 
 func sum(m map[string]int) int {
