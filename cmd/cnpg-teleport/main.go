@@ -76,8 +76,8 @@ func parseFlags(args []string) (flags, error) {
 	fs.BoolVar(&f.leaderElection, "leader-elect", false, "enable leader election (for more than one replica)")
 	fs.IntVar(&f.concurrent, "concurrent", 4, "how many Clusters are reconciled at once")
 	fs.StringVar(&f.pprofAddr, "pprof-bind-address", "", "Go's pprof profiles on this address (default: off)")
-	fs.Float64Var(&f.kubeQPS, "kube-api-qps", 50, "Kubernetes API requests per second the controller may make (sustained)")
-	fs.IntVar(&f.kubeBurst, "kube-api-burst", 300, "Kubernetes API requests the controller may make in a burst")
+	fs.Float64Var(&f.kubeQPS, "kube-api-qps", 200, "Kubernetes API requests per second the controller may make (sustained)")
+	fs.IntVar(&f.kubeBurst, "kube-api-burst", 500, "Kubernetes API requests the controller may make in a burst")
 	fs.Func("log-level", "log level: debug, info (the default), warn or error", func(v string) error {
 		l, err := logLevel(v)
 		f.logLevel = l

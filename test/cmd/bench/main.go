@@ -32,7 +32,7 @@ func main() {
 	flag.StringVar(&foreign, "foreign", "1000,5000", "foreign db resources in Teleport for each steady-state measurement")
 	flag.IntVar(&cfg.Secrets, "secrets", 10000, "unrelated Secrets in the apiserver")
 	flag.IntVar(&cfg.Resyncs, "resyncs", 5, "resyncs per steady-state measurement, and by-hand syncs")
-	flag.DurationVar(&cfg.Resync, "resync-period", 15*time.Second, "the controller's --resync-period")
+	flag.DurationVar(&cfg.Resync, "resync-period", 30*time.Second, "the controller's --resync-period")
 	flag.BoolVar(&cfg.Tsh, "tsh", true, "also time annotate -> visible in tsh db ls")
 	flag.StringVar(&png, "plot", "docs/bench.png", "plot to write (relative to the repository root; empty: none)")
 	flag.BoolVar(&keep, "keep", false, "keep the run's directory (logs)")
