@@ -10,8 +10,17 @@ import (
 )
 
 // sharedReadTTL is how long a read that is the same for every Cluster
-// (Teleport's database-client CA, its roles) serves every Cluster's pass.
+// (Teleport's database-client CA, its roles) serves every Cluster's pass;
+// at most a quarter of the resync period, which bounds how late a CA
+// rotation reaches the bundles.
 const sharedReadTTL = 2 * time.Second
+
+func (r *ClusterReconciler) sharedTTL() time.Duration {
+	if r.Resync > 0 {
+		return min(sharedReadTTL, r.Resync/4)
+	}
+	return sharedReadTTL
+}
 
 // sharedReads serves those reads from one Teleport call per sharedReadTTL,
 // shared by all Clusters, so a resync of N Clusters makes about one such
@@ -48,10 +57,10 @@ func (s *shared[T]) get(now time.Time, ttl time.Duration, read func() ([]T, erro
 
 // databaseClientCAs is Teleport's database-client CA, shared across Clusters.
 func (r *ClusterReconciler) databaseClientCAs(ctx context.Context) ([][]byte, error) {
-	return r.shared.cas.get(r.now(), sharedReadTTL, func() ([][]byte, error) { return r.Teleport.DatabaseClientCAs(ctx) })
+	return r.shared.cas.get(r.now(), r.sharedTTL(), func() ([][]byte, error) { return r.Teleport.DatabaseClientCAs(ctx) })
 }
 
 // teleportRoles is Teleport's roles, shared across Clusters.
 func (r *ClusterReconciler) teleportRoles(ctx context.Context) ([]types.Role, error) {
-	return r.shared.roles.get(r.now(), sharedReadTTL, func() ([]types.Role, error) { return r.Teleport.ListRoles(ctx) })
+	return r.shared.roles.get(r.now(), r.sharedTTL(), func() ([]types.Role, error) { return r.Teleport.ListRoles(ctx) })
 }

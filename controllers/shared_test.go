@@ -93,4 +93,14 @@ func TestApplySharesTeleportReads(t *testing.T) {
 	if got["DatabaseClientCAs"] != 2 || got["ListRoles"] != 1 {
 		t.Fatalf("calls %v, want DatabaseClientCAs 2, ListRoles 1", got)
 	}
+	// A short resync shortens the sharing: a rotation reaches the bundle
+	// within the resync period and a quarter of it.
+	r.Resync = 2 * time.Second
+	*now = now.Add(r.Resync / 4)
+	if _, err := r.databaseClientCAs(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := callsSince(f, 0); got["DatabaseClientCAs"] != 3 {
+		t.Fatalf("a quarter of a 2 s resync later: %d CA reads, want a new one", got["DatabaseClientCAs"])
+	}
 }
