@@ -12,8 +12,10 @@ import (
 	"github.com/gravitational/teleport/api/client"
 	"github.com/gravitational/teleport/api/types"
 	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
 
 	"github.com/cnpg-teleport/cnpg-teleport/controllers"
+	"github.com/cnpg-teleport/cnpg-teleport/teleport"
 	"github.com/cnpg-teleport/cnpg-teleport/test/world"
 )
 
@@ -46,7 +48,9 @@ func adminClient(ctx context.Context, tp *world.Teleport) (*client.Client, error
 	if err != nil {
 		return nil, err
 	}
-	return client.New(ctx, client.Config{Addrs: []string{tp.AuthAddr}, Credentials: []client.Credentials{client.LoadIdentityFile(id)}})
+	return client.New(ctx, client.Config{Addrs: []string{tp.AuthAddr}, Credentials: []client.Credentials{client.LoadIdentityFile(id)},
+		// It lists every db resource, foreign ones and the by-hand ones too.
+		DialOpts: []grpc.DialOption{grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(teleport.MaxListBytes))}})
 }
 
 // dbWatch follows Teleport's event stream of db resources: which of the
