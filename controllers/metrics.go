@@ -36,7 +36,7 @@ var (
 	})
 	riskyRoles = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "cnpg_teleport_risky_teleport_roles",
-		Help: "Teleport roles that let their holders reach the Cluster's db resources as a CNPG system user (or any user).",
+		Help: "Teleport roles that let their holders reach the Cluster's db resources as a CNPG system user (or any user); only Clusters with such roles have a series.",
 	}, []string{"namespace", "cluster"})
 )
 

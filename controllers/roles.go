@@ -145,11 +145,12 @@ func (r *ClusterReconciler) checkRoles(ctx context.Context, c *cnpgv1.Cluster, d
 		labels = append(labels, d.GetStaticLabels())
 	}
 	found := RiskyRoles(roles, labels)
-	riskyRoles.WithLabelValues(c.Namespace, c.Name).Set(float64(len(found)))
-	if len(found) == 0 {
+	if len(found) == 0 { // no series for a Cluster without findings: 1,000 Clusters are not 1,000 zeros to scrape
+		riskyRoles.DeleteLabelValues(c.Namespace, c.Name)
 		r.risky.clear(c)
 		return
 	}
+	riskyRoles.WithLabelValues(c.Namespace, c.Name).Set(float64(len(found)))
 	var parts []string
 	for _, f := range found {
 		parts = append(parts, fmt.Sprintf("%s (db_users %s)", f.Role, strings.Join(f.Users, ",")))

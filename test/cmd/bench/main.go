@@ -27,13 +27,13 @@ func main() {
 	cfg := bench.Config{Log: os.Stdout}
 	var foreign, png, args string
 	var keep bool
-	flag.IntVar(&cfg.Sequential, "sequential", 200, "Clusters created (then deleted) one at a time: latency")
+	flag.IntVar(&cfg.Sequential, "sequential", 220, "Clusters created (then deleted) one at a time: latency")
 	flag.IntVar(&cfg.AtOnce, "clusters", 1000, "Clusters created at once: convergence, steady state, memory")
 	flag.StringVar(&foreign, "foreign", "1000,5000", "foreign db resources in Teleport for each steady-state measurement")
 	flag.IntVar(&cfg.Secrets, "secrets", 10000, "unrelated Secrets in the apiserver")
 	flag.IntVar(&cfg.Resyncs, "resyncs", 5, "resyncs per steady-state measurement, and by-hand syncs")
 	flag.DurationVar(&cfg.Resync, "resync-period", 30*time.Second, "the controller's --resync-period")
-	flag.BoolVar(&cfg.Tsh, "tsh", true, "also time annotate -> visible in tsh db ls")
+	flag.IntVar(&cfg.Tsh, "tsh", 20, "of those, the last N time annotate -> visible in tsh db ls instead (tsh in a loop takes a core)")
 	flag.StringVar(&png, "plot", "docs/bench.png", "plot to write (relative to the repository root; empty: none)")
 	flag.BoolVar(&keep, "keep", false, "keep the run's directory (logs)")
 	flag.StringVar(&args, "controller-args", "", "more flags for the controller, space-separated (e.g. --concurrent=8)")
@@ -91,11 +91,11 @@ func report(r *bench.Result, took time.Duration) {
 	fmt.Printf("\n# cnpg-teleport bench, %s, %s (%d CPUs, %s), run took %.0fs\n", time.Now().UTC().Format("2006-01-02"), host, runtime.NumCPU(), runtime.GOARCH, took.Seconds())
 	fmt.Println("| measure | result | goal |")
 	fmt.Println("|---|---|---|")
-	fmt.Printf("| annotate → rw and ro acknowledged by Teleport, %d Clusters one at a time | p50 %s, p99 %s, max %s | p50 ≤ 100 ms, p99 ≤ 1 s |\n",
+	fmt.Printf("| annotate → rw and ro acknowledged by Teleport (the Registered Event's time), %d Clusters one at a time | p50 %s, p99 %s, max %s | p50 ≤ 100 ms, p99 ≤ 1 s |\n",
 		len(r.Register), ms(bench.Percentile(r.Register, 50)), ms(bench.Percentile(r.Register, 99)), ms(bench.Percentile(r.Register, 100)))
 	if len(r.Visible) > 0 {
-		fmt.Printf("| annotate → both in `tsh db ls` (Teleport's agent and cache; tsh round %s) | p50 %s, p99 %s | (reported) |\n",
-			ms(r.TshPoll), ms(bench.Percentile(r.Visible, 50)), ms(bench.Percentile(r.Visible, 99)))
+		fmt.Printf("| annotate → both in `tsh db ls`, %d more Clusters (Teleport's agent and cache; `tsh db ls` in a loop, %s a round) | p50 %s, p99 %s | (reported) |\n",
+			len(r.Visible), ms(r.TshPoll), ms(bench.Percentile(r.Visible, 50)), ms(bench.Percentile(r.Visible, 99)))
 	}
 	fmt.Printf("| %d Clusters created at once → all %d db resources in Teleport | %.1f s | ≤ 60 s |\n", c.AtOnce, 2*c.AtOnce, r.Converge.Seconds())
 	fmt.Printf("| … Teleport calls spent (per Cluster) | %d (%.1f): %s | |\n", sum(r.ConvergeCalls), float64(sum(r.ConvergeCalls))/float64(c.AtOnce), kv(r.ConvergeCalls))
