@@ -46,12 +46,3 @@ func (r *ClusterReconciler) getSecret(ctx context.Context, key k8stypes.Namespac
 	}
 	return nil
 }
-
-// forgetSecret drops a Secret the pass wrote from its reads.
-func forgetSecret(ctx context.Context, key k8stypes.NamespacedName) {
-	if memo, _ := ctx.Value(passSecretsKey{}).(*passSecrets); memo != nil {
-		memo.mu.Lock()
-		delete(memo.read, key)
-		memo.mu.Unlock()
-	}
-}

@@ -134,7 +134,7 @@ type run struct {
 
 func (r *run) logf(format string, args ...any) {
 	if r.cfg.Log != nil {
-		fmt.Fprintf(r.cfg.Log, format+"\n", args...)
+		_, _ = fmt.Fprintf(r.cfg.Log, format+"\n", args...)
 	}
 }
 

@@ -190,13 +190,6 @@ func (d *dbWatch) countLocked(match func(string) bool) int {
 	return n
 }
 
-// count is the number of the controller's db resources whose Cluster matches.
-func (d *dbWatch) count(match func(string) bool) int {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.countLocked(match)
-}
-
 // namesOf returns the db names of a Cluster (namespace/name).
 func (d *dbWatch) namesOf(cluster string) []string {
 	d.mu.Lock()

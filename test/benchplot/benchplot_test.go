@@ -29,7 +29,7 @@ func decode(t *testing.T, path string) image.Image {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	img, err := png.Decode(f)
 	if err != nil {
 		t.Fatal(err)
@@ -81,7 +81,7 @@ func TestWritePNG(t *testing.T) {
 	}
 	if out := os.Getenv("BENCHPLOT_OUT"); out != "" { // keep a copy to look at
 		b, _ := os.ReadFile(path)
-		if err := os.WriteFile(out, b, 0o644); err != nil {
+		if err := os.WriteFile(out, b, 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}
