@@ -72,6 +72,7 @@ type ClusterReconciler struct {
 	shared sharedReads
 	// pending: since when each Cluster waits for CNPG to run its bundle.
 	pending pendingSince
+	bundles bundleMemo
 	warned  warnings
 	risky   warnings // the role check's findings: kept across successful passes
 }
@@ -395,6 +396,7 @@ func (r *ClusterReconciler) finalize(ctx context.Context, c *cnpgv1.Cluster) err
 	r.warned.clear(c)
 	r.risky.clear(c)
 	r.pending.clear(c.UID)
+	r.bundles.forget(c.UID)
 	riskyRoles.DeleteLabelValues(c.Namespace, c.Name)
 	return r.patchFinalizer(ctx, c, false)
 }

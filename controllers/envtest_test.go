@@ -9,6 +9,7 @@ package controllers
 // orphan-pass metric), bounded.
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -758,4 +759,66 @@ func TestEnvObjectConflict(t *testing.T) {
 		t.Fatal(err)
 	}
 	b.waitDBs("other", dbName(b.ns, "other", "rw"))
+}
+
+// TestEnvBundleFollowsItsInputs: a pass that finds the bundle as its inputs
+// build it remembers them and skips the rebuild; any change of an input
+// still reaches the bundle at the next resync: Teleport's CA rotated, the
+// bundle edited by hand, the own CA renewed.
+func TestEnvBundleFollowsItsInputs(t *testing.T) {
+	b, _ := newBed(t, bedOptions{resync: 2 * time.Second})
+	ctx := context.Background()
+	b.registered("pg", 1, dbName(b.ns, "pg", "rw"))
+	key := client.ObjectKey{Namespace: b.ns, Name: "pg-teleport-ca"}
+	bundleHas := func(what string, pem []byte) {
+		b.eventually("the bundle holds "+what, func() (bool, string) {
+			var s corev1.Secret
+			if err := b.c.Get(ctx, key, &s); err != nil {
+				return false, err.Error()
+			}
+			return bytes.Contains(s.Data["ca.crt"], bytes.TrimSpace(pem)), string(s.Data["ca.crt"])
+		})
+	}
+	rotated := testCA(t, "teleport-db-rotated")
+	b.f.SetCACerts(types.DatabaseCA, [][]byte{rotated})
+	bundleHas("Teleport's rotated CA", rotated)
+
+	var s corev1.Secret
+	if err := b.c.Get(ctx, key, &s); err != nil {
+		t.Fatal(err)
+	}
+	s.Data["ca.crt"] = []byte("edited by hand")
+	if err := b.c.Update(ctx, &s); err != nil {
+		t.Fatal(err)
+	}
+	bundleHas("Teleport's CA again after a hand edit", rotated)
+
+	renewed := b.writeCA("pg", "pg-renewed", b.caKey("pg"))
+	bundleHas("the renewed own CA", renewed)
+}
+
+// TestBundleInputs: every input of the bundle changes its digest.
+func TestBundleInputs(t *testing.T) {
+	cur := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{UID: "u", ResourceVersion: "1"}}
+	own := &corev1.Secret{Data: map[string][]byte{"ca.crt": []byte("crt"), "ca.key": []byte("key")}}
+	cas := [][]byte{[]byte("a"), []byte("b")}
+	base := bundleInputs(cur, own, cas)
+	if bundleInputs(cur.DeepCopy(), own.DeepCopy(), [][]byte{[]byte("a"), []byte("b")}) != base {
+		t.Fatal("the same inputs digest differently")
+	}
+	for name, change := range map[string]func(cur, own *corev1.Secret, cas [][]byte) [][]byte{
+		"bundle version":   func(cur, _ *corev1.Secret, cas [][]byte) [][]byte { cur.ResourceVersion = "2"; return cas },
+		"bundle recreated": func(cur, _ *corev1.Secret, cas [][]byte) [][]byte { cur.UID = "v"; return cas },
+		"own CA":           func(_, own *corev1.Secret, cas [][]byte) [][]byte { own.Data["ca.crt"] = []byte("crt2"); return cas },
+		"own key":          func(_, own *corev1.Secret, cas [][]byte) [][]byte { own.Data["ca.key"] = []byte("key2"); return cas },
+		"Teleport CA":      func(_, _ *corev1.Secret, _ [][]byte) [][]byte { return [][]byte{[]byte("a"), []byte("c")} },
+		"Teleport CA more": func(_, _ *corev1.Secret, cas [][]byte) [][]byte { return append(cas, []byte("c")) },
+		"boundaries":       func(_, _ *corev1.Secret, _ [][]byte) [][]byte { return [][]byte{[]byte("ab")} },
+	} {
+		c, o := cur.DeepCopy(), own.DeepCopy()
+		in := change(c, o, slices.Clone(cas))
+		if bundleInputs(c, o, in) == base {
+			t.Errorf("%s: the digest did not change", name)
+		}
+	}
 }

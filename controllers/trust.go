@@ -3,6 +3,7 @@ package controllers
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"maps"
@@ -132,6 +133,50 @@ func (r *ClusterReconciler) trust(ctx context.Context, c *cnpgv1.Cluster, spec S
 	return true, registered, nil
 }
 
+// bundleMemo remembers, per Cluster, the inputs of the last bundle found
+// equal to what they build: while the bundle (its resourceVersion), the own
+// CA and Teleport's CA stay the same, a pass neither parses nor builds
+// anything (make bench: rebuilding on every pass was a third of all the
+// controller allocated). 32 bytes a Cluster.
+type bundleMemo struct {
+	mu sync.Mutex
+	m  map[k8stypes.UID][sha256.Size]byte
+}
+
+func (b *bundleMemo) same(uid k8stypes.UID, in [sha256.Size]byte) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	got, ok := b.m[uid]
+	return ok && got == in
+}
+
+func (b *bundleMemo) remember(uid k8stypes.UID, in [sha256.Size]byte) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.m == nil {
+		b.m = map[k8stypes.UID][sha256.Size]byte{}
+	}
+	b.m[uid] = in
+}
+
+func (b *bundleMemo) forget(uid k8stypes.UID) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	delete(b.m, uid)
+}
+
+// bundleInputs digests what a bundle is built from and the bundle as it is.
+func bundleInputs(cur, own *corev1.Secret, cas [][]byte) [sha256.Size]byte {
+	h := sha256.New()
+	for _, part := range append([][]byte{[]byte(cur.UID), []byte(cur.ResourceVersion), own.Data["ca.crt"], own.Data["ca.key"]}, cas...) {
+		_, _ = fmt.Fprintf(h, "%d:", len(part))
+		_, _ = h.Write(part)
+	}
+	var out [sha256.Size]byte
+	copy(out[:], h.Sum(nil))
+	return out
+}
+
 // trustNoteAfter: CNPG reports a new client CA within seconds; only a wait
 // longer than this is worth a TrustPending Event (the usual one is not).
 const trustNoteAfter = 5 * time.Second
@@ -253,6 +298,10 @@ func (r *ClusterReconciler) ensureBundle(ctx context.Context, c *cnpgv1.Cluster,
 		}
 		return nil, r.unavailable(c, "Trust", err)
 	}
+	inputs := bundleInputs(&cur, &own, cas)
+	if exists && r.bundles.same(c.UID, inputs) {
+		return &cur, nil // checked with these very inputs before: equal
+	}
 	prev := certs.PreviousOwnCA(cur.Data["ca.crt"], cur.Data[certs.PreviousKey], own.Data["ca.crt"], r.now())
 	if prev != nil {
 		cas = append(cas, prev) // the renewed own CA's predecessor, until it expires
@@ -279,6 +328,9 @@ func (r *ClusterReconciler) ensureBundle(ctx context.Context, c *cnpgv1.Cluster,
 		return want, nil
 	}
 	if secretEqual(&cur, want) {
+		if prev == nil { // no predecessor carried: the result does not depend on the time
+			r.bundles.remember(c.UID, inputs)
+		}
 		return &cur, nil
 	}
 	next := cur.DeepCopy()
