@@ -103,7 +103,7 @@ demo: world-tools
 demo-verify: world-tools
 	@$(WORLD_ENV) $(GO) run ./test/cmd/demo
 
-## bench: measure the controller against the test world (about 15 min): latency, 1,000 Clusters at once,
+## bench: measure the controller against the test world (about 11 min): latency, 1,000 Clusters at once,
 ## steady-state writes and reads next to the by-hand approach, deletion, memory; writes docs/bench.png and
 ## ends with a BENCH line. BENCH_FLAGS passes flags (go run ./test/cmd/bench -h).
 BENCH_FLAGS ?=
