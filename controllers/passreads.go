@@ -2,7 +2,6 @@ package controllers
 
 import (
 	"context"
-	"sync"
 
 	corev1 "k8s.io/api/core/v1"
 	k8stypes "k8s.io/apimachinery/pkg/types"
@@ -12,8 +11,8 @@ import (
 // twice (by default the Cluster's own client CA and its server CA are one
 // Secret, <cluster>-ca) costs one request. Secrets are never cached across
 // passes: each pass reads them fresh.
+// A pass runs in one goroutine: no lock.
 type passSecrets struct {
-	mu   sync.Mutex
 	read map[k8stypes.NamespacedName]*corev1.Secret
 }
 
@@ -27,22 +26,23 @@ func withPassSecrets(ctx context.Context) context.Context {
 // getSecret reads a Secret directly from the apiserver, once per pass.
 func (r *ClusterReconciler) getSecret(ctx context.Context, key k8stypes.NamespacedName, s *corev1.Secret) error {
 	memo, _ := ctx.Value(passSecretsKey{}).(*passSecrets)
-	if memo != nil {
-		memo.mu.Lock()
-		got, ok := memo.read[key]
-		memo.mu.Unlock()
-		if ok {
-			got.DeepCopyInto(s)
-			return nil
-		}
+	if got, ok := memo.get(key); ok {
+		got.DeepCopyInto(s)
+		return nil
 	}
 	if err := r.APIReader.Get(ctx, key, s); err != nil {
 		return err
 	}
 	if memo != nil {
-		memo.mu.Lock()
 		memo.read[key] = s.DeepCopy()
-		memo.mu.Unlock()
 	}
 	return nil
+}
+
+func (p *passSecrets) get(key k8stypes.NamespacedName) (*corev1.Secret, bool) {
+	if p == nil {
+		return nil, false
+	}
+	s, ok := p.read[key]
+	return s, ok
 }

@@ -122,47 +122,15 @@ func (r *ClusterReconciler) trust(ctx context.Context, c *cnpgv1.Cluster, spec S
 	if st.Certificates.ClientCASecret != bundle.Name || st.SecretsResourceVersion.ClientCASecretVersion != bundle.ResourceVersion ||
 		(want.Certs.ServerTLSSecret != "" && st.Certificates.ServerTLSSecret != want.Certs.ServerTLSSecret) ||
 		(want.Certs.ReplicationTLSSecret != "" && st.Certificates.ReplicationTLSSecret != want.Certs.ReplicationTLSSecret) {
-		if r.pending.since(c.UID, r.now()) >= trustNoteAfter {
+		if r.pendingFor(c.UID) >= trustNoteAfter {
 			r.warned.note(r.Recorder, c, ReasonTrustPending, "Register",
 				"registration waits until CNPG runs client CA %s version %s (status: %q version %q)",
 				bundle.Name, bundle.ResourceVersion, st.Certificates.ClientCASecret, st.SecretsResourceVersion.ClientCASecretVersion)
 		}
 		return false, nil, nil
 	}
-	r.pending.clear(c.UID)
+	r.pending.forget(c.UID)
 	return true, registered, nil
-}
-
-// bundleMemo remembers, per Cluster, the inputs of the last bundle found
-// equal to what they build: while the bundle (its resourceVersion), the own
-// CA and Teleport's CA stay the same, a pass neither parses nor builds
-// anything (make bench: rebuilding on every pass was a third of all the
-// controller allocated). 32 bytes a Cluster.
-type bundleMemo struct {
-	mu sync.Mutex
-	m  map[k8stypes.UID][sha256.Size]byte
-}
-
-func (b *bundleMemo) same(uid k8stypes.UID, in [sha256.Size]byte) bool {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	got, ok := b.m[uid]
-	return ok && got == in
-}
-
-func (b *bundleMemo) remember(uid k8stypes.UID, in [sha256.Size]byte) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.m == nil {
-		b.m = map[k8stypes.UID][sha256.Size]byte{}
-	}
-	b.m[uid] = in
-}
-
-func (b *bundleMemo) forget(uid k8stypes.UID) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	delete(b.m, uid)
 }
 
 // bundleInputs digests what a bundle is built from and the bundle as it is.
@@ -181,29 +149,43 @@ func bundleInputs(cur, own *corev1.Secret, cas [][]byte) [sha256.Size]byte {
 // longer than this is worth a TrustPending Event (the usual one is not).
 const trustNoteAfter = 5 * time.Second
 
-// pendingSince remembers since when each Cluster waits for CNPG.
-type pendingSince struct {
+// byCluster holds a value per Cluster UID, safe across concurrent passes
+// (never two passes of one Cluster at once: controller-runtime's workqueue).
+type byCluster[T any] struct {
 	mu sync.Mutex
-	at map[k8stypes.UID]time.Time
+	m  map[k8stypes.UID]T
 }
 
-// since returns how long uid has waited, starting the clock at its first call.
-func (p *pendingSince) since(uid k8stypes.UID, now time.Time) time.Duration {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.at == nil {
-		p.at = map[k8stypes.UID]time.Time{}
-	}
-	if _, ok := p.at[uid]; !ok {
-		p.at[uid] = now
-	}
-	return now.Sub(p.at[uid])
+func (b *byCluster[T]) get(uid k8stypes.UID) (T, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	v, ok := b.m[uid]
+	return v, ok
 }
 
-func (p *pendingSince) clear(uid k8stypes.UID) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	delete(p.at, uid)
+func (b *byCluster[T]) set(uid k8stypes.UID, v T) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.m == nil {
+		b.m = map[k8stypes.UID]T{}
+	}
+	b.m[uid] = v
+}
+
+func (b *byCluster[T]) forget(uid k8stypes.UID) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	delete(b.m, uid)
+}
+
+// pendingFor is how long c has waited for CNPG, starting at its first call.
+func (r *ClusterReconciler) pendingFor(uid k8stypes.UID) time.Duration {
+	since, ok := r.pending.get(uid)
+	if !ok {
+		since = r.now()
+		r.pending.set(uid, since)
+	}
+	return r.now().Sub(since)
 }
 
 // userServerTLS reports whether the user gave the Cluster a server
@@ -299,7 +281,7 @@ func (r *ClusterReconciler) ensureBundle(ctx context.Context, c *cnpgv1.Cluster,
 		return nil, r.unavailable(c, "Trust", err)
 	}
 	inputs := bundleInputs(&cur, &own, cas)
-	if exists && r.bundles.same(c.UID, inputs) {
+	if last, ok := r.bundles.get(c.UID); exists && ok && last == inputs {
 		return &cur, nil // checked with these very inputs before: equal
 	}
 	prev := certs.PreviousOwnCA(cur.Data["ca.crt"], cur.Data[certs.PreviousKey], own.Data["ca.crt"], r.now())
@@ -329,7 +311,7 @@ func (r *ClusterReconciler) ensureBundle(ctx context.Context, c *cnpgv1.Cluster,
 	}
 	if secretEqual(&cur, want) {
 		if prev == nil { // no predecessor carried: the result does not depend on the time
-			r.bundles.remember(c.UID, inputs)
+			r.bundles.set(c.UID, inputs)
 		}
 		return &cur, nil
 	}

@@ -76,8 +76,8 @@ func parseFlags(args []string) (flags, error) {
 	fs.BoolVar(&f.leaderElection, "leader-elect", false, "enable leader election (for more than one replica)")
 	fs.IntVar(&f.concurrent, "concurrent", 4, "how many Clusters are reconciled at once")
 	fs.StringVar(&f.pprofAddr, "pprof-bind-address", "", "Go's pprof profiles on this address (default: off)")
-	fs.Float64Var(&f.kubeQPS, "kube-api-qps", 200, "Kubernetes API requests per second the controller may make (sustained)")
-	fs.IntVar(&f.kubeBurst, "kube-api-burst", 500, "Kubernetes API requests the controller may make in a burst")
+	fs.Float64Var(&f.kubeQPS, "kube-api-qps", 0, "Kubernetes API requests per second the controller may make, sustained (0: no client-side limit, the apiserver's priority and fairness decides, as controller-runtime does by default)")
+	fs.IntVar(&f.kubeBurst, "kube-api-burst", 500, "Kubernetes API requests the controller may make in a burst (with --kube-api-qps)")
 	fs.Func("log-level", "log level: debug, info (the default), warn or error", func(v string) error {
 		l, err := logLevel(v)
 		f.logLevel = l
@@ -102,8 +102,8 @@ func parseFlags(args []string) (flags, error) {
 	if _, err := namespaces(f.namespaces); err != nil {
 		return f, err
 	}
-	if f.concurrent < 1 || f.kubeQPS <= 0 || f.kubeBurst < 1 {
-		return f, fmt.Errorf("--concurrent, --kube-api-qps and --kube-api-burst must be positive")
+	if f.concurrent < 1 || f.kubeQPS < 0 || f.kubeBurst < 1 {
+		return f, fmt.Errorf("--concurrent and --kube-api-burst must be positive, --kube-api-qps 0 or more")
 	}
 	return f, nil
 }
@@ -252,7 +252,9 @@ func run(ctx context.Context, f flags) error {
 	if err != nil {
 		return err
 	}
-	kube.QPS, kube.Burst = float32(f.kubeQPS), f.kubeBurst
+	if f.kubeQPS > 0 { // else controller-runtime's: no client-side limit
+		kube.QPS, kube.Burst = float32(f.kubeQPS), f.kubeBurst
+	}
 	mgr, err := ctrl.NewManager(kube, ctrl.Options{
 		Scheme:                 scheme,
 		Cache:                  cacheOpts,

@@ -100,3 +100,16 @@ func TestLogLevelFlag(t *testing.T) {
 		}
 	}
 }
+
+func TestKubeAPIRateFlags(t *testing.T) {
+	required := []string{"--teleport-addr=t:3025", "--kube-cluster=k", "--identity-file=/i"}
+	f, err := parseFlags(required)
+	if err != nil || f.kubeQPS != 0 || f.concurrent != 4 {
+		t.Fatalf("defaults: qps %v (want 0: no client-side limit, as controller-runtime), concurrent %d, %v", f.kubeQPS, f.concurrent, err)
+	}
+	for _, bad := range [][]string{{"--kube-api-qps=-1"}, {"--kube-api-burst=0"}, {"--concurrent=0"}} {
+		if _, err := parseFlags(append(slices.Clone(required), bad...)); err == nil {
+			t.Errorf("%v accepted", bad)
+		}
+	}
+}

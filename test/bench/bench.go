@@ -124,7 +124,6 @@ type run struct {
 	audit     string
 	dbs       *dbWatch
 	events    *events
-	status    *statusWriter
 	caPEM     []byte
 	caKeyPEM  []byte
 	stopCache context.CancelFunc
@@ -214,7 +213,7 @@ func (r *run) start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if r.status, err = startStatusWriter(cctx, informers, r.kube, 4); err != nil {
+	if err := startStatusWriter(cctx, informers, r.kube, 4); err != nil {
 		return err
 	}
 	if r.events, err = watchEvents(cctx, informers); err != nil {

@@ -101,7 +101,7 @@ func TestChartSchema(t *testing.T) {
 		"bad resync period":                                            {sets: append(slices.Clone(required), "resyncPeriod=10"), want: "resyncPeriod"},
 		"bad log level":                                                {sets: append(slices.Clone(required), "logLevel=verbose"), want: "logLevel"},
 		"no workers":                                                   {sets: append(slices.Clone(required), "concurrent=0"), want: "concurrent"},
-		"no Kubernetes API rate":                                       {sets: append(slices.Clone(required), "kubeAPIQPS=0"), want: "kubeAPIQPS"},
+		"a negative Kubernetes API rate":                               {sets: append(slices.Clone(required), "kubeAPIQPS=-1"), want: "kubeAPIQPS"},
 		"an empty namespace":                                           {sets: append(slices.Clone(required), namespaced("a", "")...), want: "watchNamespaces"},
 		"misspelt value":                                               {sets: append(slices.Clone(required), "kubeClusterId=x"), want: "kubeClusterId"},
 		"negative replicas":                                            {sets: append(slices.Clone(required), "replicas=-1"), want: "replicas"},
