@@ -142,14 +142,22 @@ func (r *ClusterReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 
 // outcome classifies the error of a pass: none, or only ones that wait for
 // a person (a name conflict, orphan collection, a refusal by Teleport), look
-// again at the next resync, without a retry storm; any other is returned for
-// a retry with backoff.
+// again at the next resync, without a retry storm; one that waits for CNPG
+// looks again in issuePoll; any other is returned for a retry with backoff.
 func (r *ClusterReconciler) outcome(err error) (ctrl.Result, error) {
+	if errors.Is(err, errWaiting) {
+		return ctrl.Result{RequeueAfter: issuePoll}, nil
+	}
 	if err != nil && !waitsForAPerson(err) {
 		return ctrl.Result{}, err
 	}
 	return ctrl.Result{RequeueAfter: r.Resync}, nil
 }
+
+// issuePoll is how often a step waiting for cert-manager or for CNPG to
+// leave a certificate looks again: neither a Certificate's Ready condition
+// nor CNPG's phase wakes the controller.
+const issuePoll = time.Second
 
 // trustOutcome is the result of a pass whose trust step is not done.
 func (r *ClusterReconciler) trustOutcome(c *cnpgv1.Cluster, err error) (ctrl.Result, error) {
@@ -159,7 +167,7 @@ func (r *ClusterReconciler) trustOutcome(c *cnpgv1.Cluster, err error) (ctrl.Res
 	case apierrors.IsForbidden(err):
 		return r.forbidden(c, "Trust", err)
 	case errors.Is(err, errWaiting):
-		return ctrl.Result{RequeueAfter: r.TrustPoll}, nil
+		return ctrl.Result{RequeueAfter: issuePoll}, nil
 	case err != nil:
 		return ctrl.Result{}, err
 	}

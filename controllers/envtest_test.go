@@ -29,6 +29,7 @@ import (
 	"time"
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
+	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
 	cnpgv1 "github.com/cloudnative-pg/cloudnative-pg/api/v1"
 	"github.com/go-logr/logr"
 	"github.com/gravitational/teleport/api/types"
@@ -357,7 +358,7 @@ func (b *bed) event(name, reason, part string) {
 			if e.Regarding.Name == name && e.Reason == reason && strings.Contains(e.Note, part) {
 				return true, ""
 			}
-			seen = append(seen, e.Reason)
+			seen = append(seen, e.Reason+": "+e.Note)
 		}
 		return false, fmt.Sprint(seen)
 	})
@@ -821,4 +822,95 @@ func TestBundleInputs(t *testing.T) {
 			t.Errorf("%s: the digest did not change", name)
 		}
 	}
+}
+
+// TestEnvNoCertificateSwitchDuringJoin: in issuer mode the server and
+// replication certificates are not switched while CNPG creates a replica
+// (its join Job loaded the old ones and would never join: a CI run saw the
+// Cluster stuck so), and are switched once it has. cert-manager's part is
+// played: each Certificate's Secret written, then its Ready condition.
+func TestEnvNoCertificateSwitchDuringJoin(t *testing.T) {
+	b, _ := newBed(t, bedOptions{resync: time.Hour})
+	ctx := context.Background()
+	ann := registerAnn()
+	ann[AnnotationClientIssuer] = "ClusterIssuer/client"
+	ann[AnnotationServerIssuer] = "ClusterIssuer/server"
+	b.newCluster("pg", 2, ann)
+	setPhase := func(phase, reason string) {
+		b.eventually("phase "+phase, func() (bool, string) {
+			c, err := b.get("pg")
+			if err != nil {
+				return false, err.Error()
+			}
+			patch := client.MergeFromWithOptions(c.DeepCopy(), client.MergeFromWithOptimisticLock{})
+			c.Status.Phase, c.Status.PhaseReason = phase, reason
+			err = b.c.Status().Patch(ctx, c, patch)
+			return err == nil, fmt.Sprint(err)
+		})
+	}
+	setPhase(cnpgv1.PhaseCreatingReplica, "Creating replica pg-2-join")
+
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, _ := cnpgCA(t, "issuer", key)
+	b.eventually("3 Certificates issued", func() (bool, string) {
+		var list cmapi.CertificateList
+		if err := b.c.List(ctx, &list, client.InNamespace(b.ns)); err != nil {
+			return false, err.Error()
+		}
+		for i := range list.Items {
+			crt := &list.Items[i]
+			s := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: b.ns, Name: crt.Spec.SecretName}}
+			if _, err := ctrl.CreateOrUpdate(ctx, b.c, s, func() error {
+				s.Data = map[string][]byte{"ca.crt": ca, "tls.crt": ca}
+				if tmpl := crt.Spec.SecretTemplate; tmpl != nil { // as cert-manager
+					s.Labels = tmpl.Labels
+				}
+				return nil
+			}); err != nil {
+				return false, err.Error()
+			}
+			crt.Status.Conditions = []cmapi.CertificateCondition{{Type: cmapi.CertificateConditionReady, Status: cmmeta.ConditionTrue, ObservedGeneration: crt.Generation}}
+			if err := b.c.Status().Update(ctx, crt); err != nil {
+				return false, err.Error()
+			}
+		}
+		return len(list.Items) == 3, fmt.Sprint(len(list.Items))
+	})
+	b.event("pg", ReasonTrustPending, "switched once CNPG has created its replica (Creating replica pg-2-join)")
+	switched := func() (bool, string) {
+		c, err := b.get("pg")
+		if err != nil {
+			return false, err.Error()
+		}
+		cs := c.Spec.Certificates
+		if cs == nil {
+			return false, "no spec.certificates"
+		}
+		return cs.ServerTLSSecret == "pg-teleport-server" && cs.ServerCASecret == "pg-teleport-server" &&
+			cs.ReplicationTLSSecret == "pg-teleport-replication" && cs.ClientCASecret == "pg-teleport-ca", fmt.Sprintf("%+v", *cs)
+	}
+	if ok, got := switched(); ok {
+		t.Fatalf("certificates switched while CNPG creates a replica: %s", got)
+	}
+	setPhase(cnpgv1.PhaseHealthy, "")
+	b.eventually("certificates switched once the replica is created", switched)
+
+	// Opting out hands CNPG its own certificates back: not under a join either.
+	setPhase(cnpgv1.PhaseCreatingReplica, "Creating replica pg-3-join")
+	b.patchCluster("pg", func(c *cnpgv1.Cluster) { delete(c.Annotations, AnnotationRegister) })
+	b.event("pg", ReasonTrustPending, "restored once CNPG has created its replica (Creating replica pg-3-join)")
+	if ok, got := switched(); !ok {
+		t.Fatalf("certificates restored while CNPG creates a replica: %s", got)
+	}
+	setPhase(cnpgv1.PhaseHealthy, "")
+	b.eventually("certificates restored once the replica is created", func() (bool, string) {
+		c, err := b.get("pg")
+		if err != nil {
+			return false, err.Error()
+		}
+		return c.Spec.Certificates == nil, fmt.Sprintf("%+v", c.Spec.Certificates)
+	})
 }

@@ -72,24 +72,29 @@ func (r *ClusterReconciler) trust(ctx context.Context, c *cnpgv1.Cluster, spec S
 	names := poolerDNSNames(poolers, r.Options.Domain)
 	var want clusterspec.Slice
 	var ownCA []byte // issuer mode: the issuer's CA chain; else read from the Cluster's own client CA Secret
+	// Issuer mode: every certificate is asked for in the same pass, so
+	// cert-manager issues them side by side, not one wait after another.
+	var issuing []error
 	if spec.ClientIssuer != nil {
 		s, err := r.ensureCertificate(ctx, c, certs.ReplicationCertificate(c, *spec.ClientIssuer, objectLabels(c)))
-		if err != nil {
-			return false, nil, err
+		if err == nil {
+			want.Certs.ReplicationTLSSecret, ownCA = s.Name, certs.IssuerChain(s.Data["ca.crt"], s.Data["tls.crt"])
 		}
-		want.Certs.ReplicationTLSSecret, ownCA = s.Name, certs.IssuerChain(s.Data["ca.crt"], s.Data["tls.crt"])
-		if _, err := r.ensurePoolerCertificate(ctx, c, spec); err != nil {
-			return false, nil, err
-		}
+		issuing = append(issuing, err)
+		_, err = r.ensurePoolerCertificate(ctx, c, spec)
+		issuing = append(issuing, err)
 	}
 	if spec.ServerIssuer != nil {
 		s, err := r.ensureCertificate(ctx, c, certs.ServerCertificate(c, *spec.ServerIssuer, r.Options.Domain, names, objectLabels(c)))
-		if err != nil {
-			return false, nil, err
+		if err == nil {
+			want.Certs.ServerTLSSecret, want.Certs.ServerCASecret = s.Name, s.Name
 		}
-		want.Certs.ServerTLSSecret, want.Certs.ServerCASecret = s.Name, s.Name
+		issuing = append(issuing, err)
 	} else if !userServerTLS(c) {
 		want.AltDNSNames = names // CNPG's own server certificate then names the Poolers too
+	}
+	if err := firstNotWaiting(issuing); err != nil {
+		return false, nil, err
 	}
 	bundle, err := r.ensureBundle(ctx, c, ownCA)
 	if err != nil {
@@ -109,6 +114,9 @@ func (r *ClusterReconciler) trust(ctx context.Context, c *cnpgv1.Cluster, spec S
 		want.Ident = clusterspec.IdentLines(spec.ReadRole, spec.WriteRole)
 	}
 	if !clusterspec.Trusted(c, want) {
+		if err := r.notDuringJoin(ctx, c, clusterspec.Trust(c, want), "SwitchCertificates", "switched"); err != nil {
+			return false, nil, err
+		}
 		patch := client.MergeFromWithOptions(c.DeepCopy(), client.MergeFromWithOptimisticLock{})
 		next := clusterspec.Trust(c, want)
 		if err := r.Client.Patch(ctx, next, patch); err != nil {
@@ -131,6 +139,64 @@ func (r *ClusterReconciler) trust(ctx context.Context, c *cnpgv1.Cluster, spec S
 	}
 	r.pending.forget(c.UID)
 	return true, registered, nil
+}
+
+// firstNotWaiting returns the first error of errs that does not wait for
+// cert-manager, else the first that does, else nil.
+func firstNotWaiting(errs []error) error {
+	var waiting error
+	for _, err := range errs {
+		switch {
+		case err == nil:
+		case !errors.Is(err, errWaiting):
+			return err
+		case waiting == nil:
+			waiting = err
+		}
+	}
+	return waiting
+}
+
+// switchesJoinCertificates reports whether going from c to next changes a
+// certificate a joining replica has already loaded: the server certificate
+// and its CA (the replica verifies the primary with it) or the replication
+// certificate (the primary verifies the replica with the client CA that
+// goes with it). CNPG's join Job reads them once, at its start, and retries
+// with them for ever: switched under it, it never joins (seen in CI: the
+// Cluster stuck in "Creating a new replica", x509 unknown authority).
+func switchesJoinCertificates(c, next *cnpgv1.Cluster) bool {
+	var a, b cnpgv1.CertificatesConfiguration
+	if c.Spec.Certificates != nil {
+		a = *c.Spec.Certificates
+	}
+	if next.Spec.Certificates != nil {
+		b = *next.Spec.Certificates
+	}
+	return a.ServerTLSSecret != b.ServerTLSSecret || a.ServerCASecret != b.ServerCASecret || a.ReplicationTLSSecret != b.ReplicationTLSSecret
+}
+
+// notDuringJoin returns errWaiting while CNPG creates a replica, when going
+// from c to next would switch the certificates its join Job has loaded.
+// Otherwise c becomes the live copy read to know it, so the optimistic lock
+// of the patch that follows fails if CNPG starts a join in between (it
+// records the phase before it creates the Job).
+func (r *ClusterReconciler) notDuringJoin(ctx context.Context, c, next *cnpgv1.Cluster, action, done string) error {
+	if !switchesJoinCertificates(c, next) {
+		return nil
+	}
+	var live cnpgv1.Cluster
+	if err := r.APIReader.Get(ctx, client.ObjectKeyFromObject(c), &live); err != nil {
+		return fmt.Errorf("cluster: %w", err)
+	}
+	if live.Status.Phase == cnpgv1.PhaseCreatingReplica {
+		// Its own action: client-go folds Events of one reason and action
+		// into a series that shows the first note.
+		r.warned.note(r.Recorder, c, ReasonTrustPending, action,
+			"certificates %s once CNPG has created its replica (%s): a join under way would not trust the new ones", done, live.Status.PhaseReason)
+		return fmt.Errorf("certificates not %s: %w: creating a replica", done, errWaiting)
+	}
+	*c = live
+	return nil
 }
 
 // bundleInputs digests what a bundle is built from and the bundle as it is.
@@ -415,6 +481,9 @@ func (r *ClusterReconciler) untrust(ctx context.Context, c *cnpgv1.Cluster) erro
 		return r.deleteIssued(ctx, c)
 	}
 	if clusterspec.Changed(c) {
+		if err := r.notDuringJoin(ctx, c, clusterspec.Restore(c), "RestoreCertificates", "restored"); err != nil {
+			return err
+		}
 		patch := client.MergeFromWithOptions(c.DeepCopy(), client.MergeFromWithOptimisticLock{})
 		next := clusterspec.Restore(c)
 		if err := r.Client.Patch(ctx, next, patch); err != nil {

@@ -40,7 +40,8 @@ func clusterCA(t *testing.T, ctx context.Context, w *world.World, name string, i
 }
 
 // TestIssuerMode proves issuer mode on a three-tier PKI (root -> client and
-// server intermediates, as the playground seed has it): the controller issues
+// server intermediates, as the playground seed has it), opted in while CNPG
+// creates the replica (switched under its join, it never joins): the controller issues
 // the replication and server certificates through cert-manager, points the
 // Cluster at them and at a bundle of the client issuer's chain + Teleport's
 // CA, and verify-full (Teleport), replication and `tsh db connect` work. A
@@ -65,17 +66,35 @@ func TestIssuerMode(t *testing.T) {
 	clusterCA(t, ctx, w, "server-int", cmmeta.IssuerReference{Kind: cmapi.ClusterIssuerKind, Name: "root"})
 	root := secret(ctx, t, w, "cert-manager", "root")
 
+	// Opted in while CNPG creates the replica: its join Job has loaded
+	// CNPG's own server CA and replication certificate, and would never
+	// join if they were switched under it (a CI run saw it stuck so, when
+	// cert-manager was slow); the controller switches once it has joined.
 	c := world.NewCluster(ns, name, 2)
+	t0 := time.Now()
+	if err := w.Client.Create(ctx, c); err != nil {
+		t.Fatal(err)
+	}
+	world.Eventually(t, 2*time.Minute, "CNPG creating the replica", func() error {
+		if err := w.Client.Get(ctx, client.ObjectKeyFromObject(c), c); err != nil {
+			return err
+		}
+		if c.Status.Phase != cnpgv1.PhaseCreatingReplica {
+			return fmt.Errorf("phase %q", c.Status.Phase)
+		}
+		return nil
+	})
+	patch := client.MergeFrom(c.DeepCopy())
 	c.Annotations = map[string]string{
 		controllers.AnnotationRegister:     "true",
 		controllers.AnnotationClientIssuer: "ClusterIssuer/client-int",
 		controllers.AnnotationServerIssuer: "ClusterIssuer/server-int",
 		controllers.AnnotationPoolers:      name + "-pooler-rw",
 	}
-	t0 := time.Now()
-	if err := w.Client.Create(ctx, c); err != nil {
+	if err := w.Client.Patch(ctx, c, patch); err != nil {
 		t.Fatal(err)
 	}
+	t.Logf("opted in at %s, during %q", time.Since(t0).Round(100*time.Millisecond), c.Status.PhaseReason)
 	world.Eventually(t, 4*time.Minute, "healthy on cnpg-teleport's certificates", func() error {
 		got, err := w.WaitClusterHealthy(ctx, ns, name, time.Second)
 		if err != nil {
