@@ -85,7 +85,7 @@ type ClusterReconciler struct {
 // readLag bounds how long Teleport's reads may trail its writes.
 const readLag = 10 * time.Second
 
-// Reconcile: get -> deletion branch -> parse -> finalizer (own pass) -> gather -> apply.
+// Reconcile: get -> deletion branch -> parse -> finalizer -> trust -> gather -> apply.
 func (r *ClusterReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	var c cnpgv1.Cluster
 	if err := r.Client.Get(ctx, req.NamespacedName, &c); err != nil {
@@ -108,8 +108,14 @@ func (r *ClusterReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 		return ctrl.Result{}, reconcile.TerminalError(err)
 	}
 	if !controllerutil.ContainsFinalizer(&c, Finalizer) {
-		// Its own pass: the update event of the patch starts the next one.
-		return ctrl.Result{}, r.patchFinalizer(ctx, &c, true)
+		// Before anything is made; the patched c carries the new
+		// resourceVersion, so the pass goes on (its own pass cost every new
+		// Cluster a trip through the queue: make bench).
+		patch := client.MergeFromWithOptions(c.DeepCopy(), client.MergeFromWithOptimisticLock{})
+		controllerutil.AddFinalizer(&c, Finalizer)
+		if err := r.Client.Patch(ctx, &c, patch); err != nil {
+			return ctrl.Result{}, client.IgnoreNotFound(err)
+		}
 	}
 	// PostgreSQL trusts Teleport first: a db registered before would not connect.
 	trusted, poolers, err := r.trust(ctx, &c, spec)

@@ -27,8 +27,8 @@ func (w *recentWrites) wrote(db types.Database, now time.Time) {
 	if w.m == nil {
 		w.m = map[string]recentWrite{}
 	}
-	for name, e := range w.m { // keep it small: drop what has aged out
-		if now.Sub(e.at) > time.Minute {
+	for name, e := range w.m { // keep it small: drop what no read lag can concern
+		if now.Sub(e.at) > readLag {
 			delete(w.m, name)
 		}
 	}

@@ -379,7 +379,11 @@ func (r *run) converge(ctx context.Context) error {
 	}
 	r.res.ConvergeCalls, r.res.ConvergeWrites = calls(calls0, calls1), diff(writes0, writes1)
 	r.res.ConvergeKube = kubeRequests(calls0, calls1)
-	return nil
+	if peak, now, err := memory(r.ctl.PID()); err == nil {
+		r.logf("   controller RSS after convergence %.0f MiB (peak so far %.0f MiB)", now, peak)
+	}
+	// Where the peak is made: the heap as the last collection left it.
+	return saveHeapProfile(ctx, filepath.Join(r.cfg.Dir, "heap-converged.pprof"))
 }
 
 func (r *run) meters(ctx context.Context) (metrics, map[string]int, error) {
