@@ -22,7 +22,7 @@ TEST_TIMEOUT ?= 30m
 # (PgBouncer is built by hack/tools.sh: CNPG needs >= 1.20, Debian 12 has 1.18.)
 HOST_PACKAGES := postgresql util-linux iproute2 openssl curl jq gcc bsdutils ca-certificates
 
-.PHONY: all build test unit race lint vet deps tools world-tools help clean demo demo-verify image image-test bench
+.PHONY: all build test unit race lint vet deps tools world-tools help clean demo demo-verify image image-test bench fuzz
 
 all: build
 
@@ -92,8 +92,20 @@ test: tools
 	@echo "[test] golangci-lint"; $$($(TOOLS) golangci-lint)/golangci-lint run ./...
 	@echo "[test] go test -race (unit, envtest)"; $(MAKE) --no-print-directory race
 	@echo "[test] image (hack/image)"; $(MAKE) --no-print-directory image-test
+	@echo "[test] fuzz ($(FUZZ_TIME) a target)"; $(MAKE) --no-print-directory fuzz
 	@echo "[test] go test (unit, integration, end-to-end)"
 	$(WORLD_ENV) PROMRULES_BIN_DIR=$$($(TOOLS) promrules) $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+
+## fuzz: each fuzz target (annotations, labels, names, the pg_hba merge) for FUZZ_TIME; the corpus is in
+## testdata/fuzz, and plain `go test` runs it every time.
+FUZZ_TIME ?= 15s
+FUZZ_TARGETS := ./controllers:FuzzParseAnnotations ./controllers:FuzzParseLabels ./controllers:FuzzNames \
+	./controllers:FuzzDatabaseNameFits ./clusterspec:FuzzMergeHBA
+fuzz: deps
+	@for t in $(FUZZ_TARGETS); do \
+		echo "[fuzz] $${t#*:}"; \
+		$(GO) test -run '^$$' -fuzz "^$${t#*:}$$" -fuzztime $(FUZZ_TIME) "$${t%%:*}" || exit 1; \
+	done
 
 ## demo: the main job on one machine (world, controller, sample Cluster, tctl/tsh), pausing between steps.
 demo: world-tools

@@ -30,7 +30,7 @@ func cluster(ns, name string, instances int, ann map[string]string) *cnpgv1.Clus
 	}
 }
 
-func testCA(t *testing.T, cn string) []byte {
+func testCA(t testing.TB, cn string) []byte {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
