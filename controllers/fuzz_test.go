@@ -24,7 +24,7 @@ import (
 func FuzzParseAnnotations(f *testing.F) {
 	f.Add("team-a-orders", "tier=gold", "rw,ro", "true", "", "", "Issuer/ca", "pg-pooler-rw", uint8(2))
 	f.Add("", "", "", "", "reader", "writer", "", "", uint8(1))
-	f.Add("other-ns", "", "", "", "", "", "", "", uint8(1)) // another tenant's names
+	f.Add("other-ns", "", "", "", "", "", "", "", uint8(1))       // another tenant's names
 	f.Add("team-a", "team=ops", "", "", "", "", "", "", uint8(2)) // over a static label, as the policy allows
 	f.Add("other-ns", "team=x,team=y", "rw,rw", "True", "postgres", "postgres", "Vault/x", "Bad_Name", uint8(3))
 	f.Add("team-a", "teleport.dev/origin=x", "r", "false", "app", "w\nhost all all 0.0.0.0/0 trust", "ClusterIssuer/", "a,,b", uint8(0))
