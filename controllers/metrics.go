@@ -34,6 +34,10 @@ var (
 		Name: "cnpg_teleport_kube_cluster_identity_conflicts",
 		Help: "Teleport db resources of this controller's --kube-cluster name made by another Kubernetes cluster identity; while above 0, orphan collection is stopped.",
 	})
+	identityExpiry = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "cnpg_teleport_identity_expiry_timestamp_seconds",
+		Help: "When the certificate of the controller's loaded Teleport identity expires (Unix time); tbot renews it and the controller reloads it, so it keeps moving forward.",
+	})
 	riskyRoles = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "cnpg_teleport_risky_teleport_roles",
 		Help: "Teleport roles that let their holders reach the Cluster's db resources as a CNPG system user (or any user); only Clusters with such roles have a series.",
@@ -41,8 +45,12 @@ var (
 )
 
 func init() {
-	metrics.Registry.MustRegister(teleportCalls, teleportLatency, registered, orphanPasses, identityConflicts, riskyRoles)
+	metrics.Registry.MustRegister(teleportCalls, teleportLatency, registered, orphanPasses, identityConflicts, riskyRoles, identityExpiry)
 }
+
+// ObserveIdentityExpiry records when the loaded Teleport identity expires
+// (teleport.Config.OnIdentity).
+func ObserveIdentityExpiry(notAfter time.Time) { identityExpiry.Set(float64(notAfter.Unix())) }
 
 // Instrument wraps a Teleport client with call counters and latency histograms.
 func Instrument(c Teleport) Teleport { return instrumented{c} }

@@ -2,11 +2,13 @@ package controllers
 
 import (
 	"context"
+	"time"
 
 	cnpgv1 "github.com/cloudnative-pg/cloudnative-pg/api/v1"
 	corev1 "k8s.io/api/core/v1"
 	apiequality "k8s.io/apimachinery/pkg/api/equality"
 	k8stypes "k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/util/workqueue"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -15,6 +17,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	"golang.org/x/time/rate"
 
 	"github.com/cnpg-teleport/cnpg-teleport/certs"
 	"github.com/cnpg-teleport/cnpg-teleport/clusterspec"
@@ -38,13 +42,28 @@ func (r *ClusterReconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manag
 	}
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("cluster").
-		WithOptions(controller.Options{MaxConcurrentReconciles: max(r.Concurrent, 1)}).
+		WithOptions(controller.Options{MaxConcurrentReconciles: max(r.Concurrent, 1), RateLimiter: retryLimiter()}).
 		For(&cnpgv1.Cluster{}, builder.WithPredicates(clusterChanged())).
 		Owns(&cnpgv1.DatabaseRole{}).
 		Watches(&cnpgv1.Pooler{}, handler.EnqueueRequestsFromMapFunc(clusterOfPooler), builder.WithPredicates(poolerChanged())).
 		WatchesMetadata(&corev1.Secret{}, handler.EnqueueRequestsFromMapFunc(r.clustersForSecret),
 			builder.WithPredicates(predicate.ResourceVersionChangedPredicate{})).
 		Complete(r)
+}
+
+// maxRetryDelay caps the wait before a failed pass is retried.
+// controller-runtime's default cap is 1000 s: a Teleport outage fails calls
+// fast (Teleport's client breaker), the waits double per failure, and after
+// it a Cluster could wait 16 min to be looked at again.
+const maxRetryDelay = 30 * time.Second
+
+// retryLimiter is controller-runtime's default retry limiter (per Cluster
+// from 5 ms, doubling; 10 retries/s overall, bursts of 100) with that cap.
+func retryLimiter() workqueue.TypedRateLimiter[reconcile.Request] {
+	return workqueue.NewTypedMaxOfRateLimiter(
+		workqueue.NewTypedItemExponentialFailureRateLimiter[reconcile.Request](5*time.Millisecond, maxRetryDelay),
+		&workqueue.TypedBucketRateLimiter[reconcile.Request]{Limiter: rate.NewLimiter(rate.Limit(10), 100)},
+	)
 }
 
 // clusterChanged lets through what changes the registration, including the

@@ -6,18 +6,22 @@ package teleport
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-logr/logr"
+	"github.com/gravitational/teleport/api/breaker"
 	"github.com/gravitational/teleport/api/client"
 	"github.com/gravitational/teleport/api/client/proto"
 	"github.com/gravitational/teleport/api/types"
 	"github.com/gravitational/trace"
 	"github.com/gravitational/trace/trail"
+	"github.com/jonboulle/clockwork"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/grpclog"
@@ -86,6 +90,9 @@ type Config struct {
 	// Log receives identity reload events and failures (the watcher has no
 	// caller to return them to). The zero Logger discards.
 	Log logr.Logger
+	// OnIdentity, when set, is told when the loaded identity's certificate
+	// expires: at the start and after each reload (a metric to alert on).
+	OnIdentity func(notAfter time.Time)
 }
 
 // DefaultReloadInterval is the identity file check period when none is set.
@@ -141,6 +148,10 @@ type APIClient struct {
 
 	mu          sync.Mutex
 	clusterName string
+
+	path       string
+	notAfter   atomic.Int64 // the loaded identity's expiry, Unix ns (0: unknown)
+	onIdentity func(time.Time)
 }
 
 // New connects to Teleport with the configured identity and keeps reloading
@@ -172,18 +183,39 @@ func New(ctx context.Context, cfg Config) (*APIClient, error) {
 		Credentials: []client.Credentials{creds},
 		DialTimeout: cfg.DialTimeout,
 		DialOpts:    []grpc.DialOption{grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxListBytes))},
+		// Teleport's client breaker, tripped by an outage or an expired
+		// identity, refuses every call for 60 s by default after Teleport is
+		// back: 5 s here, the controller's own retries pace the rest.
+		CircuitBreakerConfig: breakerConfig(),
 	})
 	if err != nil {
 		return nil, trace.Wrap(err, "teleport: connecting to %v", cfg.Addrs)
 	}
 	wctx, stop := context.WithCancel(ctx)
-	c := &APIClient{api: api, creds: creds, stop: stop, done: make(chan struct{})}
-	w := watcher{path: path, interval: cfg.ReloadInterval, reload: creds.Reload, log: cfg.Log}
+	c := &APIClient{api: api, creds: creds, stop: stop, done: make(chan struct{}), path: path, onIdentity: cfg.OnIdentity}
+	c.loaded(cfg.Log)
+	reload := func() error {
+		if err := creds.Reload(); err != nil {
+			return err
+		}
+		c.loaded(cfg.Log)
+		return nil
+	}
+	w := watcher{path: path, interval: cfg.ReloadInterval, reload: reload, log: cfg.Log}
 	go func() {
 		defer close(c.done)
 		w.run(wctx, fp)
 	}()
 	return c, nil
+}
+
+// breakerTripped is how long Teleport's client breaker refuses calls once tripped.
+const breakerTripped = 5 * time.Second
+
+func breakerConfig() breaker.Config {
+	c := breaker.DefaultBreakerConfig(clockwork.NewRealClock())
+	c.TrippedPeriod = breakerTripped
+	return c
 }
 
 // Close stops the identity reload watcher and closes the connection.
@@ -196,7 +228,46 @@ func (c *APIClient) Close() error {
 // Reload re-reads the identity file now; new connections use it. The watcher
 // does this on its own; tests and callers that know a renewal happened can force it.
 func (c *APIClient) Reload() error {
-	return trace.Wrap(c.creds.Reload(), "teleport: reloading identity %s", c.creds.Path)
+	if err := c.creds.Reload(); err != nil {
+		return trace.Wrap(err, "teleport: reloading identity %s", c.creds.Path)
+	}
+	c.loaded(logr.Discard())
+	return nil
+}
+
+// loaded records the expiry of the identity file as it is now.
+func (c *APIClient) loaded(log logr.Logger) {
+	t, err := identityExpiry(c.path)
+	if err != nil {
+		log.Error(err, "Cannot read the Teleport identity's expiry", "path", c.path)
+		return
+	}
+	c.notAfter.Store(t.UnixNano())
+	if c.onIdentity != nil {
+		c.onIdentity(t)
+	}
+}
+
+// IdentityExpiry is when the loaded identity's certificate expires (zero
+// when it could not be read).
+func (c *APIClient) IdentityExpiry() time.Time {
+	if n := c.notAfter.Load(); n != 0 {
+		return time.Unix(0, n)
+	}
+	return time.Time{}
+}
+
+// wrap is trace.Wrap, saying first that the identity has expired when it
+// has: Teleport's answer then names no cause.
+func (c *APIClient) wrap(err error, format string, args ...any) error {
+	if err == nil {
+		return nil
+	}
+	err = trace.Wrap(err, fmt.Sprintf(format, args...))
+	if exp := c.IdentityExpiry(); !exp.IsZero() && time.Now().After(exp) {
+		return trace.Wrap(err, "%s", expiredMessage(c.path, exp))
+	}
+	return err
 }
 
 var quietGRPCOnce sync.Once
@@ -224,7 +295,7 @@ func quietGRPCLog() {
 func (c *APIClient) Ping(ctx context.Context) (ClusterInfo, error) {
 	resp, err := c.api.Ping(ctx)
 	if err != nil {
-		return ClusterInfo{}, trace.Wrap(err, "teleport: ping")
+		return ClusterInfo{}, c.wrap(err, "teleport: ping")
 	}
 	c.mu.Lock()
 	c.clusterName = resp.ClusterName
@@ -236,7 +307,7 @@ func (c *APIClient) Ping(ctx context.Context) (ClusterInfo, error) {
 func (c *APIClient) GetDatabase(ctx context.Context, name string) (types.Database, error) {
 	db, err := c.api.GetDatabase(ctx, name)
 	if err != nil {
-		return nil, trace.Wrap(err, "teleport: get db %q", name)
+		return nil, c.wrap(err, "teleport: get db %q", name)
 	}
 	return db, nil
 }
@@ -245,24 +316,24 @@ func (c *APIClient) GetDatabase(ctx context.Context, name string) (types.Databas
 func (c *APIClient) ListDatabases(ctx context.Context) ([]types.Database, error) {
 	dbs, err := c.api.GetDatabases(ctx)
 	if err != nil {
-		return nil, trace.Wrap(err, "teleport: list db")
+		return nil, c.wrap(err, "teleport: list db")
 	}
 	return dbs, nil
 }
 
 // CreateDatabase creates a db resource (AlreadyExists if the name is taken).
 func (c *APIClient) CreateDatabase(ctx context.Context, db types.Database) error {
-	return trace.Wrap(c.api.CreateDatabase(ctx, db), "teleport: create db %q", nameOf(db))
+	return c.wrap(c.api.CreateDatabase(ctx, db), "teleport: create db %q", nameOf(db))
 }
 
 // UpdateDatabase replaces a db resource (NotFound if missing).
 func (c *APIClient) UpdateDatabase(ctx context.Context, db types.Database) error {
-	return trace.Wrap(c.api.UpdateDatabase(ctx, db), "teleport: update db %q", nameOf(db))
+	return c.wrap(c.api.UpdateDatabase(ctx, db), "teleport: update db %q", nameOf(db))
 }
 
 // DeleteDatabase deletes a db resource (NotFound if missing).
 func (c *APIClient) DeleteDatabase(ctx context.Context, name string) error {
-	return trace.Wrap(c.api.DeleteDatabase(ctx, name), "teleport: delete db %q", name)
+	return c.wrap(c.api.DeleteDatabase(ctx, name), "teleport: delete db %q", name)
 }
 
 // DatabaseClientCAs returns the certificates of the CA that signs the
@@ -279,7 +350,8 @@ func (c *APIClient) DatabaseClientCAs(ctx context.Context) ([][]byte, error) {
 		}
 		name = info.Name
 	}
-	return DatabaseClientCAsFrom(ctx, c.api, name)
+	cas, err := DatabaseClientCAsFrom(ctx, c.api, name)
+	return cas, c.wrap(err, "teleport: database client CAs")
 }
 
 // nameOf names db for error messages, without panicking on a nil one.
@@ -289,11 +361,11 @@ func (c *APIClient) DatabaseClientCAs(ctx context.Context) ([][]byte, error) {
 func (c *APIClient) ListRoles(ctx context.Context) ([]types.Role, error) {
 	roles, err := c.api.GetRoles(ctx)
 	if err == nil || !unimplemented(err) {
-		return roles, trace.Wrap(err)
+		return roles, c.wrap(err, "teleport: list roles")
 	}
 	var rsp proto.GetRolesResponse
 	if err := c.api.GetConnection().Invoke(ctx, "/proto.AuthService/GetRoles", &emptypb.Empty{}, &rsp); err != nil {
-		return nil, trace.Wrap(trail.FromGRPC(err))
+		return nil, c.wrap(trail.FromGRPC(err), "teleport: list roles")
 	}
 	roles = make([]types.Role, 0, len(rsp.Roles))
 	for _, r := range rsp.Roles {

@@ -220,7 +220,7 @@ func run(ctx context.Context, f flags) error {
 	}
 	tc, err := teleport.New(ctx, teleport.Config{
 		Addrs: []string{f.teleportAddr}, IdentityFile: f.identityFile, BotDir: f.botDir, ReloadInterval: f.reload,
-		Log: ctrl.Log.WithName("teleport"),
+		Log: ctrl.Log.WithName("teleport"), OnIdentity: controllers.ObserveIdentityExpiry,
 	})
 	if err != nil {
 		return err

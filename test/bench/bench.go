@@ -79,6 +79,7 @@ type Result struct {
 	ByHandTime     time.Duration
 	RSSPeak, RSS   float64 // MiB
 	HeapInUse      float64 // MiB, the Go runtime's (go_memstats_heap_inuse_bytes) at the end
+	PeakAt         string  // the phase in which the sampled RSS was highest
 }
 
 const (
@@ -106,12 +107,55 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	} {
 		t := time.Now()
 		r.logf("== %s", step.name)
+		r.peak.enter(step.name)
 		if err := step.f(ctx); err != nil {
 			return r.res, fmt.Errorf("%s: %w\n%s", step.name, err, r.tail())
 		}
 		r.logf("   %s done in %.1fs", step.name, time.Since(t).Seconds())
+		if step.name == "world" {
+			go r.peak.sample(ctx, r.ctl.PID())
+		}
 	}
+	r.res.PeakAt = r.peak.at()
 	return r.res, nil
+}
+
+// peakWatch samples the controller's RSS and remembers in which phase it
+// was highest (where to look for what makes the peak).
+type peakWatch struct {
+	mu    sync.Mutex
+	phase string
+	since time.Time
+	max   float64
+	maxAt string
+}
+
+func (p *peakWatch) enter(phase string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.phase, p.since = phase, time.Now()
+}
+
+func (p *peakWatch) sample(ctx context.Context, pid int) {
+	for ctx.Err() == nil {
+		if _, now, err := memory(pid); err == nil {
+			p.mu.Lock()
+			if now > p.max {
+				p.max, p.maxAt = now, fmt.Sprintf("%s, %.0f s in", p.phase, time.Since(p.since).Seconds())
+			}
+			p.mu.Unlock()
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
+func (p *peakWatch) at() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.maxAt
 }
 
 type run struct {
@@ -129,6 +173,7 @@ type run struct {
 	stopCache context.CancelFunc
 	admin     *tpclient.Client
 	foreign   int
+	peak      peakWatch
 }
 
 func (r *run) logf(format string, args ...any) {
@@ -418,7 +463,7 @@ func (r *run) steady(ctx context.Context) error {
 		r.res.Steady = append(r.res.Steady, s)
 		r.logf("   %d foreign: %d passes, reads/pass %.2f, Teleport writes %d, Kubernetes writes %d", foreign, s.Passes, s.ReadsPerPass, s.TeleportWrites, total(s.KubeWrites))
 	}
-	return nil
+	return saveHeapProfile(ctx, filepath.Join(r.cfg.Dir, "heap-steady.pprof"))
 }
 
 // idle lets one resync pass settle what came before, then counts Resyncs more.
