@@ -237,7 +237,7 @@ func (c *APIClient) Reload() error {
 
 // loaded records the expiry of the identity file as it is now.
 func (c *APIClient) loaded(log logr.Logger) {
-	t, err := identityExpiry(c.path)
+	t, err := IdentityFileExpiry(c.path)
 	if err != nil {
 		log.Error(err, "Cannot read the Teleport identity's expiry", "path", c.path)
 		return

@@ -9,11 +9,11 @@ import (
 	"github.com/gravitational/trace"
 )
 
-// identityExpiry is when the TLS certificate of an identity file expires:
+// IdentityFileExpiry is when the TLS certificate of an identity file expires:
 // after it Teleport refuses the identity (tbot renews it long before). An
 // identity file holds the key, the SSH certificate, the TLS certificate and
 // then the CA certificates: the first CERTIFICATE block is the identity's.
-func identityExpiry(path string) (time.Time, error) {
+func IdentityFileExpiry(path string) (time.Time, error) {
 	b, err := os.ReadFile(path) //nolint:gosec // the configured identity file
 	if err != nil {
 		return time.Time{}, trace.ConvertSystemError(err)

@@ -48,11 +48,11 @@ func writeIdentity(t *testing.T, notAfter time.Time) string {
 
 func TestIdentityExpiry(t *testing.T) {
 	at := time.Now().Add(42 * time.Minute).Truncate(time.Second)
-	got, err := identityExpiry(writeIdentity(t, at))
+	got, err := IdentityFileExpiry(writeIdentity(t, at))
 	if err != nil || !got.Equal(at) {
 		t.Fatalf("expiry %v, %v; want %v", got, err, at)
 	}
-	if _, err := identityExpiry(filepath.Join(t.TempDir(), "missing")); err == nil {
+	if _, err := IdentityFileExpiry(filepath.Join(t.TempDir(), "missing")); err == nil {
 		t.Fatal("a missing file has an expiry")
 	}
 }

@@ -186,7 +186,26 @@ func memory(pid int) (peak, now float64, err error) {
 type events struct {
 	mu      sync.Mutex
 	at      map[types.UID]map[string][]time.Time
+	all     []eventRecord // every Event, in arrival order
 	changed chan struct{}
+}
+
+type eventRecord struct {
+	at          time.Time
+	typ, reason string
+}
+
+// between counts the Events recorded in [from, to) by "Type/Reason".
+func (e *events) between(from, to time.Time) map[string]int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	out := map[string]int{}
+	for _, r := range e.all {
+		if !r.at.Before(from) && r.at.Before(to) {
+			out[r.typ+"/"+r.reason]++
+		}
+	}
+	return out
 }
 
 func watchEvents(ctx context.Context, informers cache.Cache) (*events, error) {
@@ -206,6 +225,7 @@ func watchEvents(ctx context.Context, informers cache.Cache) (*events, error) {
 			e.at[ev.Regarding.UID] = map[string][]time.Time{}
 		}
 		e.at[ev.Regarding.UID][ev.Reason] = append(e.at[ev.Regarding.UID][ev.Reason], ev.EventTime.Time)
+		e.all = append(e.all, eventRecord{at: ev.EventTime.Time, typ: ev.Type, reason: ev.Reason})
 		close(e.changed)
 		e.changed = make(chan struct{})
 	}})

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/gravitational/teleport/api/breaker"
 	"github.com/gravitational/teleport/api/client"
 	"github.com/gravitational/teleport/api/types"
 	"golang.org/x/sync/errgroup"
@@ -50,7 +51,9 @@ func adminClient(ctx context.Context, tp *world.Teleport) (*client.Client, error
 	}
 	return client.New(ctx, client.Config{Addrs: []string{tp.AuthAddr}, Credentials: []client.Credentials{client.LoadIdentityFile(id)},
 		// It lists every db resource, foreign ones and the by-hand ones too.
-		DialOpts: []grpc.DialOption{grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(teleport.MaxListBytes))}})
+		DialOpts: []grpc.DialOption{grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(teleport.MaxListBytes))},
+		// The meter must see Teleport back at once after an outage, not 60 s later.
+		CircuitBreakerConfig: breaker.NoopBreakerConfig()})
 }
 
 // dbWatch follows Teleport's event stream of db resources: which of the

@@ -2,10 +2,7 @@ package e2e
 
 import (
 	"context"
-	"crypto/x509"
-	"encoding/pem"
 	"fmt"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -17,29 +14,18 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/cnpg-teleport/cnpg-teleport/controllers"
+	"github.com/cnpg-teleport/cnpg-teleport/teleport"
 	"github.com/cnpg-teleport/cnpg-teleport/test/world"
 )
 
-// notAfter reads when an identity file's TLS certificate (its first) expires.
+// notAfter reads when an identity file's certificate expires.
 func notAfter(t *testing.T, path string) time.Time {
 	t.Helper()
-	b, err := os.ReadFile(path)
+	at, err := teleport.IdentityFileExpiry(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for rest := b; ; {
-		var blk *pem.Block
-		if blk, rest = pem.Decode(rest); blk == nil {
-			t.Fatalf("no certificate in %s", path)
-		}
-		if blk.Type == "CERTIFICATE" {
-			crt, err := x509.ParseCertificate(blk.Bytes)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return crt.NotAfter
-		}
-	}
+	return at
 }
 
 // TestIdentityExpiry: with the real Teleport, an expired controller identity
