@@ -55,58 +55,21 @@ func Outage(ctx context.Context, cfg OutageConfig) (*OutageResult, error) {
 }
 
 func (r *run) outage(ctx context.Context, cfg OutageConfig, res *OutageResult) error {
-	all := func(from, to int) []client.ObjectKey {
-		var out []client.ObjectKey
-		for i := from; i < to; i++ {
-			ns, name := r.clusterAt(i)
-			out = append(out, client.ObjectKey{Namespace: ns, Name: name})
-		}
-		return out
-	}
-	before, created := all(0, cfg.Before), all(cfg.Before, cfg.Before+cfg.Created)
+	before, created := r.keys(0, cfg.Before), r.keys(cfg.Before, cfg.Before+cfg.Created)
 	deleted, survivors := before[:cfg.Deleted], before[cfg.Deleted:]
 	create := func(keys []client.ObjectKey) error {
 		return parallel(ctx, len(keys), func(i int) error { return r.kube.Create(ctx, cluster(keys[i].Namespace, keys[i].Name)) })
 	}
-	key := func(k client.ObjectKey) string { return k.Namespace + "/" + k.Name }
-	want := func(keys []client.ObjectKey) func() error {
-		return func() error {
-			r.dbs.mu.Lock()
-			defer r.dbs.mu.Unlock()
-			res.Extra, res.Missing = nil, nil
-			per := map[string]int{}
-			for name, c := range r.dbs.cluster {
-				if !slices.ContainsFunc(keys, func(k client.ObjectKey) bool { return key(k) == c }) {
-					res.Extra = append(res.Extra, name)
-				}
-				per[c]++
-			}
-			for _, k := range keys {
-				if per[key(k)] != 2 {
-					res.Missing = append(res.Missing, key(k))
-				}
-			}
-			if len(res.Extra)+len(res.Missing) > 0 {
-				return fmt.Errorf("%d db resources that should not be there, %d Clusters without their two", len(res.Extra), len(res.Missing))
-			}
-			return nil
-		}
-	}
-
 	if err := create(before); err != nil {
 		return err
 	}
-	if err := poll(ctx, 2*time.Minute, "registered before the outage", want(before)); err != nil {
+	if err := poll(ctx, 2*time.Minute, "registered before the outage", func() error { return r.registeredExactly(before, res) }); err != nil {
 		return err
 	}
 	r.logf("   %d Clusters registered", cfg.Before)
-	bundles := map[string]map[string][]byte{}
-	for _, k := range survivors {
-		var s corev1.Secret
-		if err := r.kube.Get(ctx, client.ObjectKey{Namespace: k.Namespace, Name: k.Name + "-teleport-ca"}, &s); err != nil {
-			return err
-		}
-		bundles[key(k)] = s.Data
+	bundles, err := r.bundles(ctx, survivors)
+	if err != nil {
+		return err
 	}
 
 	down := time.Now()
@@ -125,20 +88,17 @@ func (r *run) outage(ctx context.Context, cfg OutageConfig, res *OutageResult) e
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	for _, k := range survivors {
-		var s corev1.Secret
-		if err := r.kube.Get(ctx, client.ObjectKey{Namespace: k.Namespace, Name: k.Name + "-teleport-ca"}, &s); err != nil {
-			return err
-		}
-		if equalData(s.Data, bundles[key(k)]) {
+	after, err := r.bundles(ctx, survivors)
+	if err != nil {
+		return err
+	}
+	for k, data := range after {
+		if equalData(data, bundles[k]) {
 			res.BundlesKept++
 		}
 	}
-	for _, k := range deleted { // nothing lost: each waits for Teleport to deregister it
-		var c cnpgv1.Cluster
-		if err := r.kube.Get(ctx, k, &c); err != nil {
-			return fmt.Errorf("deleted Cluster %s gone while Teleport was down (its db resources would be orphans): %w", key(k), err)
-		}
+	if err := r.present(ctx, deleted, true); err != nil { // nothing lost: each waits for Teleport to deregister it
+		return fmt.Errorf("while Teleport was down (its db resources would be orphans): %w", err)
 	}
 	if err := r.tp.Start(); err != nil {
 		return err
@@ -147,16 +107,10 @@ func (r *run) outage(ctx context.Context, cfg OutageConfig, res *OutageResult) e
 	res.During = r.events.between(down, up)
 	r.logf("   Teleport back after %.0f s; Events meanwhile: %v", up.Sub(down).Seconds(), res.During)
 	if err := poll(ctx, 5*time.Minute, "converged after the outage", func() error {
-		if err := want(append(slices.Clone(survivors), created...))(); err != nil {
+		if err := r.registeredExactly(append(slices.Clone(survivors), created...), res); err != nil {
 			return err
 		}
-		for _, k := range deleted {
-			var c cnpgv1.Cluster
-			if err := r.kube.Get(ctx, k, &c); !apierrors.IsNotFound(err) {
-				return fmt.Errorf("deleted Cluster %s still there (%v)", key(k), err)
-			}
-		}
-		return nil
+		return r.present(ctx, deleted, false)
 	}); err != nil {
 		return err
 	}
@@ -164,6 +118,74 @@ func (r *run) outage(ctx context.Context, cfg OutageConfig, res *OutageResult) e
 	res.Creates = r.tp.AuditCountBy(fatal{}, kubeUser, "db.create")
 	res.Deletes = r.tp.AuditCountBy(fatal{}, kubeUser, "db.delete")
 	r.logf("   converged %.1f s after Teleport was back; creates %d, deletes %d", res.Converge.Seconds(), res.Creates, res.Deletes)
+	return nil
+}
+
+// keys are the Clusters from to to (clusterAt).
+func (r *run) keys(from, to int) []client.ObjectKey {
+	var out []client.ObjectKey
+	for i := from; i < to; i++ {
+		ns, name := r.clusterAt(i)
+		out = append(out, client.ObjectKey{Namespace: ns, Name: name})
+	}
+	return out
+}
+
+// registeredExactly: Teleport holds the rw and ro of each of keys and no
+// other db resource of the controller's (res.Extra and res.Missing say what differs).
+func (r *run) registeredExactly(keys []client.ObjectKey, res *OutageResult) error {
+	r.dbs.mu.Lock()
+	defer r.dbs.mu.Unlock()
+	want := map[string]bool{}
+	for _, k := range keys {
+		want[k.String()] = true
+	}
+	res.Extra, res.Missing = nil, nil
+	per := map[string]int{}
+	for name, c := range r.dbs.cluster {
+		if !want[c] {
+			res.Extra = append(res.Extra, name)
+		}
+		per[c]++
+	}
+	for c := range want {
+		if per[c] != 2 {
+			res.Missing = append(res.Missing, c)
+		}
+	}
+	if len(res.Extra)+len(res.Missing) > 0 {
+		return fmt.Errorf("%d db resources that should not be there, %d Clusters without their two", len(res.Extra), len(res.Missing))
+	}
+	return nil
+}
+
+// bundles reads the client-CA bundle Secret of each Cluster.
+func (r *run) bundles(ctx context.Context, keys []client.ObjectKey) (map[string]map[string][]byte, error) {
+	out := map[string]map[string][]byte{}
+	for _, k := range keys {
+		var s corev1.Secret
+		if err := r.kube.Get(ctx, client.ObjectKey{Namespace: k.Namespace, Name: k.Name + "-teleport-ca"}, &s); err != nil {
+			return nil, err
+		}
+		out[k.String()] = s.Data
+	}
+	return out, nil
+}
+
+// present checks that every Cluster of keys exists (want) or is gone.
+func (r *run) present(ctx context.Context, keys []client.ObjectKey, want bool) error {
+	for _, k := range keys {
+		var c cnpgv1.Cluster
+		err := r.kube.Get(ctx, k, &c)
+		switch {
+		case want && err != nil:
+			return fmt.Errorf("deleted Cluster %s gone: %w", k, err)
+		case !want && err == nil:
+			return fmt.Errorf("deleted Cluster %s still there", k)
+		case !want && !apierrors.IsNotFound(err):
+			return fmt.Errorf("deleted Cluster %s: %w", k, err)
+		}
+	}
 	return nil
 }
 
