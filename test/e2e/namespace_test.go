@@ -3,10 +3,10 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
-	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -72,8 +72,11 @@ func TestNamespaceDeletion(t *testing.T) {
 	}
 	world.Eventually(t, 4*time.Minute, "the Clusters and the Pooler registered", func() error {
 		names, err := ours()
-		if err != nil || len(names) != 3 {
-			return fmt.Errorf("db resources %v (%v)", names, err)
+		if err != nil {
+			return err
+		}
+		if len(names) != 3 {
+			return fmt.Errorf("db resources %v", names)
 		}
 		return nil
 	})
