@@ -50,8 +50,10 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/config"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
+	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
+	"github.com/cnpg-teleport/cnpg-teleport/clusterspec"
 	"github.com/cnpg-teleport/cnpg-teleport/teleport/teleporttest"
 	"github.com/cnpg-teleport/cnpg-teleport/test/world"
 )
@@ -913,4 +915,148 @@ func TestEnvNoCertificateSwitchDuringJoin(t *testing.T) {
 		}
 		return c.Spec.Certificates == nil, fmt.Sprintf("%+v", c.Spec.Certificates)
 	})
+}
+
+// reconcileErrors is controller-runtime's count of failed Cluster passes
+// (every manager of this package names its controller "cluster").
+func reconcileErrors(t *testing.T) float64 {
+	t.Helper()
+	families, err := ctrlmetrics.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := 0.0
+	for _, f := range families {
+		if f.GetName() != "controller_runtime_reconcile_errors_total" {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "controller" && l.GetValue() == "cluster" {
+					sum += m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return sum
+}
+
+// TestEnvConcurrentEditsSurvive (issue 21): while the controller patches its
+// slice of a Cluster, CNPG (played) writes the status every 20 ms and a user
+// adds a pg_hba line and changes a parameter every 15 ms (with the optimistic
+// lock, as kubectl edit): every party's fields survive (pg_hba is a list: a
+// patch made from a stale copy without the lock would drop the user's newest
+// line), the controller's patches that met a newer version failed and were
+// retried (counted), and the Cluster is registered.
+func TestEnvConcurrentEditsSurvive(t *testing.T) {
+	b, _ := newBed(t, bedOptions{resync: time.Hour})
+	ctx := context.Background()
+	b.newCluster("pg", 2, nil)
+	b.patchCluster("pg", func(c *cnpgv1.Cluster) {
+		c.Spec.PostgresConfiguration.PgHBA = []string{"host all app all scram-sha-256"}
+	})
+	errs0 := reconcileErrors(t)
+
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var mu sync.Mutex // the writers' tallies
+	var lastStatus, lastWorkMem string
+	var userLines []string
+	var statusWrites, userWrites, userConflicts int
+	tally := func() (int, int) {
+		mu.Lock()
+		defer mu.Unlock()
+		return statusWrites, userWrites
+	}
+	writer := func(every time.Duration, write func(i int) error) {
+		defer wg.Done()
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			case <-time.After(every):
+			}
+			_ = write(i)
+		}
+	}
+	wg.Add(2)
+	go writer(20*time.Millisecond, func(i int) error { // CNPG: its status, a merge patch of what it changes
+		c, err := b.get("pg")
+		if err != nil {
+			return err
+		}
+		patch := client.MergeFrom(c.DeepCopy())
+		c.Status.PhaseReason = fmt.Sprintf("cnpg write %d", i)
+		if err := b.c.Status().Patch(ctx, c, patch); err != nil {
+			return err
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		statusWrites, lastStatus = statusWrites+1, c.Status.PhaseReason
+		return nil
+	})
+	go writer(15*time.Millisecond, func(i int) error { // a user: the spec, with the optimistic lock
+		c, err := b.get("pg")
+		if err != nil {
+			return err
+		}
+		patch := client.MergeFromWithOptions(c.DeepCopy(), client.MergeFromWithOptimisticLock{})
+		if c.Spec.PostgresConfiguration.Parameters == nil {
+			c.Spec.PostgresConfiguration.Parameters = map[string]string{}
+		}
+		c.Spec.PostgresConfiguration.Parameters["work_mem"] = fmt.Sprintf("%dkB", 4096+i)
+		line := fmt.Sprintf("host all user%d all scram-sha-256", i)
+		c.Spec.PostgresConfiguration.PgHBA = append(c.Spec.PostgresConfiguration.PgHBA, line)
+		err = b.c.Patch(ctx, c, patch)
+		mu.Lock()
+		defer mu.Unlock()
+		if err != nil {
+			userConflicts++
+			return err
+		}
+		userWrites, lastWorkMem = userWrites+1, c.Spec.PostgresConfiguration.Parameters["work_mem"]
+		userLines = append(userLines, line)
+		return nil
+	})
+	b.patchCluster("pg", func(c *cnpgv1.Cluster) { c.Annotations = registerAnn() })
+	ours := func(c *cnpgv1.Cluster) bool {
+		return c.Spec.Certificates != nil && c.Spec.Certificates.ClientCASecret == "pg-teleport-ca" &&
+			slices.Contains(c.Spec.PostgresConfiguration.PgHBA, clusterspec.HBALine(clusterspec.DefaultReadRole, clusterspec.DefaultWriteRole))
+	}
+	b.eventually("the controller's slice in, under the writes", func() (bool, string) {
+		c, err := b.get("pg")
+		if err != nil {
+			return false, err.Error()
+		}
+		return ours(c), fmt.Sprint(c.Spec.PostgresConfiguration.PgHBA)
+	})
+	s0, u0 := tally()
+	b.eventually("more writes of each party over the slice", func() (bool, string) {
+		s, u := tally()
+		return s >= s0+5 && u >= u0+2, fmt.Sprintf("%d status writes, %d user edits", s-s0, u-u0)
+	})
+	close(stop)
+	wg.Wait()
+
+	c, err := b.get("pg")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !ours(c) {
+		t.Errorf("the controller's slice lost: certificates %+v, pg_hba %q", c.Spec.Certificates, c.Spec.PostgresConfiguration.PgHBA)
+	}
+	for _, l := range append(userLines, "host all app all scram-sha-256") {
+		if !slices.Contains(c.Spec.PostgresConfiguration.PgHBA, l) {
+			t.Errorf("the user's pg_hba line %q lost", l)
+		}
+	}
+	if got := c.Spec.PostgresConfiguration.Parameters["work_mem"]; got != lastWorkMem || lastWorkMem == "" {
+		t.Errorf("the user's last edit: work_mem %q, want %q", got, lastWorkMem)
+	}
+	if c.Status.PhaseReason != lastStatus || lastStatus == "" {
+		t.Errorf("CNPG's last status write: %q, want %q", c.Status.PhaseReason, lastStatus)
+	}
+	b.waitDBs("pg", dbName(b.ns, "pg", "rw"), dbName(b.ns, "pg", "ro"))
+	t.Logf("%d status writes, %d user edits (%d refused by the optimistic lock), %.0f failed controller passes retried",
+		statusWrites, userWrites, userConflicts, reconcileErrors(t)-errs0)
 }
