@@ -11,6 +11,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"unicode/utf8"
 
 	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
 	cnpgv1 "github.com/cloudnative-pg/cloudnative-pg/api/v1"
@@ -141,8 +142,19 @@ type InvalidAnnotationError struct {
 }
 
 func (e *InvalidAnnotationError) Error() string {
-	return fmt.Sprintf("annotation %s=%q: %s", e.Annotation, e.Value, e.Reason)
+	v := e.Value
+	if len(v) > maxQuoted { // a hostile value is not repeated whole into every log line and Event
+		cut := maxQuoted
+		for cut > 0 && !utf8.RuneStart(v[cut]) {
+			cut--
+		}
+		return fmt.Sprintf("annotation %s=%q… (%d bytes): %s", e.Annotation, v[:cut], len(v), e.Reason)
+	}
+	return fmt.Sprintf("annotation %s=%q: %s", e.Annotation, v, e.Reason)
 }
+
+// maxQuoted is how much of an invalid annotation's value an error quotes.
+const maxQuoted = 80
 
 // OptedIn reports whether the Cluster asks to be registered.
 func OptedIn(c *cnpgv1.Cluster) bool { return c.Annotations[AnnotationRegister] == "true" }

@@ -1060,3 +1060,93 @@ func TestEnvConcurrentEditsSurvive(t *testing.T) {
 	t.Logf("%d status writes, %d user edits (%d refused by the optimistic lock), %.0f failed controller passes retried",
 		statusWrites, userWrites, userConflicts, reconcileErrors(t)-errs0)
 }
+
+// TestEnvHostileObjects (issue 21): objects at the edges. A Cluster at CNPG's
+// longest name (50 characters) registers under valid Teleport names; an
+// annotation of Unicode and one of 200 KiB are refused with an
+// InvalidAnnotation Warning, nothing applied (no finalizer, no bundle, no db);
+// one over the apiserver's 256 KiB never reaches the controller; a server CA
+// Secret whose ca.crt holds a private key, or garbage, registers nothing.
+func TestEnvHostileObjects(t *testing.T) {
+	b, _ := newBed(t, bedOptions{resync: time.Hour})
+	ctx := context.Background()
+	long := "a" + strings.Repeat("b", 49)
+	b.registered(long, 2, dbName(b.ns, long, "rw"), dbName(b.ns, long, "ro"))
+	for _, n := range b.stored(long) {
+		checkDBName(t, n)
+	}
+
+	ann := func(k, v string) map[string]string { return map[string]string{AnnotationRegister: "true", k: v} }
+	for name, a := range map[string]map[string]string{
+		"unicode": ann(AnnotationName, "ünïcödé-☃"),
+		"big":     ann(AnnotationLabels, strings.Repeat("k=v,", 50_000)),
+	} {
+		b.newCluster(name, 1, a)
+		b.event(name, ReasonInvalidAnnotation, "nothing applied")
+		c, err := b.get(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var s corev1.Secret
+		if len(c.Finalizers) > 0 || len(b.stored(name)) > 0 || !apierrors.IsNotFound(b.c.Get(ctx, client.ObjectKey{Namespace: b.ns, Name: BundleSecretName(c)}, &s)) {
+			t.Fatalf("%s: applied: finalizers %v, db resources %v, bundle %v", name, c.Finalizers, b.stored(name), s.Name)
+		}
+	}
+
+	huge := &cnpgv1.Cluster{ObjectMeta: metav1.ObjectMeta{Namespace: b.ns, Name: "huge", Annotations: ann(AnnotationLabels, strings.Repeat("x", 1<<20))},
+		Spec: cnpgv1.ClusterSpec{Instances: 1}}
+	if err := b.c.Create(ctx, huge); !apierrors.IsInvalid(err) || !strings.Contains(err.Error(), "annotations") {
+		t.Fatalf("a 1 MiB annotation: %v, want the apiserver to refuse it", err)
+	}
+
+	for name, tc := range map[string]struct {
+		crt  []byte
+		says string
+	}{
+		"keyca":     {append(testCA(t, "x"), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: []byte("not for Teleport")})...), "a EC PRIVATE KEY block"},
+		"garbageca": {[]byte("not a certificate"), "not PEM"},
+	} {
+		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b.writeCA(name, "", key)
+		s := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: b.ns, Name: name + "-ca"}}
+		if _, err := ctrl.CreateOrUpdate(ctx, b.c, s, func() error { s.Data["ca.crt"] = tc.crt; return nil }); err != nil {
+			t.Fatal(err)
+		}
+		c := &cnpgv1.Cluster{ObjectMeta: metav1.ObjectMeta{Namespace: b.ns, Name: name, Annotations: registerAnn()},
+			Spec: cnpgv1.ClusterSpec{Instances: 1, StorageConfiguration: cnpgv1.StorageConfiguration{Size: "1Gi"}}}
+		if err := b.c.Create(ctx, c); err != nil {
+			t.Fatal(err)
+		}
+		note := b.warning(name)
+		t.Logf("%s: %s", name, note)
+		if !strings.HasPrefix(note, ReasonTrustInvalid+": ") || !strings.Contains(note, tc.says) {
+			t.Fatalf("%s: Warning %q, want %s saying %q", name, note, ReasonTrustInvalid, tc.says)
+		}
+		if len(b.stored(name)) > 0 {
+			t.Fatalf("%s: registered %v", name, b.stored(name))
+		}
+	}
+}
+
+// warning waits for a Warning Event on name and returns its reason and note.
+func (b *bed) warning(name string) string {
+	b.t.Helper()
+	var got string
+	b.eventually("a Warning on "+name, func() (bool, string) {
+		var list eventsv1.EventList
+		if err := b.c.List(context.Background(), &list, client.InNamespace(b.ns)); err != nil {
+			return false, err.Error()
+		}
+		for _, e := range list.Items {
+			if e.Regarding.Name == name && e.Type == corev1.EventTypeWarning {
+				got = e.Reason + ": " + e.Note
+				return true, ""
+			}
+		}
+		return false, "none"
+	})
+	return got
+}

@@ -64,7 +64,7 @@ func Setup(ctx context.Context, mgr ctrl.Manager, cfg Config) error {
 		Client:     mgr.GetClient(),
 		APIReader:  mgr.GetAPIReader(),
 		Teleport:   cfg.Teleport,
-		Recorder:   mgr.GetEventRecorder("cnpg-teleport"),
+		Recorder:   fitNotes{mgr.GetEventRecorder("cnpg-teleport")},
 		Options:    cfg.Options,
 		Resync:     cfg.Resync,
 		Retry:      cfg.Retry,

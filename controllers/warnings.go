@@ -4,8 +4,10 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"unicode/utf8"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	k8stypes "k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -60,4 +62,29 @@ func (w *warnings) clear(o client.Object) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	delete(w.last, o.GetUID())
+}
+
+// noteLimit is the Events API's limit on a note (events.k8s.io/v1): the
+// apiserver refuses a longer one and the Event is lost (a 200 KiB invalid
+// annotation quoted in its InvalidAnnotation Warning was).
+const noteLimit = 1024
+
+// fitNotes records every Event with its note cut to noteLimit.
+type fitNotes struct{ events.EventRecorder }
+
+func (f fitNotes) Eventf(regarding, related runtime.Object, eventtype, reason, action, note string, args ...any) {
+	f.EventRecorder.Eventf(regarding, related, eventtype, reason, action, "%s", fitNote(fmt.Sprintf(note, args...)))
+}
+
+// fitNote cuts s to noteLimit bytes, on a character boundary, saying so.
+func fitNote(s string) string {
+	if len(s) <= noteLimit {
+		return s
+	}
+	const more = " … (cut to the Events API's 1 KiB; the log has it whole)"
+	cut := noteLimit - len(more)
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + more
 }
