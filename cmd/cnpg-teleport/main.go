@@ -48,6 +48,7 @@ type flags struct {
 	metricsAddr    string
 	probeAddr      string
 	leaderElection bool
+	leaderNS       string
 	concurrent     int
 	pprofAddr      string
 	kubeQPS        float64
@@ -74,6 +75,7 @@ func parseFlags(args []string) (flags, error) {
 	fs.StringVar(&f.metricsAddr, "metrics-bind-address", ":8080", "Prometheus metrics address ('0' disables)")
 	fs.StringVar(&f.probeAddr, "health-probe-bind-address", ":8081", "health probe address")
 	fs.BoolVar(&f.leaderElection, "leader-elect", false, "enable leader election (for more than one replica)")
+	fs.StringVar(&f.leaderNS, "leader-election-namespace", "", "namespace of the leader election Lease (default: the Pod's own; required outside a Pod)")
 	fs.IntVar(&f.concurrent, "concurrent", 4, "how many Clusters are reconciled at once")
 	fs.StringVar(&f.pprofAddr, "pprof-bind-address", "", "Go's pprof profiles on this address (default: off)")
 	fs.Float64Var(&f.kubeQPS, "kube-api-qps", 0, "Kubernetes API requests per second the controller may make, sustained (0: no client-side limit, the apiserver's priority and fairness decides, as controller-runtime does by default)")
@@ -256,13 +258,14 @@ func run(ctx context.Context, f flags) error {
 		kube.QPS, kube.Burst = float32(f.kubeQPS), f.kubeBurst
 	}
 	mgr, err := ctrl.NewManager(kube, ctrl.Options{
-		Scheme:                 scheme,
-		Cache:                  cacheOpts,
-		Metrics:                metricsserver.Options{BindAddress: f.metricsAddr},
-		HealthProbeBindAddress: f.probeAddr,
-		PprofBindAddress:       f.pprofAddr,
-		LeaderElection:         f.leaderElection,
-		LeaderElectionID:       "cnpg-teleport." + f.kubeCluster,
+		Scheme:                  scheme,
+		Cache:                   cacheOpts,
+		Metrics:                 metricsserver.Options{BindAddress: f.metricsAddr},
+		HealthProbeBindAddress:  f.probeAddr,
+		PprofBindAddress:        f.pprofAddr,
+		LeaderElection:          f.leaderElection,
+		LeaderElectionNamespace: f.leaderNS,
+		LeaderElectionID:        "cnpg-teleport." + f.kubeCluster,
 		// The manager is the last thing main runs: giving the Lease up on
 		// the way out hands over in one retry period (a rolling update, a
 		// deleted Pod) instead of a whole lease duration.

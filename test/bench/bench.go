@@ -19,6 +19,7 @@ import (
 	"io"
 	"math/big"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -159,21 +160,23 @@ func (p *peakWatch) at() string {
 }
 
 type run struct {
-	cfg       Config
-	res       *Result
-	w         *world.World
-	tp        *world.Teleport
-	ctl       *world.Process
-	kube      client.Client // unthrottled: the benchmark's own writes
-	audit     string
-	dbs       *dbWatch
-	events    *events
-	caPEM     []byte
-	caKeyPEM  []byte
-	stopCache context.CancelFunc
-	admin     *tpclient.Client
-	foreign   int
-	peak      peakWatch
+	cfg        Config
+	res        *Result
+	w          *world.World
+	tp         *world.Teleport
+	ctl        *world.Process
+	kube       client.Client // unthrottled: the benchmark's own writes
+	audit      string
+	dbs        *dbWatch
+	events     *events
+	caPEM      []byte
+	caKeyPEM   []byte
+	stopCache  context.CancelFunc
+	admin      *tpclient.Client
+	foreign    int
+	peak       peakWatch
+	id         string // the controller's Teleport identity file
+	kubeconfig string
 }
 
 func (r *run) logf(format string, args ...any) {
@@ -289,14 +292,22 @@ func (r *run) start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	r.ctl, err = r.w.StartControllerAs("controller", kubeconfig, append([]string{
-		"--teleport-addr=" + r.tp.AuthAddr, "--identity-file=" + id, "--kube-cluster=" + kubeCluster,
-		"--resync-period=" + r.cfg.Resync.String(), "--metrics-bind-address=" + metricsAddr,
-		"--health-probe-bind-address=127.0.0.1:18081", "--pprof-bind-address=" + pprofAddr}, r.cfg.Args...)...)
+	r.id, r.kubeconfig = id, kubeconfig
+	r.ctl, err = r.startController(ctx, "controller", metricsAddr, "127.0.0.1:18081", "--pprof-bind-address="+pprofAddr)
+	return err
+}
+
+// startController starts a replica of the controller's binary with the
+// run's identity, kubeconfig and flags, and waits for its metrics.
+func (r *run) startController(ctx context.Context, name, metrics, probe string, extra ...string) (*world.Process, error) {
+	p, err := r.w.StartControllerAs(name, r.kubeconfig, slices.Concat([]string{
+		"--teleport-addr=" + r.tp.AuthAddr, "--identity-file=" + r.id, "--kube-cluster=" + kubeCluster,
+		"--resync-period=" + r.cfg.Resync.String(), "--metrics-bind-address=" + metrics,
+		"--health-probe-bind-address=" + probe}, extra, r.cfg.Args)...)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	return poll(ctx, time.Minute, "the controller's metrics", func() error { _, err := scrape(ctx, metricsAddr); return err })
+	return p, poll(ctx, time.Minute, name+"'s metrics", func() error { _, err := scrape(ctx, metrics); return err })
 }
 
 func (r *run) addForeign(ctx context.Context, admin *tpclient.Client, n int) error {
