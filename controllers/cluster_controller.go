@@ -111,10 +111,8 @@ func (r *ClusterReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 		// Before anything is made; the patched c carries the new
 		// resourceVersion, so the pass goes on (its own pass cost every new
 		// Cluster a trip through the queue: make bench).
-		patch := client.MergeFromWithOptions(c.DeepCopy(), client.MergeFromWithOptimisticLock{})
-		controllerutil.AddFinalizer(&c, Finalizer)
-		if err := r.Client.Patch(ctx, &c, patch); err != nil {
-			return ctrl.Result{}, client.IgnoreNotFound(err)
+		if err := r.patchFinalizer(ctx, &c, true); err != nil {
+			return ctrl.Result{}, client.IgnoreNotFound(err) // gone: nothing to make
 		}
 	}
 	// PostgreSQL trusts Teleport first: a db registered before would not connect.
@@ -417,7 +415,7 @@ func (r *ClusterReconciler) finalize(ctx context.Context, c *cnpgv1.Cluster) err
 	r.pending.forget(c.UID)
 	r.bundles.forget(c.UID)
 	riskyRoles.DeleteLabelValues(c.Namespace, c.Name)
-	return r.patchFinalizer(ctx, c, false)
+	return client.IgnoreNotFound(r.patchFinalizer(ctx, c, false))
 }
 
 // endpointNames are the names c's endpoints have under its current
@@ -492,7 +490,7 @@ func (r *ClusterReconciler) patchFinalizer(ctx context.Context, c *cnpgv1.Cluste
 	} else {
 		controllerutil.RemoveFinalizer(c, Finalizer)
 	}
-	if err := r.Client.Patch(ctx, c, patch); err != nil && !apierrors.IsNotFound(err) {
+	if err := r.Client.Patch(ctx, c, patch); err != nil {
 		return fmt.Errorf("finalizer: %w", err)
 	}
 	return nil

@@ -11,7 +11,6 @@ import (
 	"slices"
 	"sort"
 	"strings"
-	"unicode/utf8"
 
 	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
 	cnpgv1 "github.com/cloudnative-pg/cloudnative-pg/api/v1"
@@ -142,15 +141,10 @@ type InvalidAnnotationError struct {
 }
 
 func (e *InvalidAnnotationError) Error() string {
-	v := e.Value
-	if len(v) > maxQuoted { // a hostile value is not repeated whole into every log line and Event
-		cut := maxQuoted
-		for cut > 0 && !utf8.RuneStart(v[cut]) {
-			cut--
-		}
-		return fmt.Sprintf("annotation %s=%q… (%d bytes): %s", e.Annotation, v[:cut], len(v), e.Reason)
+	if v := e.Value; len(v) > maxQuoted { // a hostile value is not repeated whole into every log line and Event
+		return fmt.Sprintf("annotation %s=%q… (%d bytes): %s", e.Annotation, prefix(v, maxQuoted), len(v), e.Reason)
 	}
-	return fmt.Sprintf("annotation %s=%q: %s", e.Annotation, v, e.Reason)
+	return fmt.Sprintf("annotation %s=%q: %s", e.Annotation, e.Value, e.Reason)
 }
 
 // maxQuoted is how much of an invalid annotation's value an error quotes.

@@ -82,9 +82,16 @@ func fitNote(s string) string {
 		return s
 	}
 	const more = " … (cut to the Events API's 1 KiB; the log has it whole)"
-	cut := noteLimit - len(more)
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
-		cut--
+	return prefix(s, noteLimit-len(more)) + more
+}
+
+// prefix is s cut to at most n bytes on a character boundary.
+func prefix(s string, n int) string {
+	if len(s) <= n {
+		return s
 	}
-	return s[:cut] + more
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
 }

@@ -152,6 +152,7 @@ type APIClient struct {
 	path       string
 	notAfter   atomic.Int64 // the loaded identity's expiry, Unix ns (0: unknown)
 	onIdentity func(time.Time)
+	log        logr.Logger
 }
 
 // New connects to Teleport with the configured identity and keeps reloading
@@ -192,16 +193,9 @@ func New(ctx context.Context, cfg Config) (*APIClient, error) {
 		return nil, trace.Wrap(err, "teleport: connecting to %v", cfg.Addrs)
 	}
 	wctx, stop := context.WithCancel(ctx)
-	c := &APIClient{api: api, creds: creds, stop: stop, done: make(chan struct{}), path: path, onIdentity: cfg.OnIdentity}
-	c.loaded(cfg.Log)
-	reload := func() error {
-		if err := creds.Reload(); err != nil {
-			return err
-		}
-		c.loaded(cfg.Log)
-		return nil
-	}
-	w := watcher{path: path, interval: cfg.ReloadInterval, reload: reload, log: cfg.Log}
+	c := &APIClient{api: api, creds: creds, stop: stop, done: make(chan struct{}), path: path, onIdentity: cfg.OnIdentity, log: cfg.Log}
+	c.loaded()
+	w := watcher{path: path, interval: cfg.ReloadInterval, reload: c.Reload, log: cfg.Log}
 	go func() {
 		defer close(c.done)
 		w.run(wctx, fp)
@@ -231,15 +225,15 @@ func (c *APIClient) Reload() error {
 	if err := c.creds.Reload(); err != nil {
 		return trace.Wrap(err, "teleport: reloading identity %s", c.creds.Path)
 	}
-	c.loaded(logr.Discard())
+	c.loaded()
 	return nil
 }
 
 // loaded records the expiry of the identity file as it is now.
-func (c *APIClient) loaded(log logr.Logger) {
+func (c *APIClient) loaded() {
 	t, err := IdentityFileExpiry(c.path)
 	if err != nil {
-		log.Error(err, "Cannot read the Teleport identity's expiry", "path", c.path)
+		c.log.Error(err, "Cannot read the Teleport identity's expiry", "path", c.path)
 		return
 	}
 	c.notAfter.Store(t.UnixNano())
