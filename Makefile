@@ -93,8 +93,11 @@ test: tools
 	@echo "[test] go test -race (unit, envtest)"; $(MAKE) --no-print-directory race
 	@echo "[test] image (hack/image)"; $(MAKE) --no-print-directory image-test
 	@echo "[test] fuzz ($(FUZZ_TIME) a target)"; $(MAKE) --no-print-directory fuzz
-	@echo "[test] go test (unit, integration, end-to-end)"
-	$(WORLD_ENV) PROMRULES_BIN_DIR=$$($(TOOLS) promrules) $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+	@echo "[test] bin/cnpg-teleport-race: the controller under the race detector, for the end-to-end tests"
+	CGO_ENABLED=1 $(GO) build -race -o $(BIN)/cnpg-teleport-race ./cmd/cnpg-teleport
+	@echo "[test] go test (unit, integration, end-to-end; a race the controller reports in its log fails the test)"
+	$(WORLD_ENV) CNPG_TELEPORT_BIN=$(BIN)/cnpg-teleport-race PROMRULES_BIN_DIR=$$($(TOOLS) promrules) \
+	  $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
 
 ## fuzz: each fuzz target (annotations, labels, names, the pg_hba merge) for FUZZ_TIME; the corpus is in
 ## testdata/fuzz, and plain `go test` runs it every time.
@@ -123,7 +126,8 @@ bench: world-tools
 	@$(WORLD_ENV) $(GO) run ./test/cmd/bench $(BENCH_FLAGS)
 
 ## race: the unit and envtest tests under the race detector. It needs cgo
-## (gcc); only this test build turns it on: the binaries stay CGO_ENABLED=0.
+## (gcc); only the test builds turn it on (this, and bin/cnpg-teleport-race that
+## make test's end-to-end tests run): the shipped binaries stay CGO_ENABLED=0.
 race: deps
 	KUBE_APISERVER_DIR=$$($(TOOLS) kube-apiserver) ETCD_DIR=$$($(TOOLS) etcd) CGO_ENABLED=1 \
 	  $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./controllers/... ./teleport/... ./certs/... ./clusterspec/...

@@ -15,7 +15,7 @@ import (
 // and the by-hand approach's writes on every sync.
 func TestBenchCounts(t *testing.T) {
 	cfg := perf.Config{
-		Dir: t.TempDir(), Sequential: 3, AtOnce: 30, Foreign: []int{20, 400}, Secrets: 50,
+		Dir: raceChecked(t), Sequential: 3, AtOnce: 30, Foreign: []int{20, 400}, Secrets: 50,
 		Resyncs: 2, Resync: 3 * time.Second,
 	}
 	res, err := perf.Run(context.Background(), cfg)

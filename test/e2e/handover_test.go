@@ -17,7 +17,7 @@ import (
 // Lease's 15 s, as the killed leader never gives it up). The apiserver and
 // Teleport are real, CNPG's status is played (test/bench).
 func TestLeaderHandover(t *testing.T) {
-	cfg := perf.HandoverConfig{Dir: t.TempDir(), Clusters: 100, KillAfter: 30, Resync: 30 * time.Second}
+	cfg := perf.HandoverConfig{Dir: raceChecked(t), Clusters: 100, KillAfter: 30, Resync: 30 * time.Second}
 	if testing.Verbose() {
 		cfg.Log = os.Stderr
 	}

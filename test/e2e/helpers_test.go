@@ -52,3 +52,12 @@ func startTeleport(t *testing.T) *world.Teleport {
 	})
 	return tp
 }
+
+// raceChecked is a directory for a test/bench world: the data races its
+// processes reported in their logs there fail the test when it ends.
+func raceChecked(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	t.Cleanup(func() { world.CheckRaces(t, dir) })
+	return dir
+}

@@ -18,7 +18,7 @@ import (
 // time to converge once Teleport is back and the Events of the outage. The
 // apiserver and Teleport are real, CNPG's status is played (test/bench).
 func TestTeleportOutage(t *testing.T) {
-	cfg := perf.OutageConfig{Dir: t.TempDir(), Before: 30, Deleted: 20, Created: 50, Down: time.Minute, Resync: 30 * time.Second}
+	cfg := perf.OutageConfig{Dir: raceChecked(t), Before: 30, Deleted: 20, Created: 50, Down: time.Minute, Resync: 30 * time.Second}
 	if testing.Verbose() {
 		cfg.Log = os.Stderr
 	}

@@ -23,21 +23,27 @@ import (
 
 // metricValue reads one sample line's value from a controller's /metrics.
 func metricValue(addr, sample string) (string, error) {
+	body, err := metricsBody(addr)
+	if err != nil {
+		return "", err
+	}
+	for _, line := range strings.Split(body, "\n") {
+		if v, ok := strings.CutPrefix(line, sample+" "); ok {
+			return v, nil
+		}
+	}
+	return "", fmt.Errorf("no %s in the metrics", sample)
+}
+
+// metricsBody is the Prometheus text the controller at addr serves.
+func metricsBody(addr string) (string, error) {
 	resp, err := http.Get("http://" + addr + "/metrics") //nolint:noctx // loopback
 	if err != nil {
 		return "", err
 	}
 	defer func() { _ = resp.Body.Close() }()
 	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return "", err
-	}
-	for _, line := range strings.Split(string(body), "\n") {
-		if v, ok := strings.CutPrefix(line, sample+" "); ok {
-			return v, nil
-		}
-	}
-	return "", fmt.Errorf("no %s in the metrics", sample)
+	return string(body), err
 }
 
 // TestSharedTeleport proves registration in a Teleport shared by Kubernetes

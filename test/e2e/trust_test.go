@@ -97,9 +97,9 @@ func (b *trustBed) waitBundle(tc teleport.Client, ns, name string, keys int) {
 	})
 }
 
-func newTrustBed(t *testing.T, ctx context.Context, ns string) *trustBed {
+func newTrustBed(t *testing.T, ctx context.Context, ns string, opts ...world.Options) *trustBed {
 	t.Helper()
-	w := world.Start(t, world.Options{})
+	w := world.Start(t, append(opts, world.Options{})[0])
 	tp := startTeleport(t)
 	if err := w.Namespace(ctx, ns); err != nil {
 		t.Fatal(err)

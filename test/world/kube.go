@@ -133,6 +133,7 @@ func Start(t testing.TB, opts Options) *World {
 		}
 		if w != nil {
 			w.Stop()
+			CheckRaces(t, w.Dir)
 		}
 	})
 	if err != nil {
