@@ -61,6 +61,8 @@ type ClusterReconciler struct {
 	Concurrent int
 	// Now is the clock (time.Now when nil).
 	Now func() time.Time
+	// Agents checks that a database agent serves each registered db (nil: no check).
+	Agents *AgentCheck
 	// Owned indexes each Cluster's db names, shared with the orphan
 	// collector, which refreshes it from its lists (nil: its own).
 	Owned     *ownedIndex
@@ -140,6 +142,7 @@ func (r *ClusterReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 	if err == nil {
 		r.warned.clear(&c)
 		r.checkRoles(ctx, &c, desired)
+		r.Agents.Track(&c, desired)
 	}
 	return r.outcome(err)
 }
@@ -412,6 +415,7 @@ func (r *ClusterReconciler) finalize(ctx context.Context, c *cnpgv1.Cluster) err
 	}
 	r.warned.clear(c)
 	r.risky.clear(c)
+	r.Agents.Forget(c.UID)
 	r.pending.forget(c.UID)
 	r.bundles.forget(c.UID)
 	riskyRoles.DeleteLabelValues(c.Namespace, c.Name)

@@ -113,3 +113,8 @@ func (i instrumented) DatabaseClientCAs(ctx context.Context) (cas [][]byte, err 
 	defer func(t time.Time) { observe("DatabaseClientCAs", t, err) }(time.Now())
 	return i.next.DatabaseClientCAs(ctx)
 }
+
+func (i instrumented) DatabaseServers(ctx context.Context, labels map[string]string) (n map[string]int, err error) {
+	defer func(t time.Time) { observe("DatabaseServers", t, err) }(time.Now())
+	return i.next.DatabaseServers(ctx, labels)
+}

@@ -25,6 +25,7 @@ type Teleport interface {
 	DeleteDatabase(ctx context.Context, name string) error
 	DatabaseClientCAs(ctx context.Context) ([][]byte, error)
 	ListRoles(ctx context.Context) ([]types.Role, error)
+	DatabaseServers(ctx context.Context, labels map[string]string) (map[string]int, error)
 }
 
 // Config is everything the controller needs besides the manager.
@@ -41,6 +42,15 @@ type Config struct {
 	Namespaces []string
 	// Concurrent is how many Clusters are reconciled at once (default 1).
 	Concurrent int
+	// NoAgentAfter is how long a registered db resource may go unserved by
+	// any Teleport database agent before a NoAgent Warning (0: no check).
+	NoAgentAfter time.Duration
+}
+
+// agentPeriod is how often the agent check lists the heartbeats: a third of
+// the NoAgent bound, between 1 s and 30 s.
+func agentPeriod(after time.Duration) time.Duration {
+	return min(max(after/3, time.Second), 30*time.Second)
 }
 
 // trustPoll is how often a registration waiting for CNPG looks at its
@@ -70,6 +80,15 @@ func Setup(ctx context.Context, mgr ctrl.Manager, cfg Config) error {
 		Retry:      cfg.Retry,
 		TrustPoll:  trustPoll,
 		Concurrent: cfg.Concurrent,
+	}
+	if cfg.NoAgentAfter > 0 {
+		r.Agents = &AgentCheck{
+			Teleport: cfg.Teleport, Recorder: r.Recorder, After: cfg.NoAgentAfter, Period: agentPeriod(cfg.NoAgentAfter),
+			Labels: map[string]string{LabelManagedBy: ManagedByValue, LabelKubeCluster: cfg.Options.KubeCluster},
+		}
+		if err := mgr.Add(r.Agents); err != nil {
+			return err
+		}
 	}
 	if err := r.SetupWithManager(ctx, mgr); err != nil {
 		return err

@@ -58,6 +58,10 @@ type Client interface {
 	// ListRoles lists the Teleport roles, to check which ones let a user log
 	// in to the controller's databases as a CNPG system user.
 	ListRoles(ctx context.Context) ([]types.Role, error)
+	// DatabaseServers counts, by db name, the database agents serving the db
+	// resources that carry labels (their db_server heartbeats), among those
+	// the identity may see. A db no agent serves is absent.
+	DatabaseServers(ctx context.Context, labels map[string]string) (map[string]int, error)
 }
 
 // ClusterInfo is what Ping tells about the Teleport cluster.
@@ -349,6 +353,24 @@ func (c *APIClient) DatabaseClientCAs(ctx context.Context) ([][]byte, error) {
 }
 
 // nameOf names db for error messages, without panicking on a nil one.
+// DatabaseServers counts the agents serving each db resource carrying labels
+// (ListResources of db_server, filtered by Teleport on the db's labels, paged).
+func (c *APIClient) DatabaseServers(ctx context.Context, labels map[string]string) (map[string]int, error) {
+	res, err := client.GetResourcesWithFilters(ctx, c.api, proto.ListResourcesRequest{
+		ResourceType: types.KindDatabaseServer, Labels: labels,
+	})
+	if err != nil {
+		return nil, c.wrap(err, "teleport: list db_server")
+	}
+	out := make(map[string]int, len(res))
+	for _, r := range res {
+		if s, ok := r.(types.DatabaseServer); ok && s.GetDatabase() != nil {
+			out[s.GetDatabase().GetName()]++
+		}
+	}
+	return out, nil
+}
+
 // ListRoles lists the Teleport roles (needs role list/read): the paginated
 // ListRoles of newer auth servers, else the GetRoles call they replaced
 // (Teleport 13 has only that; this teleport/api no longer wraps it).

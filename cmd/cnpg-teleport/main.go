@@ -42,6 +42,7 @@ type flags struct {
 	domain         string
 	namespaces     string
 	resync         time.Duration
+	noAgentAfter   time.Duration
 	kubeClusterID  string
 	annLabels      string
 	namePolicy     string
@@ -72,6 +73,7 @@ func parseFlags(args []string) (flags, error) {
 	fs.StringVar(&f.domain, "cluster-domain", "cluster.local", "Kubernetes cluster DNS domain")
 	fs.StringVar(&f.namespaces, "namespaces", "", "comma-separated namespaces to watch (default: all)")
 	fs.DurationVar(&f.resync, "resync-period", 10*time.Minute, "how often registrations are compared with Teleport and orphans collected")
+	fs.DurationVar(&f.noAgentAfter, "no-agent-after", 30*time.Second, "a Warning NoAgent when no Teleport database agent has served a registered db resource for this long (0: no check)")
 	fs.StringVar(&f.metricsAddr, "metrics-bind-address", ":8080", "Prometheus metrics address ('0' disables)")
 	fs.StringVar(&f.probeAddr, "health-probe-bind-address", ":8081", "health probe address")
 	fs.BoolVar(&f.leaderElection, "leader-elect", false, "enable leader election (for more than one replica)")
@@ -276,6 +278,6 @@ func run(ctx context.Context, f flags) error {
 	}
 	return controllers.Run(ctx, mgr, controllers.Config{
 		Teleport: controllers.Instrument(tc), Options: opts, Resync: f.resync, Namespaces: watched,
-		Concurrent: f.concurrent,
+		Concurrent: f.concurrent, NoAgentAfter: f.noAgentAfter,
 	})
 }

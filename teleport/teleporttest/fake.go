@@ -37,8 +37,9 @@ type Fake struct {
 	readLag  int
 	revision int
 
-	cas   map[types.CertAuthType][][]byte
-	roles []types.Role
+	cas    map[types.CertAuthType][][]byte
+	roles  []types.Role
+	agents []map[string]string
 
 	unavailable error
 	methodErrs  map[string]error
@@ -378,6 +379,52 @@ func (f *Fake) ListRoles(ctx context.Context) (roles []types.Role, err error) {
 	return append(roles, f.roles...), nil
 }
 
+// SetAgents sets the database agents that run, each by its db_service
+// resources selector (a label map; "*": "*" matches every db).
+func (f *Fake) SetAgents(selectors ...map[string]string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.agents = append([]map[string]string(nil), selectors...)
+}
+
+// DatabaseServers counts, like Teleport's db_server heartbeats, the agents
+// whose selector matches each stored db resource carrying labels that the
+// identity may see (heartbeats follow the stored state, not the lagged reads).
+func (f *Fake) DatabaseServers(ctx context.Context, labels map[string]string) (served map[string]int, err error) {
+	defer f.record("DatabaseServers", "", &err)
+	if err := f.guard(ctx, "DatabaseServers", ""); err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	served = map[string]int{}
+	for name, db := range f.current() {
+		if !f.allowed(db) || !matches(db.GetAllLabels(), labels) {
+			continue
+		}
+		for _, sel := range f.agents {
+			if matches(db.GetAllLabels(), sel) {
+				served[name]++
+			}
+		}
+	}
+	return served, nil
+}
+
+// matches reports whether labels carry every key of selector with its value
+// ("*" for either: any).
+func matches(labels, selector map[string]string) bool {
+	for k, v := range selector {
+		if k == types.Wildcard && v == types.Wildcard {
+			continue
+		}
+		if got, ok := labels[k]; !ok || (v != types.Wildcard && got != v) {
+			return false
+		}
+	}
+	return true
+}
+
 // GetCertAuthority returns the configured db or db_client CA, with
 // Teleport's errors: BadParameter for db_client without
 // SupportsDBClientCA (and for unknown types), NotFound for another domain or
@@ -492,17 +539,7 @@ func (f *Fake) allowed(db *types.DatabaseV3) bool {
 	if f.cfg.AllowedLabels == nil {
 		return true
 	}
-	labels := db.GetAllLabels()
-	for k, v := range f.cfg.AllowedLabels {
-		if k == types.Wildcard && v == types.Wildcard {
-			continue
-		}
-		got, ok := labels[k]
-		if !ok || (v != types.Wildcard && got != v) {
-			return false
-		}
-	}
-	return true
+	return matches(db.GetAllLabels(), f.cfg.AllowedLabels)
 }
 
 // nameOf names db for call records, without panicking on a nil one.

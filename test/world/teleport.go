@@ -16,6 +16,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -70,6 +71,18 @@ ssh_service:
 // StartTeleport starts Teleport with its data in dir and waits for /readyz.
 // The database agent serves every db resource labelled as the controller's.
 func StartTeleport(dir string) (*Teleport, error) {
+	return StartTeleportWith(dir, TeleportOptions{})
+}
+
+// TeleportOptions tune the world's Teleport.
+type TeleportOptions struct {
+	// NoAgent runs auth and proxy only: the database agents are then the
+	// test's (StartAgent).
+	NoAgent bool
+}
+
+// StartTeleportWith is StartTeleport with options.
+func StartTeleportWith(dir string, o TeleportOptions) (*Teleport, error) {
 	if !Inside() {
 		return nil, fmt.Errorf("world: Teleport needs the world's namespace (call world.Main from TestMain)")
 	}
@@ -88,6 +101,9 @@ func StartTeleport(dir string) (*Teleport, error) {
 	dbService, err := os.ReadFile(filepath.Join(RepoRoot(), "config", "teleport", "db-service.yaml"))
 	if err != nil {
 		return nil, err
+	}
+	if o.NoAgent {
+		dbService = []byte("db_service:\n  enabled: false\n")
 	}
 	if err := os.WriteFile(tp.Config, append(fmt.Appendf(nil, teleportConfig, dir), dbService...), 0o600); err != nil {
 		return nil, err
@@ -385,4 +401,114 @@ func (tp *Teleport) AuditCountBy(t interface{ Fatal(...any) }, user string, even
 		}
 	}
 	return n
+}
+
+// Agent is a database agent of its own (a Teleport process with db_service
+// only), joined to the world's Teleport with a db token.
+type Agent struct {
+	Name, Dir, Config string
+	bin               string
+	proc              *Process
+}
+
+const agentConfig = `version: v3
+teleport:
+  nodename: %[1]s
+  data_dir: %[2]s/data
+  auth_token: %[3]s
+  # a database agent joins through the proxy (Teleport refuses auth_server
+  # with db_service); --insecure: the world's proxy has a self-signed web
+  # certificate
+  proxy_server: localhost:3080
+  log:
+    output: stderr
+    severity: INFO
+auth_service:
+  enabled: false
+proxy_service:
+  enabled: false
+ssh_service:
+  enabled: false
+db_service:
+  enabled: true
+  resources:
+  - labels:
+%[4]s`
+
+// StartAgent starts a database agent named name that serves the db
+// resources matching selector.
+func (tp *Teleport) StartAgent(ctx context.Context, name string, selector map[string]string) (*Agent, error) {
+	out, err := tp.Tctl(ctx, "", "tokens", "add", "--type=db", "--ttl=1h", "--format=text")
+	if err != nil {
+		return nil, err
+	}
+	token := strings.TrimSpace(string(out))
+	var labels strings.Builder
+	for _, k := range slices.Sorted(maps.Keys(selector)) {
+		fmt.Fprintf(&labels, "      %q: %q\n", k, selector[k])
+	}
+	a := &Agent{Name: name, Dir: filepath.Join(tp.Dir, "agent-"+name), bin: filepath.Join(tp.BinDir, "teleport")}
+	a.Config = filepath.Join(a.Dir, "teleport.yaml")
+	if err := os.MkdirAll(a.Dir, 0o700); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(a.Config, fmt.Appendf(nil, agentConfig, name, a.Dir, token, labels.String()), 0o600); err != nil {
+		return nil, err
+	}
+	return a, a.Start()
+}
+
+// Start (re)starts the agent on its data directory and waits until it has
+// joined (it logs that its database service is ready... or its first
+// heartbeat): the test then waits on what it checks.
+func (a *Agent) Start() error {
+	p, err := StartProcess(a.Dir, "agent", nil, a.bin, "start", "--insecure", "-c", a.Config)
+	if err != nil {
+		return err
+	}
+	a.proc = p
+	return waitFor(60*time.Second, 100*time.Millisecond, func() error {
+		if done, err := p.Exited(); done {
+			return fmt.Errorf("agent %s exited: %w\n%s", a.Name, err, p.Tail(8<<10))
+		}
+		if !strings.Contains(p.Tail(64<<10), "Database service has successfully started") {
+			return fmt.Errorf("agent %s not started yet", a.Name)
+		}
+		return nil
+	})
+}
+
+// Stop stops the agent with SIGTERM, as Kubernetes stops a Pod: Teleport's
+// fast shutdown, which leaves its db_server heartbeats behind until they
+// expire (10 min).
+func (a *Agent) Stop() {
+	if a.proc != nil {
+		a.proc.Stop()
+	}
+}
+
+// Shutdown stops the agent with SIGQUIT: Teleport's graceful shutdown,
+// which deletes its db_server heartbeats.
+func (a *Agent) Shutdown() error {
+	if a.proc == nil {
+		return nil
+	}
+	if err := syscall.Kill(a.proc.PID(), syscall.SIGQUIT); err != nil {
+		return err
+	}
+	select {
+	case <-a.proc.Done():
+		return nil
+	case <-time.After(30 * time.Second):
+		a.proc.Stop()
+		return fmt.Errorf("agent %s: no graceful shutdown within 30 s", a.Name)
+	}
+}
+
+// Logs is the tail of the agent's log.
+func (a *Agent) Logs() string {
+	if a.proc == nil {
+		return ""
+	}
+	return a.proc.Tail(16 << 10)
 }

@@ -1,0 +1,189 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	cnpgv1 "github.com/cloudnative-pg/cloudnative-pg/api/v1"
+	"github.com/gravitational/teleport/api/types"
+	"github.com/prometheus/client_golang/prometheus"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	k8stypes "k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/metrics"
+)
+
+// Events of the agent check.
+const (
+	ReasonAgentServing = "AgentServing"
+	ReasonNoAgent      = "NoAgent"
+)
+
+var agentsServing = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+	Name: "cnpg_teleport_database_agents",
+	Help: "Teleport database agents serving the db resource (its db_server heartbeats); 0: none does, so `tsh db connect` to it fails.",
+}, []string{"namespace", "cluster", "db"})
+
+func init() { metrics.Registry.MustRegister(agentsServing) }
+
+// AgentCheck tells, for every db resource the controller registered,
+// whether a Teleport database agent serves it: a db resource no agent picks
+// up (no agent's db_service resources selector matches its labels, or its
+// agents are gone) looks fine in Kubernetes and fails only at `tsh db
+// connect`. Every Period it lists the db_server heartbeats of the
+// controller's db resources (one paged, label-filtered Teleport call for all
+// Clusters), sets cnpg_teleport_database_agents, and reports on the Cluster
+// a Normal AgentServing when a db becomes served and a Warning NoAgent when
+// one has been unserved for After (since it was registered, or since its
+// last agent left). It runs on the leader.
+type AgentCheck struct {
+	Teleport Teleport
+	Recorder events.EventRecorder
+	// Labels select the controller's db resources (its ownership labels).
+	Labels map[string]string
+	After  time.Duration
+	Period time.Duration
+	Now    func() time.Time
+
+	mu  sync.Mutex
+	dbs map[string]*agentState // by db name
+}
+
+type agentState struct {
+	cluster *cnpgv1.Cluster // what Events regard: the Cluster's identity only
+	labels  map[string]string
+	since   time.Time // registered, or last seen served
+	served  bool      // AgentServing reported for the current stretch
+	warned  bool      // NoAgent reported for the current stretch
+}
+
+func (a *AgentCheck) now() time.Time {
+	if a.Now == nil {
+		return time.Now()
+	}
+	return a.Now()
+}
+
+// Track sets the db resources registered for c (replacing its earlier set).
+func (a *AgentCheck) Track(c *cnpgv1.Cluster, dbs []types.Database) {
+	if a == nil {
+		return
+	}
+	ref := &cnpgv1.Cluster{ObjectMeta: metav1.ObjectMeta{Namespace: c.Namespace, Name: c.Name, UID: c.UID}}
+	want := map[string]map[string]string{}
+	for _, db := range dbs {
+		want[db.GetName()] = db.GetAllLabels()
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.dbs == nil {
+		a.dbs = map[string]*agentState{}
+	}
+	for name, s := range a.dbs {
+		if _, ok := want[name]; !ok && s.cluster.UID == c.UID {
+			a.drop(name, s)
+		}
+	}
+	for name, labels := range want {
+		s := a.dbs[name]
+		if s == nil || s.cluster.UID != c.UID {
+			s = &agentState{cluster: ref, since: a.now()}
+			a.dbs[name] = s
+		}
+		s.labels = labels
+	}
+}
+
+// Forget stops checking c's db resources (deregistered).
+func (a *AgentCheck) Forget(uid k8stypes.UID) {
+	if a == nil {
+		return
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for name, s := range a.dbs {
+		if s.cluster.UID == uid {
+			a.drop(name, s)
+		}
+	}
+}
+
+// drop forgets one db; callers hold a.mu.
+func (a *AgentCheck) drop(name string, s *agentState) {
+	delete(a.dbs, name)
+	agentsServing.DeleteLabelValues(s.cluster.Namespace, s.cluster.Name, name)
+}
+
+// Start checks every Period until ctx ends (manager.Runnable).
+func (a *AgentCheck) Start(ctx context.Context) error {
+	log := ctrl.LoggerFrom(ctx).WithName("agent-check")
+	t := time.NewTicker(a.Period)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			if err := a.Check(ctx); err != nil {
+				log.Info("cannot list the database agents' heartbeats; next try in "+a.Period.String(), "error", err.Error())
+			}
+		}
+	}
+}
+
+// Check lists the heartbeats once and reports what changed.
+func (a *AgentCheck) Check(ctx context.Context) error {
+	a.mu.Lock()
+	n := len(a.dbs)
+	a.mu.Unlock()
+	if n == 0 {
+		return nil // nothing registered: no Teleport call
+	}
+	servers, err := a.Teleport.DatabaseServers(ctx, a.Labels)
+	if err != nil {
+		return err
+	}
+	now := a.now()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, name := range slices.Sorted(maps.Keys(a.dbs)) {
+		s := a.dbs[name]
+		agents := servers[name]
+		agentsServing.WithLabelValues(s.cluster.Namespace, s.cluster.Name, name).Set(float64(agents))
+		switch {
+		case agents > 0:
+			s.since, s.warned = now, false
+			if !s.served {
+				s.served = true
+				a.Recorder.Eventf(s.cluster, nil, corev1.EventTypeNormal, ReasonAgentServing, "CheckAgent "+name,
+					"db %s is served by %d Teleport database agent(s)", name, agents)
+			}
+		case s.served: // its agents left: the stretch without one starts now
+			s.served, s.since = false, now
+		case !s.warned && now.Sub(s.since) >= a.After:
+			s.warned = true
+			a.Recorder.Eventf(s.cluster, nil, corev1.EventTypeWarning, ReasonNoAgent, "CheckAgent "+name,
+				"no Teleport database agent has served db %s for %s: `tsh db connect` to it fails. Likely no agent's db_service "+
+					"resources selector matches its labels %s (see config/teleport/db-service.yaml), or its agents are down "+
+					"(an agent killed, or stopped with SIGTERM, stays listed until its heartbeat expires, up to 10 min)",
+				name, a.After, labelList(s.labels))
+		}
+	}
+	return nil
+}
+
+// labelList prints labels sorted, k=v comma-separated.
+func labelList(l map[string]string) string {
+	parts := make([]string, 0, len(l))
+	for _, k := range slices.Sorted(maps.Keys(l)) {
+		parts = append(parts, k+"="+l[k])
+	}
+	return fmt.Sprintf("{%s}", strings.Join(parts, ", "))
+}

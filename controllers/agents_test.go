@@ -1,0 +1,93 @@
+package controllers
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	cnpgv1 "github.com/cloudnative-pg/cloudnative-pg/api/v1"
+	"github.com/gravitational/teleport/api/types"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/tools/events"
+
+	"github.com/cnpg-teleport/cnpg-teleport/teleport/teleporttest"
+)
+
+// TestAgentCheck: a db no agent selects gets NoAgent once the bound has
+// passed (not before, not twice), a served one AgentServing once; an agent
+// that starts brings AgentServing back, one that leaves starts the bound
+// again; the metric follows; a forgotten Cluster costs no Teleport call.
+func TestAgentCheck(t *testing.T) {
+	ctx := context.Background()
+	f := teleporttest.NewFake(teleporttest.FakeConfig{AllowedLabels: map[string]string{LabelManagedBy: ManagedByValue}})
+	db := func(name, tier string) types.Database {
+		d, err := types.NewDatabaseV3(types.Metadata{Name: name, Labels: map[string]string{LabelManagedBy: ManagedByValue, LabelKubeCluster: "k1", "tier": tier}},
+			types.DatabaseSpecV3{Protocol: "postgres", URI: "pg-rw.app.svc:5432"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := f.Put(d); err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	rw, ro := db("k1-app-pg-rw", "a"), db("k1-app-pg-ro", "b")
+	_ = db("k2-other-rw", "a") // another Kubernetes cluster's: not ours to check
+	f.SetAgents(map[string]string{"tier": "a"})
+	now := time.Unix(1000, 0)
+	rec := events.NewFakeRecorder(20)
+	a := &AgentCheck{Teleport: f, Recorder: rec, After: 30 * time.Second, Period: time.Second, Now: func() time.Time { return now },
+		Labels: map[string]string{LabelManagedBy: ManagedByValue, LabelKubeCluster: "k1"}}
+	c := &cnpgv1.Cluster{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "pg", UID: "u1"}}
+	a.Track(c, []types.Database{rw, ro})
+
+	check := func(at time.Duration, want ...string) {
+		t.Helper()
+		now = time.Unix(1000, 0).Add(at)
+		if err := a.Check(ctx); err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for len(rec.Events) > 0 {
+			e := <-rec.Events
+			f := strings.Fields(e)
+			got = append(got, f[1]+" "+f[2]) // reason, then the note's "db NAME" / "no ... db NAME"
+			if f[1] == ReasonNoAgent && !strings.Contains(e, "tier=") {
+				t.Errorf("NoAgent does not name the labels: %s", e)
+			}
+		}
+		if strings.Join(got, "; ") != strings.Join(want, "; ") {
+			t.Errorf("at %s: events %q, want %q", at, got, want)
+		}
+	}
+	gauge := func(name string) float64 { return testutil.ToFloat64(agentsServing.WithLabelValues("app", "pg", name)) }
+
+	check(0, "AgentServing db")
+	if gauge(rw.GetName()) != 1 || gauge(ro.GetName()) != 0 {
+		t.Errorf("gauges rw %v ro %v", gauge(rw.GetName()), gauge(ro.GetName()))
+	}
+	check(29*time.Second)
+	check(30*time.Second, "NoAgent no")
+	check(60 * time.Second) // once
+	f.SetAgents(map[string]string{"tier": "a"}, map[string]string{"tier": "b"}, map[string]string{"tier": "b"})
+	check(61*time.Second, "AgentServing db")
+	if gauge(ro.GetName()) != 2 {
+		t.Errorf("ro gauge %v, want 2 agents", gauge(ro.GetName()))
+	}
+	f.SetAgents() // every agent leaves: the bound starts again
+	check(62 * time.Second)
+	check(91 * time.Second)
+	check(92*time.Second, "NoAgent no", "NoAgent no")
+
+	a.Forget(c.UID)
+	if n := testutil.CollectAndCount(agentsServing); n != 0 {
+		t.Errorf("%d series left after Forget", n)
+	}
+	calls := len(f.Calls())
+	check(200 * time.Second)
+	if len(f.Calls()) != calls {
+		t.Errorf("Teleport called with nothing tracked")
+	}
+}
