@@ -68,7 +68,7 @@ func TestAgentCheck(t *testing.T) {
 	if gauge(rw.GetName()) != 1 || gauge(ro.GetName()) != 0 {
 		t.Errorf("gauges rw %v ro %v", gauge(rw.GetName()), gauge(ro.GetName()))
 	}
-	check(29*time.Second)
+	check(29 * time.Second)
 	check(30*time.Second, "NoAgent no")
 	check(60 * time.Second) // once
 	f.SetAgents(map[string]string{"tier": "a"}, map[string]string{"tier": "b"}, map[string]string{"tier": "b"})
