@@ -12,12 +12,16 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"strings"
 	"time"
 
 	cnpgv1 "github.com/cloudnative-pg/cloudnative-pg/api/v1"
+	eventsv1 "k8s.io/api/events/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
 
 	"github.com/cnpg-teleport/cnpg-teleport/test/world"
@@ -162,6 +166,34 @@ func (d *demo) run(ctx context.Context) error {
 				return nil
 			})
 		}},
+		{"is an agent serving them? Events AgentServing, metric cnpg_teleport_database_agents", func() error {
+			return poll(30*time.Second, func() error {
+				var list eventsv1.EventList
+				if err := d.w.Client.List(ctx, &list, client.InNamespace(ns)); err != nil {
+					return err
+				}
+				var notes []string
+				for _, e := range list.Items {
+					if e.Regarding.Name == name && (e.Reason == "AgentServing" || e.Reason == "NoAgent") {
+						notes = append(notes, e.Type+" "+e.Reason+": "+e.Note)
+					}
+				}
+				if len(notes) < 2 {
+					return fmt.Errorf("agent Events so far: %v", notes)
+				}
+				metrics, err := httpGet(ctx, "http://127.0.0.1:8080/metrics")
+				if err != nil {
+					return err
+				}
+				for _, l := range strings.Split(metrics, "\n") {
+					if strings.HasPrefix(l, "cnpg_teleport_database_agents{") {
+						notes = append(notes, l)
+					}
+				}
+				show([]byte(strings.Join(notes, "\n") + "\n"))
+				return nil
+			})
+		}},
 		{"tsh db ls (as alice) and tsh db connect --db-user=teleport_read: SELECT", func() error {
 			if alice, err = d.tp.User(ctx, "alice", []string{"teleport_read", "teleport_write"}, []string{"app"}); err != nil {
 				return err
@@ -214,4 +246,19 @@ func poll(timeout time.Duration, f func() error) error {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+}
+
+// httpGet returns the body of a GET on the loopback.
+func httpGet(ctx context.Context, url string) (string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return "", err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer func() { _ = resp.Body.Close() }()
+	b, err := io.ReadAll(resp.Body)
+	return string(b), err
 }
