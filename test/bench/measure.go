@@ -116,7 +116,7 @@ func teleportWrites(c map[string]int) int {
 }
 
 func teleportReads(c map[string]int) int {
-	return c["GetDatabase"] + c["ListDatabases"] + c["DatabaseClientCAs"] + c["ListRoles"]
+	return c["GetDatabase"] + c["ListDatabases"] + c["DatabaseClientCAs"] + c["ListRoles"] + c["DatabaseServers"]
 }
 
 func diff(before, after map[string]int) map[string]int {
