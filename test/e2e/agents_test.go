@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -31,16 +30,7 @@ func TestAgentServing(t *testing.T) {
 	defer cancel()
 	const ns = "agents"
 	w := world.Start(t, world.Options{})
-	tp, err := world.StartTeleportWith(t.TempDir(), world.TeleportOptions{NoAgent: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Log("teleport log:\n" + tp.Logs())
-		}
-		tp.Stop()
-	})
+	tp := startTeleport(t, world.TeleportOptions{NoAgent: true})
 	agent, err := tp.StartAgent(ctx, "tier-served", map[string]string{"cnpg-teleport.io/managed-by": "cnpg-teleport", "tier": "served"})
 	if err != nil {
 		t.Fatal(err)
@@ -51,26 +41,8 @@ func TestAgentServing(t *testing.T) {
 		}
 		agent.Stop()
 	})
-	if err := w.Namespace(ctx, ns); err != nil {
-		t.Fatal(err)
-	}
-	id, err := tp.ControllerIdentity(ctx, "cnpg-teleport", time.Hour, "k1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := w.UserKubeconfig("cnpg-teleport"); err != nil {
-		t.Fatal(err)
-	}
-	if err := w.ApplyClusterRole(ctx, filepath.Join(world.RepoRoot(), "config", "rbac", "role.yaml"), "cnpg-teleport"); err != nil {
-		t.Fatal(err)
-	}
 	const metrics = "127.0.0.1:18080"
-	if _, err := w.StartControllerAs("controller", filepath.Join(w.Dir, "cnpg-teleport.kubeconfig"),
-		"--teleport-addr="+tp.AuthAddr, "--identity-file="+id, "--kube-cluster=k1", "--namespaces="+ns, "--annotation-labels=tier",
-		"--no-agent-after="+noAgentAfter.String(), "--resync-period=10s",
-		"--metrics-bind-address="+metrics, "--health-probe-bind-address=127.0.0.1:18081"); err != nil {
-		t.Fatal(err)
-	}
+	startController(t, ctx, w, tp, ns, "--annotation-labels=tier", "--no-agent-after="+noAgentAfter.String(), "--resync-period=10s")
 
 	for name, tier := range map[string]string{"served": "served", "lonely": "other"} {
 		c := world.NewCluster(ns, name, 1)

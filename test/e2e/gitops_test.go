@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"os"
@@ -261,20 +260,8 @@ func (g *gitops) reconciles() int {
 	total := 0
 	world.Eventually(g.b.t, 10*time.Second, "the controller's metrics", func() error {
 		body, err := metricsBody("127.0.0.1:18080")
-		if err != nil {
-			return err
-		}
-		total = 0
-		sc := bufio.NewScanner(strings.NewReader(body))
-		for sc.Scan() {
-			l := sc.Text()
-			if strings.HasPrefix(l, "controller_runtime_reconcile_total{") && strings.Contains(l, `controller="cluster"`) {
-				f := strings.Fields(l)
-				n, _ := strconv.ParseFloat(f[len(f)-1], 64)
-				total += int(n)
-			}
-		}
-		return nil
+		total = clusterReconciles(body)
+		return err
 	})
 	return total
 }

@@ -38,9 +38,9 @@ func serverPKI(ctx context.Context, t *testing.T, w *world.World, ns, name strin
 
 // startTeleport starts the world's Teleport for one test: its log is printed
 // if the test fails, and it is stopped when the test ends.
-func startTeleport(t *testing.T) *world.Teleport {
+func startTeleport(t *testing.T, opts ...world.TeleportOptions) *world.Teleport {
 	t.Helper()
-	tp, err := world.StartTeleport(t.TempDir())
+	tp, err := world.StartTeleportWith(t.TempDir(), append(opts, world.TeleportOptions{})[0])
 	if err != nil {
 		t.Fatal(err)
 	}

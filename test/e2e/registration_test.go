@@ -616,8 +616,14 @@ func (r *reg) waitPasses(addr string, n int) {
 // reconciles reads controller_runtime_reconcile_total of the first controller.
 func (r *reg) reconciles() int {
 	r.t.Helper()
+	return clusterReconciles(r.metrics())
+}
+
+// clusterReconciles sums controller_runtime_reconcile_total of the Cluster
+// controller (every result) in Prometheus text.
+func clusterReconciles(metrics string) int {
 	total := 0
-	sc := bufio.NewScanner(strings.NewReader(r.metrics()))
+	sc := bufio.NewScanner(strings.NewReader(metrics))
 	for sc.Scan() {
 		l := sc.Text()
 		if strings.HasPrefix(l, "controller_runtime_reconcile_total{") && strings.Contains(l, `controller="cluster"`) {

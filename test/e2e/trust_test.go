@@ -101,6 +101,16 @@ func newTrustBed(t *testing.T, ctx context.Context, ns string, opts ...world.Opt
 	t.Helper()
 	w := world.Start(t, append(opts, world.Options{})[0])
 	tp := startTeleport(t)
+	id := startController(t, ctx, w, tp, ns, "--resync-period="+trustResync.String())
+	return &trustBed{t: t, ctx: ctx, w: w, tp: tp, id: id}
+}
+
+// startController starts the controller binary in namespace ns (made here)
+// as Kubernetes user cnpg-teleport with config/rbac's ClusterRole and a
+// least-privilege Teleport identity for kube cluster k1, metrics on
+// 127.0.0.1:18080, and args; it returns the identity file.
+func startController(t *testing.T, ctx context.Context, w *world.World, tp *world.Teleport, ns string, args ...string) string {
+	t.Helper()
 	if err := w.Namespace(ctx, ns); err != nil {
 		t.Fatal(err)
 	}
@@ -114,12 +124,12 @@ func newTrustBed(t *testing.T, ctx context.Context, ns string, opts ...world.Opt
 	if err := w.ApplyClusterRole(ctx, filepath.Join(world.RepoRoot(), "config", "rbac", "role.yaml"), "cnpg-teleport"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := w.StartControllerAs("controller", filepath.Join(w.Dir, "cnpg-teleport.kubeconfig"),
-		"--teleport-addr="+tp.AuthAddr, "--identity-file="+id, "--kube-cluster=k1", "--namespaces="+ns,
-		"--resync-period="+trustResync.String(), "--metrics-bind-address=127.0.0.1:18080", "--health-probe-bind-address=127.0.0.1:18081"); err != nil {
+	if _, err := w.StartControllerAs("controller", filepath.Join(w.Dir, "cnpg-teleport.kubeconfig"), append([]string{
+		"--teleport-addr=" + tp.AuthAddr, "--identity-file=" + id, "--kube-cluster=k1", "--namespaces=" + ns,
+		"--metrics-bind-address=127.0.0.1:18080", "--health-probe-bind-address=127.0.0.1:18081"}, args...)...); err != nil {
 		t.Fatal(err)
 	}
-	return &trustBed{t: t, ctx: ctx, w: w, tp: tp, id: id}
+	return id
 }
 
 // event waits for an Event with reason on the Cluster and returns its note.
