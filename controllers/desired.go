@@ -46,6 +46,11 @@ const (
 	AnnotationPoolers = "cnpg-teleport.io/poolers"
 )
 
+// FieldManager is the field manager of the controller's writes (the
+// apiserver takes it from the user agent, which the binary sets): what Argo
+// CD's ignoreDifferences managedFieldsManagers names.
+const FieldManager = "cnpg-teleport"
+
 // Labels on the Teleport db resources. The ownership labels mark what this
 // controller created; it never updates or deletes a db resource without them.
 const (

@@ -256,6 +256,11 @@ func run(ctx context.Context, f flags) error {
 	if err != nil {
 		return err
 	}
+	// The apiserver names a client's field manager after its user agent,
+	// which client-go takes from the executable's name by default: the
+	// README's GitOps settings name the manager cnpg-teleport, whatever the
+	// binary is called (the race-built one of make test, a renamed one).
+	kube.UserAgent = controllers.FieldManager + "/" + versionString()
 	if f.kubeQPS > 0 { // else controller-runtime's: no client-side limit
 		kube.QPS, kube.Burst = float32(f.kubeQPS), f.kubeBurst
 	}

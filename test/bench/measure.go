@@ -262,3 +262,23 @@ func Percentile(ds []time.Duration, p float64) time.Duration {
 	rank := int(math.Ceil(p/100*float64(len(s)))) - 1
 	return s[min(max(rank, 0), len(s)-1)]
 }
+
+// agentsSettled: the agent check has seen an agent serve every db resource
+// the controller registered (cnpg_teleport_database_agents >= 1 for each).
+func agentsSettled(m metrics) error {
+	registered := int(m.sum("cnpg_teleport_registered_databases"))
+	served, unserved := 0, 0
+	for k, v := range m {
+		if strings.HasPrefix(k, "cnpg_teleport_database_agents{") {
+			if v >= 1 {
+				served++
+			} else {
+				unserved++
+			}
+		}
+	}
+	if served < registered || unserved > 0 {
+		return fmt.Errorf("%d of %d db resources served (%d unserved)", served, registered, unserved)
+	}
+	return nil
+}

@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -188,4 +189,40 @@ func waitAgents(t *testing.T, addr, ns, cluster, db, want string) {
 		}
 		return nil
 	})
+}
+
+// waitAgentsSettled waits until the agent check of each controller (by
+// metrics address) has seen an agent serve every db resource it registered:
+// its one-time AgentServing Events are then behind, not in a count of the
+// writes that follow.
+func waitAgentsSettled(t *testing.T, addrs ...string) {
+	t.Helper()
+	for _, addr := range addrs {
+		world.Eventually(t, time.Minute, "the agent check at "+addr+" reports every db served", func() error {
+			body, err := metricsBody(addr)
+			if err != nil {
+				return err
+			}
+			registered, served, unserved := 0.0, 0, 0
+			for _, l := range strings.Split(body, "\n") {
+				f := strings.Fields(l)
+				if len(f) != 2 {
+					continue
+				}
+				v, _ := strconv.ParseFloat(f[1], 64)
+				switch {
+				case f[0] == "cnpg_teleport_registered_databases":
+					registered = v
+				case strings.HasPrefix(f[0], "cnpg_teleport_database_agents{") && v >= 1:
+					served++
+				case strings.HasPrefix(f[0], "cnpg_teleport_database_agents{"):
+					unserved++
+				}
+			}
+			if float64(served) < registered || unserved > 0 {
+				return fmt.Errorf("%d of %.0f db resources served, %d unserved", served, registered, unserved)
+			}
+			return nil
+		})
+	}
 }

@@ -22,6 +22,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/cnpg-teleport/cnpg-teleport/clusterspec"
+	"github.com/cnpg-teleport/cnpg-teleport/controllers"
 	"github.com/cnpg-teleport/cnpg-teleport/test/world"
 )
 
@@ -212,7 +213,7 @@ func (g *gitops) respectIgnoreDifferences(ctx context.Context, name string, targ
 	}
 	owned := 0
 	for _, mf := range live.GetManagedFields() {
-		if mf.Manager != "cnpg-teleport" || mf.FieldsV1 == nil {
+		if mf.Manager != controllers.FieldManager || mf.FieldsV1 == nil {
 			continue
 		}
 		var set fieldpath.Set

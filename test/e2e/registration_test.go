@@ -498,6 +498,7 @@ func TestRegistration(t *testing.T) {
 		p := prefix(regNS, "steady")
 		r.waitNames(p, p+"rw", p+"ro")
 		r.waitPasses("127.0.0.1:18080", 2) // in-flight passes settled
+		waitAgentsSettled(t, "127.0.0.1:18080", "127.0.0.1:18090", "127.0.0.1:18095")
 		tpBefore := r.tp.AuditCount(t, "db.create", "db.update", "db.delete")
 		kBefore, err := world.AuditWrites(r.auditLog, "cnpg-teleport")
 		if err != nil {
