@@ -52,8 +52,9 @@ type AgentCheck struct {
 	Period time.Duration
 	Now    func() time.Time
 
-	mu  sync.Mutex
-	dbs map[string]*agentState // by db name
+	mu       sync.Mutex
+	dbs      map[string]*agentState    // by db name
+	clusters map[k8stypes.UID][]string // each Cluster's db names: a pass touches only its own
 }
 
 type agentState struct {
@@ -72,32 +73,34 @@ func (a *AgentCheck) now() time.Time {
 }
 
 // Track sets the db resources registered for c (replacing its earlier set).
+// It runs on every successful pass: it touches c's entries only.
 func (a *AgentCheck) Track(c *cnpgv1.Cluster, dbs []types.Database) {
 	if a == nil {
 		return
 	}
-	ref := &cnpgv1.Cluster{ObjectMeta: metav1.ObjectMeta{Namespace: c.Namespace, Name: c.Name, UID: c.UID}}
-	want := map[string]map[string]string{}
-	for _, db := range dbs {
-		want[db.GetName()] = db.GetAllLabels()
-	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.dbs == nil {
-		a.dbs = map[string]*agentState{}
+		a.dbs, a.clusters = map[string]*agentState{}, map[k8stypes.UID][]string{}
 	}
-	for name, s := range a.dbs {
-		if _, ok := want[name]; !ok && s.cluster.UID == c.UID {
-			a.drop(name, s)
+	names := make([]string, 0, len(dbs))
+	for _, db := range dbs {
+		names = append(names, db.GetName())
+	}
+	for _, name := range a.clusters[c.UID] {
+		if !slices.Contains(names, name) {
+			a.drop(name, c.UID)
 		}
 	}
-	for name, labels := range want {
-		s := a.dbs[name]
+	a.clusters[c.UID] = names
+	for _, db := range dbs {
+		s := a.dbs[db.GetName()]
 		if s == nil || s.cluster.UID != c.UID {
+			ref := &cnpgv1.Cluster{ObjectMeta: metav1.ObjectMeta{Namespace: c.Namespace, Name: c.Name, UID: c.UID}}
 			s = &agentState{cluster: ref, since: a.now()}
-			a.dbs[name] = s
+			a.dbs[db.GetName()] = s
 		}
-		s.labels = labels
+		s.labels = db.GetStaticLabels() // ours carry static labels only; read, never written
 	}
 }
 
@@ -108,17 +111,19 @@ func (a *AgentCheck) Forget(uid k8stypes.UID) {
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	for name, s := range a.dbs {
-		if s.cluster.UID == uid {
-			a.drop(name, s)
-		}
+	for _, name := range a.clusters[uid] {
+		a.drop(name, uid)
 	}
+	delete(a.clusters, uid)
 }
 
-// drop forgets one db; callers hold a.mu.
-func (a *AgentCheck) drop(name string, s *agentState) {
-	delete(a.dbs, name)
-	agentsServing.DeleteLabelValues(s.cluster.Namespace, s.cluster.Name, name)
+// drop forgets one db of the Cluster uid (not a namesake another Cluster
+// took since); callers hold a.mu.
+func (a *AgentCheck) drop(name string, uid k8stypes.UID) {
+	if s := a.dbs[name]; s != nil && s.cluster.UID == uid {
+		delete(a.dbs, name)
+		agentsServing.DeleteLabelValues(s.cluster.Namespace, s.cluster.Name, name)
+	}
 }
 
 // Start checks every Period until ctx ends (manager.Runnable).

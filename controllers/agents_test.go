@@ -81,6 +81,16 @@ func TestAgentCheck(t *testing.T) {
 	check(91 * time.Second)
 	check(92*time.Second, "NoAgent no", "NoAgent no")
 
+	a.Track(c, []types.Database{rw}) // one instance left: ro is no longer registered
+	if n := testutil.CollectAndCount(agentsServing); n != 1 {
+		t.Errorf("%d series after ro went, want rw's only", n)
+	}
+	other := &cnpgv1.Cluster{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "other", UID: "u2"}}
+	a.Forget(other.UID) // another Cluster's deregistration leaves these alone
+	if n := testutil.CollectAndCount(agentsServing); n != 1 {
+		t.Errorf("%d series after another Cluster's Forget, want 1", n)
+	}
+
 	a.Forget(c.UID)
 	if n := testutil.CollectAndCount(agentsServing); n != 0 {
 		t.Errorf("%d series left after Forget", n)
