@@ -99,6 +99,8 @@ func ValidateRole(c *cnpgv1.Cluster, name string) error {
 		return fmt.Errorf("role %q: want a lower-case PostgreSQL identifier ([a-z_][a-z0-9_]*, at most 63)", name)
 	case name == "postgres" || name == "streaming_replica" || strings.HasPrefix(name, "pg_") || strings.HasPrefix(name, "cnpg_"):
 		return fmt.Errorf("role %q is reserved by PostgreSQL or CNPG", name)
+	case name == AdminUser:
+		return fmt.Errorf("role %q is reserved: Teleport's admin for automatic user provisioning", name)
 	}
 	if b := c.Spec.Bootstrap; b != nil && b.InitDB != nil && b.InitDB.Owner == name {
 		return fmt.Errorf("role %q owns the Cluster's application database", name)
@@ -297,8 +299,11 @@ func Changed(c *cnpgv1.Cluster) bool {
 
 // Role is a login role for Teleport users and the predefined roles it is granted.
 type Role struct {
-	Name    string
-	InRoles []string
+	Name       string
+	InRoles    []string
+	CreateRole bool // the auto-users admin
+	NoLogin    bool // the admin left behind when auto-users are turned off
+	Retain     bool // kept in PostgreSQL when the object is deleted
 }
 
 // Roles are the read and the write role: reading all data, and reading and
@@ -314,6 +319,14 @@ func Roles(read, write string) []Role {
 // password (certificate authentication only), owned by the Cluster, dropped
 // from PostgreSQL when the object is deleted.
 func DatabaseRole(c *cnpgv1.Cluster, r Role, labels map[string]string) *cnpgv1.DatabaseRole {
+	comment := "Teleport users (cnpg-teleport)"
+	if r.Name == AdminUser {
+		comment = "Teleport's admin for automatic user provisioning (cnpg-teleport)"
+	}
+	reclaim := cnpgv1.DatabaseRoleReclaimDelete
+	if r.Retain {
+		reclaim = cnpgv1.DatabaseRoleReclaimRetain
+	}
 	return &cnpgv1.DatabaseRole{
 		TypeMeta: metav1.TypeMeta{APIVersion: cnpgv1.SchemeGroupVersion.String(), Kind: "DatabaseRole"},
 		ObjectMeta: metav1.ObjectMeta{
@@ -324,11 +337,11 @@ func DatabaseRole(c *cnpgv1.Cluster, r Role, labels map[string]string) *cnpgv1.D
 		},
 		Spec: cnpgv1.DatabaseRoleSpec{
 			RoleConfiguration: cnpgv1.RoleConfiguration{
-				Name: r.Name, Comment: "Teleport users (cnpg-teleport)", Ensure: cnpgv1.EnsurePresent,
-				Login: true, Inherit: ptr(true), DisablePassword: true, InRoles: r.InRoles,
+				Name: r.Name, Comment: comment, Ensure: cnpgv1.EnsurePresent,
+				Login: !r.NoLogin, Inherit: ptr(true), DisablePassword: true, InRoles: r.InRoles, CreateRole: r.CreateRole,
 			},
 			ClusterRef:    corev1.LocalObjectReference{Name: c.Name},
-			ReclaimPolicy: cnpgv1.DatabaseRoleReclaimDelete,
+			ReclaimPolicy: reclaim,
 		},
 	}
 }

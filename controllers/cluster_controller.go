@@ -82,6 +82,10 @@ type ClusterReconciler struct {
 	bundles byCluster[[sha256.Size]byte]
 	warned  warnings
 	risky   warnings // the role check's findings: kept across successful passes
+	// auto: auto-users notes, kept until the admin is ready or let go;
+	// autoReady: whether AutoUsersReady was reported for each Cluster.
+	auto      warnings
+	autoReady byCluster[bool]
 }
 
 // readLag bounds how long Teleport's reads may trail its writes.
@@ -118,7 +122,7 @@ func (r *ClusterReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 		}
 	}
 	// PostgreSQL trusts Teleport first: a db registered before would not connect.
-	trusted, poolers, err := r.trust(ctx, &c, spec)
+	trusted, poolers, err := r.trust(ctx, &c, &spec)
 	if err != nil || !trusted {
 		return r.trustOutcome(&c, err)
 	}
@@ -141,7 +145,7 @@ func (r *ClusterReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 	err = r.apply(ctx, &c, desired)
 	if err == nil {
 		r.warned.clear(&c)
-		r.checkRoles(ctx, &c, desired)
+		r.checkRoles(ctx, &c, spec, desired)
 		r.Agents.Track(&c, desired)
 	}
 	return r.outcome(err)

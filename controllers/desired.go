@@ -44,6 +44,14 @@ const (
 	// AnnotationPoolers lists, on the Cluster, the Poolers (by name) to register too.
 	// The same AnnotationRegister on a Pooler of an opted-in Cluster does it as well.
 	AnnotationPoolers = "cnpg-teleport.io/poolers"
+	// AnnotationAutoUsers "true" turns on Teleport's automatic user
+	// provisioning: a PostgreSQL user per Teleport user, made by the admin
+	// teleport_admin (clusterspec.AdminUser) the controller provisions.
+	AnnotationAutoUsers = "cnpg-teleport.io/auto-users"
+	// AnnotationAutoUserRoles are the PostgreSQL roles Teleport roles may
+	// grant those users (db_roles), comma-separated (default: the read and
+	// the write role). Checked against the Teleport roles, never a system role.
+	AnnotationAutoUserRoles = "cnpg-teleport.io/auto-user-roles"
 )
 
 // FieldManager is the field manager of the controller's writes (the
@@ -137,6 +145,13 @@ type Spec struct {
 	ClientIssuer, ServerIssuer *cmmeta.IssuerReference
 	// Poolers are the Poolers the Cluster's annotation asks to register.
 	Poolers []string
+	// AutoUsers turns on automatic user provisioning; GrantRoles are the
+	// roles Teleport may grant the users it creates.
+	AutoUsers  bool
+	GrantRoles []string
+	// AdminUser goes into the rw db resource's admin_user: set by the trust
+	// step once CNPG runs the admin and its schema, never by an annotation.
+	AdminUser string
 }
 
 // InvalidAnnotationError is a user error in one annotation: the controller
@@ -250,10 +265,46 @@ func ParseAnnotations(o Options, c *cnpgv1.Cluster) (Spec, error) {
 		}
 		s.Poolers = poolers
 	}
+	parseAutoUsers(c, &s, bad)
 	if s.ServerIssuer != nil && len(clusterspec.UserAltDNSNames(c)) > 0 { // ours (the Poolers') move into the issued certificate
 		bad(AnnotationServerIssuer, "CNPG rejects spec.certificates.serverAltDNSNames beside a server TLS Secret: remove them to use a server issuer")
 	}
 	return s, errors.Join(errs...)
+}
+
+// parseAutoUsers reads the auto-users annotations into s.
+func parseAutoUsers(c *cnpgv1.Cluster, s *Spec, bad func(ann, reason string)) {
+	a := c.Annotations
+	switch v, ok := a[AnnotationAutoUsers]; {
+	case !ok, v == "false":
+	case v == "true":
+		s.AutoUsers = true
+		if err := clusterspec.ValidateAdmin(c); err != nil {
+			bad(AnnotationAutoUsers, err.Error())
+		}
+	default:
+		bad(AnnotationAutoUsers, `must be "true" or "false"`)
+	}
+	s.GrantRoles = []string{s.ReadRole, s.WriteRole}
+	v, ok := a[AnnotationAutoUserRoles]
+	if !ok {
+		return
+	}
+	if !s.AutoUsers {
+		bad(AnnotationAutoUserRoles, "needs "+AnnotationAutoUsers+`: "true"`)
+		return
+	}
+	s.GrantRoles = nil
+	for item := range strings.SplitSeq(v, ",") {
+		role := strings.TrimSpace(item)
+		if err := clusterspec.ValidateGrantable(c, role); err != nil {
+			bad(AnnotationAutoUserRoles, err.Error())
+			return
+		}
+		if !slices.Contains(s.GrantRoles, role) {
+			s.GrantRoles = append(s.GrantRoles, role)
+		}
+	}
 }
 
 // ParseLabels parses k=v,k2=v2. Keys follow Teleport's label rule and may
@@ -515,9 +566,10 @@ func BuildDatabases(o Options, c *cnpgv1.Cluster, spec Spec, serverCA []byte) ([
 			Description: fmt.Sprintf("CloudNativePG cluster %s/%s (%s)", c.Namespace, c.Name, ep),
 			Labels:      labels,
 		}, types.DatabaseSpecV3{
-			Protocol: "postgres",
-			URI:      fmt.Sprintf("%s-%s.%s.svc.%s:%s", c.Name, ep, c.Namespace, o.Domain, postgresPort),
-			TLS:      types.DatabaseTLS{Mode: types.DatabaseTLSMode_VERIFY_FULL, CACert: string(serverCA)},
+			Protocol:  "postgres",
+			URI:       fmt.Sprintf("%s-%s.%s.svc.%s:%s", c.Name, ep, c.Namespace, o.Domain, postgresPort),
+			TLS:       types.DatabaseTLS{Mode: types.DatabaseTLSMode_VERIFY_FULL, CACert: string(serverCA)},
+			AdminUser: adminUser(spec, ep),
 		})
 		if err != nil {
 			return nil, fmt.Errorf("db resource for %s: %w", ep, err)
@@ -591,6 +643,15 @@ func BuildPoolerDatabases(o Options, c *cnpgv1.Cluster, spec Spec, poolers []*cn
 	return dbs, clash, nil
 }
 
+// adminUser is the admin_user of an endpoint's db resource: on rw only
+// (Teleport creates users through it, which a replica cannot).
+func adminUser(spec Spec, endpoint string) *types.DatabaseAdminUser {
+	if spec.AdminUser == "" || endpoint != "rw" {
+		return nil
+	}
+	return &types.DatabaseAdminUser{Name: spec.AdminUser}
+}
+
 func sqlType(endpoint string) string {
 	if endpoint == "rw" {
 		return "primary"
@@ -650,6 +711,7 @@ func NeedsUpdate(desired, actual types.Database) bool {
 		desired.GetProtocol() != actual.GetProtocol() ||
 		dt.Mode != at.Mode || dt.CACert != at.CACert || dt.ServerName != at.ServerName ||
 		desired.GetMetadata().Description != actual.GetMetadata().Description ||
+		desired.GetAdminUser().Name != actual.GetAdminUser().Name ||
 		!maps.Equal(ownLabels(desired), ownLabels(actual))
 }
 

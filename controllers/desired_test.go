@@ -8,6 +8,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"math/big"
 	"regexp"
 	"strings"
@@ -18,6 +19,8 @@ import (
 	"github.com/gravitational/teleport/api/types"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	k8stypes "k8s.io/apimachinery/pkg/types"
+
+	"github.com/cnpg-teleport/cnpg-teleport/clusterspec"
 )
 
 var opts = Options{KubeCluster: "prod", KubeClusterID: "id-prod", StaticLabels: map[string]string{"env": "prod", "team": "platform"}, Domain: "cluster.local",
@@ -51,6 +54,52 @@ func names(dbs []types.Database) []string {
 		out = append(out, d.GetName())
 	}
 	return out
+}
+
+// TestAutoUsers: the grantable roles, admin_user on rw only and only once
+// the trust step set it, and an admin_user change is an update.
+func TestAutoUsers(t *testing.T) {
+	c := cluster("ns", "c", 2, map[string]string{AnnotationRegister: "true", AnnotationAutoUsers: "true"})
+	spec, err := ParseAnnotations(opts, c)
+	if err != nil || !spec.AutoUsers || fmt.Sprint(spec.GrantRoles) != "[teleport_read teleport_write]" || spec.AdminUser != "" {
+		t.Fatalf("%+v %v", spec, err)
+	}
+	c.Annotations[AnnotationAutoUserRoles] = " analyst , teleport_read,analyst"
+	if spec, err = ParseAnnotations(opts, c); err != nil || fmt.Sprint(spec.GrantRoles) != "[analyst teleport_read]" {
+		t.Fatalf("%+v %v", spec.GrantRoles, err)
+	}
+	c.Annotations[reservedPrefix+"admin-user"] = "postgres" // no annotation names the admin
+	if spec, _ = ParseAnnotations(opts, c); spec.AdminUser != "" {
+		t.Fatalf("admin %q from annotations", spec.AdminUser)
+	}
+	ca := testCA(t, "server-ca")
+	before, err := BuildDatabases(opts, c, spec, ca)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec.AdminUser = clusterspec.AdminUser
+	after, err := BuildDatabases(opts, c, spec, ca)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, d := range after {
+		want := ""
+		if d.GetStaticLabels()[LabelEndpoint] == "rw" {
+			want = clusterspec.AdminUser
+		}
+		if d.GetAdminUser().Name != want || before[i].GetAdminUser().Name != "" {
+			t.Errorf("%s: admin_user %q (before %q), want %q", d.GetName(), d.GetAdminUser().Name, before[i].GetAdminUser().Name, want)
+		}
+		if NeedsUpdate(after[i], before[i]) != (want != "") {
+			t.Errorf("%s: NeedsUpdate %v", d.GetName(), NeedsUpdate(after[i], before[i]))
+		}
+	}
+	// The Cluster's own roles may not take the admin's name.
+	c = cluster("ns", "c", 1, map[string]string{AnnotationAutoUsers: "true"})
+	c.Spec.Managed = &cnpgv1.ManagedConfiguration{Roles: []cnpgv1.RoleConfiguration{{Name: clusterspec.AdminUser}}}
+	if _, err := ParseAnnotations(opts, c); err == nil || !strings.Contains(err.Error(), "spec.managed.roles") {
+		t.Fatalf("admin in managed.roles: %v", err)
+	}
 }
 
 func TestOptedIn(t *testing.T) {
@@ -90,6 +139,14 @@ func TestParseAnnotationsErrors(t *testing.T) {
 		{map[string]string{AnnotationLabels: "env=dev"}, []string{AnnotationLabels}},                   // not in the policy
 		{map[string]string{AnnotationLabels: "tier=gold,owner=me"}, []string{AnnotationLabels}},        // one key not in it
 		{map[string]string{AnnotationKeep: "yes"}, []string{AnnotationKeep}},
+		{map[string]string{AnnotationAutoUsers: "yes"}, []string{AnnotationAutoUsers}},
+		{map[string]string{AnnotationAutoUserRoles: "teleport_read"}, []string{AnnotationAutoUserRoles}}, // without auto-users
+		{map[string]string{AnnotationAutoUsers: "true", AnnotationAutoUserRoles: "pg_read_server_files"}, []string{AnnotationAutoUserRoles}},
+		{map[string]string{AnnotationAutoUsers: "true", AnnotationAutoUserRoles: "analyst,postgres"}, []string{AnnotationAutoUserRoles}},
+		{map[string]string{AnnotationAutoUsers: "true", AnnotationAutoUserRoles: "teleport_admin"}, []string{AnnotationAutoUserRoles}},
+		{map[string]string{AnnotationAutoUsers: "true", AnnotationAutoUserRoles: "app"}, []string{AnnotationAutoUserRoles}}, // owns the app database
+		{map[string]string{AnnotationAutoUsers: "true", AnnotationAutoUserRoles: "Analyst"}, []string{AnnotationAutoUserRoles}},
+		{map[string]string{AnnotationReadRole: "teleport_admin"}, []string{AnnotationReadRole}},
 		{map[string]string{AnnotationEndpoints: "x", AnnotationLabels: "y", AnnotationKeep: "no"}, []string{AnnotationEndpoints, AnnotationLabels, AnnotationKeep}},
 	}
 	for _, tt := range tests {

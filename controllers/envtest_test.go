@@ -177,6 +177,7 @@ func newBed(t *testing.T, o bedOptions) (*bed, []string) {
 			DefaultNamespaces: map[string]cache.Config{b.ns: {}},
 			ByObject: map[client.Object]cache.ByObject{ // as cmd/cnpg-teleport
 				&cnpgv1.DatabaseRole{}: {Label: labels.SelectorFromSet(labels.Set{LabelManagedBy: ManagedByValue})},
+				&cnpgv1.Database{}:     {Label: labels.SelectorFromSet(labels.Set{LabelManagedBy: ManagedByValue})},
 			},
 		},
 		Metrics:                metricsserver.Options{BindAddress: "0"},

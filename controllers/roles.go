@@ -11,6 +11,8 @@ import (
 	cnpgv1 "github.com/cloudnative-pg/cloudnative-pg/api/v1"
 	"github.com/gravitational/teleport/api/types"
 	"github.com/gravitational/trace"
+
+	"github.com/cnpg-teleport/cnpg-teleport/clusterspec"
 )
 
 // Event reasons of the Teleport role check.
@@ -21,8 +23,9 @@ const (
 
 // SystemUsers are the PostgreSQL users a Teleport user must never log in as:
 // CNPG's fixed pg_hba rules let anyone with a trusted certificate of CN
-// streaming_replica or cnpg_pooler_pgbouncer in (and postgres is the superuser).
-var SystemUsers = []string{"streaming_replica", "cnpg_pooler_pgbouncer", "postgres"}
+// streaming_replica or cnpg_pooler_pgbouncer in (and postgres is the
+// superuser); the auto-users admin has CREATEROLE and a cert rule of ours.
+var SystemUsers = []string{"streaming_replica", "cnpg_pooler_pgbouncer", "postgres", clusterspec.AdminUser}
 
 // RiskyRole is a Teleport role that lets its holders reach one of our db
 // resources as a system user (or any user: "*").
@@ -94,6 +97,48 @@ func reachableSystemUsers(role types.Role, labels map[string]string) []string {
 	return out
 }
 
+// WideGrant is a Teleport role that creates users (create_db_user) on one
+// of our db resources and grants them PostgreSQL roles (db_roles) beyond
+// the Cluster's grantable ones.
+type WideGrant struct {
+	Role  string
+	Roles []string // sorted
+}
+
+// WideGrants checks each role with create_db_user whose allow rules reach
+// a db with one of the label sets (and whose deny labels do not): the
+// db_roles it grants there, minus its own deny db_roles, must all be
+// grantable. Teleport (lib/services/access_checker.go CheckDatabaseRoles)
+// grants the union over a user's matching roles, so each role is checked
+// on its own. Trait templates are not expanded and not reported.
+func WideGrants(roles []types.Role, dbLabels []map[string]string, grantable []string) []WideGrant {
+	var out []WideGrant
+	for _, role := range roles {
+		if role.GetCreateDatabaseUserMode() == types.CreateDatabaseUserMode_DB_USER_MODE_OFF {
+			continue
+		}
+		reaches := slices.ContainsFunc(dbLabels, func(labels map[string]string) bool {
+			return matchLabels(role.GetDatabaseLabels(types.Allow), labels) && !matchLabels(role.GetDatabaseLabels(types.Deny), labels)
+		})
+		if !reaches {
+			continue
+		}
+		denied := role.GetDatabaseRoles(types.Deny)
+		var wide []string
+		for _, g := range role.GetDatabaseRoles(types.Allow) {
+			if !slices.Contains(grantable, g) && !slices.Contains(denied, g) && !strings.Contains(g, "{{") && !slices.Contains(wide, g) {
+				wide = append(wide, g)
+			}
+		}
+		if len(wide) > 0 {
+			sort.Strings(wide)
+			out = append(out, WideGrant{Role: role.GetName(), Roles: wide})
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Role < out[j].Role })
+	return out
+}
+
 // matchLabels is Teleport's role label selector: every key must match; the
 // key "*" with value "*" matches any db; a value "*" matches any value of
 // the key; a value ^…$ is a regular expression. An empty selector matches nothing.
@@ -130,7 +175,7 @@ func matchValue(want, v string) bool {
 // checkRoles reports, once per finding, the Teleport roles that reach the
 // Cluster's db resources as a system user (Warning Event and metric). It
 // never fails the pass: a Teleport that refuses the read says so once.
-func (r *ClusterReconciler) checkRoles(ctx context.Context, c *cnpgv1.Cluster, desired []types.Database) {
+func (r *ClusterReconciler) checkRoles(ctx context.Context, c *cnpgv1.Cluster, spec Spec, desired []types.Database) {
 	roles, err := r.teleportRoles(ctx)
 	if err != nil {
 		hint := ""
@@ -145,12 +190,28 @@ func (r *ClusterReconciler) checkRoles(ctx context.Context, c *cnpgv1.Cluster, d
 		labels = append(labels, d.GetStaticLabels())
 	}
 	found := RiskyRoles(roles, labels)
-	if len(found) == 0 { // no series for a Cluster without findings: 1,000 Clusters are not 1,000 zeros to scrape
+	var grants []WideGrant
+	if spec.AutoUsers {
+		grants = WideGrants(roles, labels, spec.GrantRoles)
+	}
+	if len(found)+len(grants) == 0 { // no series for a Cluster without findings: 1,000 Clusters are not 1,000 zeros to scrape
 		riskyRoles.DeleteLabelValues(c.Namespace, c.Name)
 		r.risky.clear(c)
 		return
 	}
-	riskyRoles.WithLabelValues(c.Namespace, c.Name).Set(float64(len(found)))
+	riskyRoles.WithLabelValues(c.Namespace, c.Name).Set(float64(len(found) + len(grants)))
+	if len(grants) > 0 {
+		var parts []string
+		for _, g := range grants {
+			parts = append(parts, fmt.Sprintf("%s (db_roles %s)", g.Role, strings.Join(g.Roles, ",")))
+		}
+		r.risky.warn(r.Recorder, c, ReasonRiskyTeleportRole, "CheckGrants",
+			"Teleport roles that create PostgreSQL users on this Cluster's databases and grant them roles beyond %s (%s): %s; narrow their db_roles (PostgreSQL 15's CREATEROLE lets the admin grant any role that is not a superuser)",
+			strings.Join(spec.GrantRoles, ", "), AnnotationAutoUserRoles, strings.Join(parts, "; "))
+	}
+	if len(found) == 0 {
+		return
+	}
 	var parts []string
 	for _, f := range found {
 		parts = append(parts, fmt.Sprintf("%s (db_users %s)", f.Role, strings.Join(f.Users, ",")))

@@ -46,3 +46,39 @@ func TestRiskyRoles(t *testing.T) {
 		t.Fatalf("a db without our labels: %v", got)
 	}
 }
+
+func grantRole(t *testing.T, name string, create bool, allowLabels types.Labels, allowRoles []string, denyLabels types.Labels, denyRoles []string) types.Role {
+	t.Helper()
+	spec := types.RoleSpecV6{
+		Allow: types.RoleConditions{DatabaseLabels: allowLabels, DatabaseRoles: allowRoles},
+		Deny:  types.RoleConditions{DatabaseLabels: denyLabels, DatabaseRoles: denyRoles},
+	}
+	if create {
+		spec.Options.CreateDatabaseUser = types.NewBoolOption(true) // v13's option
+	}
+	r, err := types.NewRole(name, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func TestWideGrants(t *testing.T) {
+	ours := types.Labels{LabelManagedBy: {ManagedByValue}}
+	all := types.Labels{types.Wildcard: {types.Wildcard}}
+	db := map[string]string{LabelManagedBy: ManagedByValue, "env": "prod"}
+	roles := []types.Role{
+		grantRole(t, "reader", true, ours, []string{"teleport_read"}, nil, nil),
+		grantRole(t, "wide", true, ours, []string{"teleport_read", "pg_execute_server_program", "app"}, nil, nil),
+		grantRole(t, "wide-but-no-create", false, ours, []string{"pg_execute_server_program"}, nil, nil),
+		grantRole(t, "wide-partly-denied", true, all, []string{"pg_write_server_files", "app"}, nil, []string{"app"}),
+		grantRole(t, "wide-denied-here", true, all, []string{"app"}, ours, nil),
+		grantRole(t, "elsewhere", true, types.Labels{"env": {"dev"}}, []string{"app"}, nil, nil),
+		grantRole(t, "traits", true, all, []string{"{{internal.db_roles}}"}, nil, nil),
+	}
+	got := fmt.Sprint(WideGrants(roles, []map[string]string{db}, []string{"teleport_read", "teleport_write"}))
+	want := "[{wide [app pg_execute_server_program]} {wide-partly-denied [pg_write_server_files]}]"
+	if got != want {
+		t.Fatalf("got  %s\nwant %s", got, want)
+	}
+}

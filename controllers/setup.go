@@ -45,6 +45,7 @@ func (r *ClusterReconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manag
 		WithOptions(controller.Options{MaxConcurrentReconciles: max(r.Concurrent, 1), RateLimiter: retryLimiter()}).
 		For(&cnpgv1.Cluster{}, builder.WithPredicates(clusterChanged())).
 		Owns(&cnpgv1.DatabaseRole{}).
+		Owns(&cnpgv1.Database{}). // the auto-users admin's schema
 		Watches(&cnpgv1.Pooler{}, handler.EnqueueRequestsFromMapFunc(clusterOfPooler), builder.WithPredicates(poolerChanged())).
 		WatchesMetadata(&corev1.Secret{}, handler.EnqueueRequestsFromMapFunc(r.clustersForSecret),
 			builder.WithPredicates(predicate.ResourceVersionChangedPredicate{})).

@@ -64,7 +64,7 @@ func ownedBy(o metav1.Object, c *cnpgv1.Cluster) bool {
 // names), then its Poolers. It reports whether CNPG runs all of it, so the db
 // resources are registered only once a Teleport user can log in, and the
 // Poolers registration can serve.
-func (r *ClusterReconciler) trust(ctx context.Context, c *cnpgv1.Cluster, spec Spec) (bool, []*cnpgv1.Pooler, error) {
+func (r *ClusterReconciler) trust(ctx context.Context, c *cnpgv1.Cluster, spec *Spec) (bool, []*cnpgv1.Pooler, error) {
 	poolers, err := r.poolersOf(ctx, c)
 	if err != nil {
 		return false, nil, err
@@ -81,7 +81,7 @@ func (r *ClusterReconciler) trust(ctx context.Context, c *cnpgv1.Cluster, spec S
 			want.Certs.ReplicationTLSSecret, ownCA = s.Name, certs.IssuerChain(s.Data["ca.crt"], s.Data["tls.crt"])
 		}
 		issuing = append(issuing, err)
-		_, err = r.ensurePoolerCertificate(ctx, c, spec)
+		_, err = r.ensurePoolerCertificate(ctx, c, *spec)
 		issuing = append(issuing, err)
 	}
 	if spec.ServerIssuer != nil {
@@ -101,10 +101,14 @@ func (r *ClusterReconciler) trust(ctx context.Context, c *cnpgv1.Cluster, spec S
 		return false, nil, err
 	}
 	want.Certs.ClientCASecret = bundle.Name
-	if err := r.ensureRoles(ctx, c, spec); err != nil {
+	if err := r.ensureRoles(ctx, c, *spec); err != nil {
 		return false, nil, err
 	}
-	registered, err := r.ensurePoolers(ctx, c, spec, poolers, bundle, serverTLSName(c, want.Certs))
+	autoHBA, err := r.autoUsers(ctx, c, spec)
+	if err != nil {
+		return false, nil, err
+	}
+	registered, err := r.ensurePoolers(ctx, c, *spec, poolers, bundle, serverTLSName(c, want.Certs))
 	if err != nil {
 		return false, nil, err
 	}
@@ -112,6 +116,9 @@ func (r *ClusterReconciler) trust(ctx context.Context, c *cnpgv1.Cluster, spec S
 	if len(registered) > 0 { // PgBouncer's certificate may log in as the roles
 		want.HBA = []string{clusterspec.MappedHBALine(spec.ReadRole, spec.WriteRole)}
 		want.Ident = clusterspec.IdentLines(spec.ReadRole, spec.WriteRole)
+	}
+	if autoHBA {
+		want.HBA = append(want.HBA, clusterspec.AutoUsersHBALine())
 	}
 	if !clusterspec.Trusted(c, want) {
 		if err := r.notDuringJoin(ctx, c, clusterspec.Trust(c, want), "SwitchCertificates", "switched"); err != nil {
@@ -416,7 +423,7 @@ func mergeLabels(a, b map[string]string) map[string]string {
 }
 
 // ensureRoles makes the read and write DatabaseRoles, and deletes ours of
-// earlier role names.
+// earlier role names (the auto-users admin is autoUsers' to handle).
 func (r *ClusterReconciler) ensureRoles(ctx context.Context, c *cnpgv1.Cluster, spec Spec) error {
 	var list cnpgv1.DatabaseRoleList
 	if err := r.Client.List(ctx, &list, client.InNamespace(c.Namespace), client.MatchingLabels(objectLabels(c))); err != nil {
@@ -428,44 +435,52 @@ func (r *ClusterReconciler) ensureRoles(ctx context.Context, c *cnpgv1.Cluster, 
 	}
 	for i := range list.Items {
 		have := &list.Items[i]
-		if ownedBy(have, c) && !slices.ContainsFunc(want, func(w *cnpgv1.DatabaseRole) bool { return w.Name == have.Name }) {
+		if ownedBy(have, c) && have.Spec.Name != clusterspec.AdminUser && !slices.ContainsFunc(want, func(w *cnpgv1.DatabaseRole) bool { return w.Name == have.Name }) {
 			if err := r.Client.Delete(ctx, have); client.IgnoreNotFound(err) != nil {
 				return fmt.Errorf("databaserole %s: %w", have.Name, err)
 			}
 		}
 	}
 	for _, w := range want {
-		var have cnpgv1.DatabaseRole
-		err := r.Client.Get(ctx, client.ObjectKeyFromObject(w), &have)
-		if apierrors.IsNotFound(err) {
-			// The cache holds only ours: create, and one of our name that is
-			// not ours (or not cached yet) answers AlreadyExists: read it.
-			if err = r.Client.Create(ctx, w); err == nil {
-				continue
-			}
-			if !apierrors.IsAlreadyExists(err) {
-				return fmt.Errorf("databaserole %s: %w", w.Name, err)
-			}
-			err = r.APIReader.Get(ctx, client.ObjectKeyFromObject(w), &have)
-		}
-		switch {
-		case err != nil:
-			return fmt.Errorf("databaserole %s: %w", w.Name, err)
-		case !ownedBy(&have, c):
-			r.warned.warn(r.Recorder, c, ReasonObjectConflict, "Trust", "DatabaseRole %s exists and is not ours: left untouched", w.Name)
-			return fmt.Errorf("databaserole %s: %w", w.Name, errNotOurs)
-		default:
-			// Compare what we set, over what CNPG's webhook defaults.
-			next := clusterspec.MergeDatabaseRole(have.Spec, w.Spec)
-			if !apiequality.Semantic.DeepEqual(have.Spec, next) {
-				have.Spec = next
-				if err := r.Client.Update(ctx, &have); err != nil {
-					return fmt.Errorf("databaserole %s: %w", w.Name, err)
-				}
-			}
+		if _, err := r.ensureRole(ctx, c, w); err != nil {
+			return err
 		}
 	}
 	return nil
+}
+
+// ensureRole creates or updates one DatabaseRole of ours and returns it as
+// the server has it.
+func (r *ClusterReconciler) ensureRole(ctx context.Context, c *cnpgv1.Cluster, w *cnpgv1.DatabaseRole) (*cnpgv1.DatabaseRole, error) {
+	var have cnpgv1.DatabaseRole
+	err := r.Client.Get(ctx, client.ObjectKeyFromObject(w), &have)
+	if apierrors.IsNotFound(err) {
+		// The cache holds only ours: create, and one of our name that is
+		// not ours (or not cached yet) answers AlreadyExists: read it.
+		if err = r.Client.Create(ctx, w); err == nil {
+			return w, nil
+		}
+		if !apierrors.IsAlreadyExists(err) {
+			return nil, fmt.Errorf("databaserole %s: %w", w.Name, err)
+		}
+		err = r.APIReader.Get(ctx, client.ObjectKeyFromObject(w), &have)
+	}
+	switch {
+	case err != nil:
+		return nil, fmt.Errorf("databaserole %s: %w", w.Name, err)
+	case !ownedBy(&have, c):
+		r.warned.warn(r.Recorder, c, ReasonObjectConflict, "Trust", "DatabaseRole %s exists and is not ours: left untouched", w.Name)
+		return nil, fmt.Errorf("databaserole %s: %w", w.Name, errNotOurs)
+	}
+	// Compare what we set, over what CNPG's webhook defaults.
+	next := clusterspec.MergeDatabaseRole(have.Spec, w.Spec)
+	if !apiequality.Semantic.DeepEqual(have.Spec, next) {
+		have.Spec = next
+		if err := r.Client.Update(ctx, &have); err != nil {
+			return nil, fmt.Errorf("databaserole %s: %w", w.Name, err)
+		}
+	}
+	return &have, nil
 }
 
 // untrust undoes the trust step on a Cluster that opted out: the Cluster's
@@ -491,6 +506,13 @@ func (r *ClusterReconciler) untrust(ctx context.Context, c *cnpgv1.Cluster) erro
 		}
 		*c = *next
 		r.Recorder.Eventf(c, nil, corev1.EventTypeNormal, ReasonTrustRemoved, "Untrust", "certificates and pg_hba restored; roles and bundle removed")
+	}
+	// The admin is disabled and let go (never dropped with what it owns) first.
+	if done, err := r.disableAutoUsers(ctx, c); err != nil || !done {
+		if err == nil {
+			err = fmt.Errorf("auto-users admin: %w: CNPG has not disabled it yet", errWaiting)
+		}
+		return err
 	}
 	var list cnpgv1.DatabaseRoleList
 	if err := r.Client.List(ctx, &list, client.InNamespace(c.Namespace), client.MatchingLabels(objectLabels(c))); err != nil {

@@ -241,9 +241,11 @@ func run(ctx context.Context, f flags) error {
 	if err := cmapi.AddToScheme(scheme); err != nil { // issuer mode
 		return err
 	}
-	// Only our own DatabaseRoles are cached, never every one in the cluster.
+	// Only our own DatabaseRoles and Databases are cached, never every one in the cluster.
+	ours := labels.SelectorFromSet(labels.Set{controllers.LabelManagedBy: controllers.ManagedByValue})
 	cacheOpts := cache.Options{ByObject: map[client.Object]cache.ByObject{
-		&cnpgv1.DatabaseRole{}: {Label: labels.SelectorFromSet(labels.Set{controllers.LabelManagedBy: controllers.ManagedByValue})},
+		&cnpgv1.DatabaseRole{}: {Label: ours},
+		&cnpgv1.Database{}:     {Label: ours},
 	}, DefaultTransform: stripCached}
 	watched, _ := namespaces(f.namespaces) // checked in parseFlags
 	if len(watched) > 0 {

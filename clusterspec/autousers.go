@@ -1,0 +1,167 @@
+package clusterspec
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"regexp"
+	"slices"
+	"strings"
+
+	cnpgv1 "github.com/cloudnative-pg/cloudnative-pg/api/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// Automatic user provisioning: Teleport's database agent logs in as
+// AdminUser, creates a PostgreSQL user per Teleport user (in role
+// AutoUserGroup), grants it the roles the user's Teleport role lists, and
+// takes them back (NOLOGIN) when the session ends.
+const (
+	// AdminUser is the PostgreSQL user Teleport provisions users with. The
+	// controller fixes it: it is never a tenant's choice.
+	AdminUser = "teleport_admin"
+	// AutoUserGroup is the role Teleport puts every user it creates in.
+	AutoUserGroup = "teleport-auto-user"
+)
+
+// ValidateAdmin refuses auto-users on a Cluster whose own spec already
+// has the admin's name: it would not be the controller's to configure.
+func ValidateAdmin(c *cnpgv1.Cluster) error {
+	if b := c.Spec.Bootstrap; b != nil && b.InitDB != nil && b.InitDB.Owner == AdminUser {
+		return fmt.Errorf("role %q owns the Cluster's application database", AdminUser)
+	}
+	if m := c.Spec.Managed; m != nil && slices.ContainsFunc(m.Roles, func(r cnpgv1.RoleConfiguration) bool { return r.Name == AdminUser }) {
+		return fmt.Errorf("role %q is in spec.managed.roles: the controller provisions it", AdminUser)
+	}
+	return nil
+}
+
+// ValidateGrantable refuses a role Teleport's users must never be granted:
+// not an identifier, a role of PostgreSQL or CNPG (postgres is the
+// superuser), the admin, or the owner of the application database.
+func ValidateGrantable(c *cnpgv1.Cluster, name string) error {
+	switch {
+	case !roleName.MatchString(name):
+		return fmt.Errorf("role %q: want a lower-case PostgreSQL identifier ([a-z_][a-z0-9_]*, at most 63)", name)
+	case name == "postgres" || name == "streaming_replica" || strings.HasPrefix(name, "pg_") || strings.HasPrefix(name, "cnpg_"):
+		return fmt.Errorf("role %q is reserved by PostgreSQL or CNPG: grant it through a role of yours", name)
+	case name == AdminUser:
+		return fmt.Errorf("role %q is Teleport's admin", name)
+	}
+	if db, owner := AppDatabase(c); name == owner {
+		return fmt.Errorf("role %q owns the application database %s", name, db)
+	}
+	return nil
+}
+
+// AutoUsersHBALine lets the admin and Teleport's users in by Teleport
+// client certificate (CN = user). Group membership (+role) covers the
+// users: only the admin (CREATEROLE) and superusers can make a member.
+func AutoUsersHBALine() string {
+	return "hostssl all " + AdminUser + ",+" + AutoUserGroup + " all cert " + Marker
+}
+
+// AdminRole is the admin's DatabaseRole content: login by certificate,
+// CREATEROLE (it creates Teleport's users and grants them roles).
+func AdminRole() Role {
+	return Role{Name: AdminUser, CreateRole: true}
+}
+
+// DisabledAdminRole is the admin left in PostgreSQL when auto-users are
+// turned off: it cannot log in nor create roles, and is retained (CNPG
+// cannot drop it while it owns Teleport's procedures).
+func DisabledAdminRole() Role {
+	return Role{Name: AdminUser, NoLogin: true, Retain: true}
+}
+
+// AppDatabase is the Cluster's application database and its owner, from
+// how it was bootstrapped (CNPG's default: app, owned by app).
+func AppDatabase(c *cnpgv1.Cluster) (name, owner string) {
+	name, owner = "app", ""
+	if b := c.Spec.Bootstrap; b != nil {
+		switch {
+		case b.InitDB != nil:
+			name, owner = b.InitDB.Database, b.InitDB.Owner
+		case b.Recovery != nil:
+			name, owner = b.Recovery.Database, b.Recovery.Owner
+		case b.PgBaseBackup != nil:
+			name, owner = b.PgBaseBackup.Database, b.PgBaseBackup.Owner
+		}
+	}
+	if name == "" {
+		name = "app"
+	}
+	if owner == "" {
+		owner = name // CNPG's default
+	}
+	return name, owner
+}
+
+// AdminSchema is the schema the admin owns in a database, on its search
+// path ("$user"): where Teleport installs its procedures (PostgreSQL 15
+// gives PUBLIC no CREATE on schema public).
+func AdminSchema() cnpgv1.SchemaSpec {
+	return cnpgv1.SchemaSpec{DatabaseObjectSpec: cnpgv1.DatabaseObjectSpec{Name: AdminUser, Ensure: cnpgv1.EnsurePresent}, Owner: AdminUser}
+}
+
+// HasAdminSchema reports whether a Database object declares the admin's
+// schema, present and owned by the admin.
+func HasAdminSchema(d *cnpgv1.Database) bool {
+	return slices.ContainsFunc(d.Spec.Schemas, func(s cnpgv1.SchemaSpec) bool {
+		return s.Name == AdminUser && s.Owner == AdminUser && s.Ensure != cnpgv1.EnsureAbsent
+	})
+}
+
+// AdminSchemaApplied reports whether CNPG has applied the Database object
+// as it is now, its admin schema included.
+func AdminSchemaApplied(d *cnpgv1.Database) bool {
+	st := d.Status
+	if st.Applied == nil || !*st.Applied || st.ObservedGeneration != d.Generation {
+		return false
+	}
+	return slices.ContainsFunc(st.Schemas, func(s cnpgv1.DatabaseObjectStatus) bool { return s.Name == AdminUser && s.Applied })
+}
+
+// RoleApplied reports whether CNPG has applied the DatabaseRole as it is now.
+func RoleApplied(r *cnpgv1.DatabaseRole) bool {
+	st := r.Status
+	return st.Applied != nil && *st.Applied && st.ObservedGeneration == r.Generation
+}
+
+// AdminDatabase is the Database object that gives the admin its schema in
+// an existing database: retained on deletion (deleting it never drops the
+// database), owner as the Cluster declares it (CNPG runs ALTER DATABASE
+// OWNER TO with it).
+func AdminDatabase(c *cnpgv1.Cluster, db, owner string, labels map[string]string) *cnpgv1.Database {
+	return &cnpgv1.Database{
+		TypeMeta: metav1.TypeMeta{APIVersion: cnpgv1.SchemeGroupVersion.String(), Kind: "Database"},
+		ObjectMeta: metav1.ObjectMeta{
+			Namespace: c.Namespace, Name: AdminDatabaseName(c, db), Labels: labels,
+			OwnerReferences: []metav1.OwnerReference{{
+				APIVersion: cnpgv1.SchemeGroupVersion.String(), Kind: cnpgv1.ClusterKind, Name: c.Name, UID: c.UID,
+			}},
+		},
+		Spec: cnpgv1.DatabaseSpec{
+			ClusterRef:    corev1.LocalObjectReference{Name: c.Name},
+			Ensure:        cnpgv1.EnsurePresent,
+			Name:          db,
+			Owner:         owner,
+			ReclaimPolicy: cnpgv1.DatabaseReclaimRetain,
+			Schemas:       []cnpgv1.SchemaSpec{AdminSchema()},
+		},
+	}
+}
+
+var dnsClean = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
+
+// AdminDatabaseName is <cluster>-teleport-<db>, with a hash in place of a
+// database name that is not a DNS label, shortened to 253.
+func AdminDatabaseName(c *cnpgv1.Cluster, db string) string {
+	part := strings.ReplaceAll(db, "_", "-")
+	if !dnsClean.MatchString(part) || len(c.Name)+len("-teleport-")+len(part) > 253 {
+		sum := sha256.Sum256([]byte(db))
+		part = hex.EncodeToString(sum[:4])
+	}
+	return c.Name + "-teleport-" + part
+}
