@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -121,17 +123,19 @@ func TestAutoUsers(t *testing.T) {
 		t.Fatalf("admin in PostgreSQL: %s %v", got, err)
 	}
 
-	// Two Teleport users, each allowed one grant.
-	for _, r := range []string{autoRole("auto-read", "teleport_read"), autoRole("auto-write", "teleport_write")} {
-		if err := b.tp.Create(ctx, r); err != nil {
-			t.Fatal(err)
-		}
-	}
-	alice, err := b.tp.UserWithRoles(ctx, "alice", "auto-read")
+	// Two Teleport users, each allowed one grant by the shipped roles.
+	roles, err := os.ReadFile(filepath.Join(world.RepoRoot(), "config", "teleport", "auto-user-roles.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	bob, err := b.tp.UserWithRoles(ctx, "bob", "auto-write")
+	if err := b.tp.Create(ctx, string(roles)); err != nil {
+		t.Fatal(err)
+	}
+	alice, err := b.tp.UserWithRoles(ctx, "alice", "cnpg-auto-read")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bob, err := b.tp.UserWithRoles(ctx, "bob", "cnpg-auto-write")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -222,4 +226,18 @@ func TestAutoUsers(t *testing.T) {
 			t.Fatalf("pg_hba still has %q", l)
 		}
 	}
+
+	// Opting in again takes up the admin and the users left behind.
+	t0 = time.Now()
+	if err := w.UpdateCluster(ctx, ns, name, func(c *cnpgv1.Cluster) { c.Annotations[controllers.AnnotationAutoUsers] = "true" }); err != nil {
+		t.Fatal(err)
+	}
+	world.Eventually(t, 2*time.Minute, "alice back as herself", func() error {
+		out, err := alice.Query(ctx, rw, "alice", "app", whoami)
+		if want := "who=alice/alice in=" + clusterspec.AutoUserGroup + ",teleport_read"; err != nil || !strings.Contains(out, want) {
+			return fmt.Errorf("%v: %s", err, out)
+		}
+		return nil
+	})
+	t.Logf("opted in again -> alice connects as herself in %s", time.Since(t0).Round(100*time.Millisecond))
 }
