@@ -211,6 +211,45 @@ func (d *demo) run(ctx context.Context) error {
 				return nil
 			})
 		}},
+		{"per-person users: kubectl annotate cluster demo cnpg-teleport.io/auto-users=true; bob (role cnpg-auto-write) connects as himself", func() error {
+			if err := d.w.UpdateCluster(ctx, ns, name, func(c *cnpgv1.Cluster) { c.Annotations["cnpg-teleport.io/auto-users"] = "true" }); err != nil {
+				return err
+			}
+			roles, err := os.ReadFile(world.RepoRoot() + "/config/teleport/auto-user-roles.yaml")
+			if err != nil {
+				return err
+			}
+			if err := d.tp.Create(ctx, string(roles)); err != nil {
+				return err
+			}
+			bob, err := d.tp.UserWithRoles(ctx, "bob", "cnpg-auto-write")
+			if err != nil {
+				return err
+			}
+			if err := poll(3*time.Minute, func() error {
+				out, err := bob.Query(ctx, "kind-default-demo-rw", "bob", "app",
+					"SELECT 'connected as ' || current_user || ', member of ' || (SELECT string_agg(g.rolname, ', ' ORDER BY g.rolname) FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid JOIN pg_roles u ON u.oid = m.member WHERE u.rolname = current_user);")
+				if err != nil {
+					return err
+				}
+				show([]byte(out))
+				return nil
+			}); err != nil {
+				return err
+			}
+			return poll(30*time.Second, func() error {
+				out, err := alice.Query(ctx, "kind-default-demo-rw", "teleport_read", "app",
+					"SELECT 'after disconnect: ' || rolname || ' can log in: ' || rolcanlogin FROM pg_roles WHERE rolname = 'bob';")
+				if err != nil {
+					return err
+				}
+				if !strings.Contains(out, "can log in: false") {
+					return fmt.Errorf("bob not deactivated yet: %s", out)
+				}
+				show([]byte(out))
+				return nil
+			})
+		}},
 		{"kubectl delete cluster demo: the finalizer deregisters", func() error {
 			if err := d.w.Client.Delete(ctx, &cluster); err != nil {
 				return err
