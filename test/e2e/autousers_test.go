@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -66,8 +67,11 @@ func adminUser(ctx context.Context, tp *world.Teleport, db string) (string, erro
 			} `json:"admin_user"`
 		} `json:"spec"`
 	}
-	if err := json.Unmarshal(out, &dbs); err != nil || len(dbs) != 1 {
-		return "", fmt.Errorf("tctl get db/%s: %v: %s", db, err, out)
+	if err := json.Unmarshal(out, &dbs); err != nil {
+		return "", fmt.Errorf("tctl get db/%s: %w: %s", db, err, out)
+	}
+	if len(dbs) != 1 {
+		return "", fmt.Errorf("tctl get db/%s: %d db resources: %s", db, len(dbs), out)
 	}
 	if dbs[0].Spec.AdminUser == nil {
 		return "", nil
@@ -213,7 +217,7 @@ func TestAutoUsers(t *testing.T) {
 	world.Eventually(t, time.Minute, "alice refused once admin_user is gone", func() error {
 		out, err := alice.Query(ctx, rw, "alice", "app", "SELECT 1;")
 		if err == nil || !strings.Contains(out, "doesn't have admin user configured") {
-			return fmt.Errorf("%v: %s", err, out)
+			return fmt.Errorf("%w: %s", errOrNil(err), out)
 		}
 		return nil
 	})
@@ -235,9 +239,18 @@ func TestAutoUsers(t *testing.T) {
 	world.Eventually(t, 2*time.Minute, "alice back as herself", func() error {
 		out, err := alice.Query(ctx, rw, "alice", "app", whoami)
 		if want := "who=alice/alice in=" + clusterspec.AutoUserGroup + ",teleport_read"; err != nil || !strings.Contains(out, want) {
-			return fmt.Errorf("%v: %s", err, out)
+			return fmt.Errorf("%w: %s", errOrNil(err), out)
 		}
 		return nil
 	})
 	t.Logf("opted in again -> alice connects as herself in %s", time.Since(t0).Round(100*time.Millisecond))
+}
+
+// errOrNil is err, or an error saying there was none (a command that
+// succeeded but printed the wrong thing).
+func errOrNil(err error) error {
+	if err == nil {
+		return errors.New("no error")
+	}
+	return err
 }
