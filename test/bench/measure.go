@@ -88,7 +88,7 @@ func (m metrics) sum(name string, labels ...string) float64 {
 // calls is the number of Teleport API calls by method between two scrapes.
 func calls(before, after metrics) map[string]int {
 	out := map[string]int{}
-	for _, m := range []string{"GetDatabase", "ListDatabases", "CreateDatabase", "UpdateDatabase", "DeleteDatabase", "DatabaseClientCAs", "ListRoles"} {
+	for _, m := range []string{"GetDatabase", "ListDatabases", "CreateDatabase", "UpdateDatabase", "DeleteDatabase", "DatabaseClientCAs", "ListRoles", "DatabaseServers"} {
 		if n := int(after.sum(teleportCalls, "method="+m) - before.sum(teleportCalls, "method="+m)); n != 0 {
 			out[m] = n
 		}

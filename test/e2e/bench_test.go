@@ -44,6 +44,10 @@ func TestBenchCounts(t *testing.T) {
 		if shared := s.Calls["DatabaseClientCAs"] + s.Calls["ListRoles"]; shared*4 > s.Passes {
 			t.Errorf("%d foreign: %d CA and role reads in %d passes: not shared across Clusters", s.Foreign, shared, s.Passes)
 		}
+		// The agent check lists on its own clock, for every Cluster at once.
+		if n := s.Calls["DatabaseServers"]; n*4 > s.Passes {
+			t.Errorf("%d foreign: %d db_server lists in %d passes: not one for all Clusters", s.Foreign, n, s.Passes)
+		}
 	}
 	if want := cfg.Resyncs * 2 * cfg.AtOnce; res.ByHandWrites != want {
 		t.Errorf("by hand: %d Teleport writes, want %d (every db on every sync)", res.ByHandWrites, want)
