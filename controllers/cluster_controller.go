@@ -421,7 +421,10 @@ func (r *ClusterReconciler) finalize(ctx context.Context, c *cnpgv1.Cluster) err
 	r.risky.clear(c)
 	r.Agents.Forget(c.UID)
 	r.pending.forget(c.UID)
+	r.pending.forget(c.UID + "/auto")
 	r.bundles.forget(c.UID)
+	r.auto.clear(c)
+	r.autoReady.forget(c.UID)
 	riskyRoles.DeleteLabelValues(c.Namespace, c.Name)
 	return client.IgnoreNotFound(r.patchFinalizer(ctx, c, false))
 }
