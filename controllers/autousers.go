@@ -78,22 +78,34 @@ func orNone(s string) string {
 // ensureAdminSchema gives the admin its schema in the application
 // database. A Database object of the user's for that database wins: CNPG
 // lets one object manage a database, so ours is deleted (retained: nothing
-// is dropped), and theirs must declare the schema (a Warning says how).
+// is dropped), and theirs must declare the schema. So must every other
+// Database object of the user's for the Cluster (their application
+// databases too): a Warning names those that do not.
 func (r *ClusterReconciler) ensureAdminSchema(ctx context.Context, c *cnpgv1.Cluster) (ready bool, why string, err error) {
 	db, owner := clusterspec.AppDatabase(c)
 	want := clusterspec.AdminDatabase(c, db, owner, objectLabels(c))
-	theirs, err := r.usersDatabase(ctx, c, db)
+	users, err := r.usersDatabases(ctx, c)
 	if err != nil {
 		return false, "", err
+	}
+	var theirs *cnpgv1.Database
+	for _, d := range users {
+		if d.Spec.Name == db && theirs == nil {
+			theirs = d
+		}
+		if !clusterspec.HasAdminSchema(d) {
+			// An action per object: client-go folds Events of one reason
+			// and action into a series that shows the first note only.
+			r.auto.warn(r.Recorder, c, ReasonSchemaMissing, "CheckSchema "+d.Name,
+				"add schemas: [{name: %s, owner: %s}] to your Database %s (database %s): Teleport installs its procedures in the admin's schema of the database a user connects to (PostgreSQL 15 gives nobody CREATE on public)",
+				clusterspec.AdminUser, clusterspec.AdminUser, d.Name, d.Spec.Name)
+		}
 	}
 	if theirs != nil {
 		if err := r.deleteAdminDatabases(ctx, c); err != nil {
 			return false, "", err
 		}
 		if !clusterspec.HasAdminSchema(theirs) {
-			r.auto.warn(r.Recorder, c, ReasonSchemaMissing, "AutoUsers",
-				"Database %s manages database %s: add schemas: [{name: %s, owner: %s}] to it (Teleport installs its procedures in the admin's schema; PostgreSQL 15 gives nobody CREATE on public)",
-				theirs.Name, db, clusterspec.AdminUser, clusterspec.AdminUser)
 			return false, fmt.Sprintf("Database %s lacks the schema %s", theirs.Name, clusterspec.AdminUser), nil
 		}
 		return clusterspec.AdminSchemaApplied(theirs), fmt.Sprintf("Database %s not applied yet (%s)", theirs.Name, orNone(theirs.Status.Message)), nil
@@ -136,20 +148,21 @@ func mergeAdminDatabase(have, want cnpgv1.DatabaseSpec) cnpgv1.DatabaseSpec {
 	return out
 }
 
-// usersDatabase is a Database object that is not ours and manages db on
-// the Cluster, if any. The cache holds only ours: this reads the namespace.
-func (r *ClusterReconciler) usersDatabase(ctx context.Context, c *cnpgv1.Cluster, db string) (*cnpgv1.Database, error) {
+// usersDatabases are the Database objects that are not ours and manage a
+// database of the Cluster. The cache holds only ours: this reads the namespace.
+func (r *ClusterReconciler) usersDatabases(ctx context.Context, c *cnpgv1.Cluster) ([]*cnpgv1.Database, error) {
 	var list cnpgv1.DatabaseList
 	if err := r.APIReader.List(ctx, &list, client.InNamespace(c.Namespace)); err != nil {
 		return nil, fmt.Errorf("databases: %w", err)
 	}
+	var out []*cnpgv1.Database
 	for i := range list.Items {
 		d := &list.Items[i]
-		if d.Spec.ClusterRef.Name == c.Name && d.Spec.Name == db && !ownedBy(d, c) && d.Spec.Ensure != cnpgv1.EnsureAbsent {
-			return d, nil
+		if d.Spec.ClusterRef.Name == c.Name && !ownedBy(d, c) && d.Spec.Ensure != cnpgv1.EnsureAbsent {
+			out = append(out, d)
 		}
 	}
-	return nil, nil
+	return out, nil
 }
 
 // deleteAdminDatabases deletes our Database objects of the Cluster. They

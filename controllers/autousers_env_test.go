@@ -111,7 +111,16 @@ func TestEnvAutoUsers(t *testing.T) {
 	if err := b.c.Create(ctx, theirs); err != nil {
 		t.Fatal(err)
 	}
-	b.event("pg", ReasonSchemaMissing, "Database app-db manages database app: add schemas")
+	b.event("pg", ReasonSchemaMissing, "to your Database app-db (database app)")
+	// Another application database of the user's, without the schema, is named too.
+	analytics := &cnpgv1.Database{
+		ObjectMeta: metav1.ObjectMeta{Namespace: b.ns, Name: "analytics-db"},
+		Spec:       cnpgv1.DatabaseSpec{ClusterRef: corev1.LocalObjectReference{Name: "pg"}, Name: "analytics", Owner: "app"},
+	}
+	if err := b.c.Create(ctx, analytics); err != nil {
+		t.Fatal(err)
+	}
+	b.event("pg", ReasonSchemaMissing, "analytics-db (database analytics)")
 	b.eventually("ours gone", func() (bool, string) {
 		err := b.c.Get(ctx, client.ObjectKey{Namespace: b.ns, Name: "pg-teleport-app"}, &cnpgv1.Database{})
 		return apierrors.IsNotFound(err), fmt.Sprint(err)
