@@ -58,11 +58,24 @@ type AgentCheck struct {
 }
 
 type agentState struct {
-	cluster *cnpgv1.Cluster // what Events regard: the Cluster's identity only
-	labels  map[string]string
-	since   time.Time // registered, or last seen served
-	served  bool      // AgentServing reported for the current stretch
-	warned  bool      // NoAgent reported for the current stretch
+	cluster clusterRef // what Events regard
+
+	labels map[string]string
+	since  time.Time // registered, or last seen served
+	served bool      // AgentServing reported for the current stretch
+	warned bool      // NoAgent reported for the current stretch
+}
+
+// clusterRef is a Cluster's identity: an empty Cluster object per db would
+// hold its whole zero spec (make bench: 7.7 MB live for 2,440 dbs).
+type clusterRef struct {
+	Namespace, Name string
+	UID             k8stypes.UID
+}
+
+// object is what an Event regards.
+func (r clusterRef) object() *cnpgv1.Cluster {
+	return &cnpgv1.Cluster{ObjectMeta: metav1.ObjectMeta{Namespace: r.Namespace, Name: r.Name, UID: r.UID}}
 }
 
 func (a *AgentCheck) now() time.Time {
@@ -96,8 +109,7 @@ func (a *AgentCheck) Track(c *cnpgv1.Cluster, dbs []types.Database) {
 	for _, db := range dbs {
 		s := a.dbs[db.GetName()]
 		if s == nil || s.cluster.UID != c.UID {
-			ref := &cnpgv1.Cluster{ObjectMeta: metav1.ObjectMeta{Namespace: c.Namespace, Name: c.Name, UID: c.UID}}
-			s = &agentState{cluster: ref, since: a.now()}
+			s = &agentState{cluster: clusterRef{c.Namespace, c.Name, c.UID}, since: a.now()}
 			a.dbs[db.GetName()] = s
 		}
 		s.labels = db.GetStaticLabels() // ours carry static labels only; read, never written
@@ -167,14 +179,14 @@ func (a *AgentCheck) Check(ctx context.Context) error {
 			s.since, s.warned = now, false
 			if !s.served {
 				s.served = true
-				a.Recorder.Eventf(s.cluster, nil, corev1.EventTypeNormal, ReasonAgentServing, "CheckAgent "+name,
+				a.Recorder.Eventf(s.cluster.object(), nil, corev1.EventTypeNormal, ReasonAgentServing, "CheckAgent "+name,
 					"db %s is served by %d Teleport database agent(s)", name, agents)
 			}
 		case s.served: // its agents left: the stretch without one starts now
 			s.served, s.since = false, now
 		case !s.warned && now.Sub(s.since) >= a.After:
 			s.warned = true
-			a.Recorder.Eventf(s.cluster, nil, corev1.EventTypeWarning, ReasonNoAgent, "CheckAgent "+name,
+			a.Recorder.Eventf(s.cluster.object(), nil, corev1.EventTypeWarning, ReasonNoAgent, "CheckAgent "+name,
 				"no Teleport database agent has served db %s for %s: `tsh db connect` to it fails. Likely no agent's db_service "+
 					"resources selector matches its labels %s (see config/teleport/db-service.yaml), or its agents are down "+
 					"(an agent killed, or stopped with SIGTERM, stays listed until its heartbeat expires, up to 10 min)",
