@@ -41,13 +41,8 @@ func ValidateAdmin(c *cnpgv1.Cluster) error {
 // not an identifier, a role of PostgreSQL or CNPG (postgres is the
 // superuser), the admin, or the owner of the application database.
 func ValidateGrantable(c *cnpgv1.Cluster, name string) error {
-	switch {
-	case !roleName.MatchString(name):
-		return fmt.Errorf("role %q: want a lower-case PostgreSQL identifier ([a-z_][a-z0-9_]*, at most 63)", name)
-	case name == "postgres" || name == "streaming_replica" || strings.HasPrefix(name, "pg_") || strings.HasPrefix(name, "cnpg_"):
-		return fmt.Errorf("role %q is reserved by PostgreSQL or CNPG: grant it through a role of yours", name)
-	case name == AdminUser:
-		return fmt.Errorf("role %q is Teleport's admin", name)
+	if err := validName(name); err != nil {
+		return err
 	}
 	if db, owner := AppDatabase(c); name == owner {
 		return fmt.Errorf("role %q owns the application database %s", name, db)

@@ -94,6 +94,21 @@ var roleName = regexp.MustCompile(`^[a-z_][a-z0-9_]{0,62}$`)
 // that names a role CNPG or PostgreSQL own, or one the Cluster already
 // manages (taking it over would widen who reaches it).
 func ValidateRole(c *cnpgv1.Cluster, name string) error {
+	if err := validName(name); err != nil {
+		return err
+	}
+	if b := c.Spec.Bootstrap; b != nil && b.InitDB != nil && b.InitDB.Owner == name {
+		return fmt.Errorf("role %q owns the Cluster's application database", name)
+	}
+	if m := c.Spec.Managed; m != nil && slices.ContainsFunc(m.Roles, func(r cnpgv1.RoleConfiguration) bool { return r.Name == name }) {
+		return fmt.Errorf("role %q is already in spec.managed.roles", name)
+	}
+	return nil
+}
+
+// validName refuses a name that is not a plain PostgreSQL identifier, or
+// that names a role of PostgreSQL or CNPG, or Teleport's admin.
+func validName(name string) error {
 	switch {
 	case !roleName.MatchString(name):
 		return fmt.Errorf("role %q: want a lower-case PostgreSQL identifier ([a-z_][a-z0-9_]*, at most 63)", name)
@@ -101,12 +116,6 @@ func ValidateRole(c *cnpgv1.Cluster, name string) error {
 		return fmt.Errorf("role %q is reserved by PostgreSQL or CNPG", name)
 	case name == AdminUser:
 		return fmt.Errorf("role %q is reserved: Teleport's admin for automatic user provisioning", name)
-	}
-	if b := c.Spec.Bootstrap; b != nil && b.InitDB != nil && b.InitDB.Owner == name {
-		return fmt.Errorf("role %q owns the Cluster's application database", name)
-	}
-	if m := c.Spec.Managed; m != nil && slices.ContainsFunc(m.Roles, func(r cnpgv1.RoleConfiguration) bool { return r.Name == name }) {
-		return fmt.Errorf("role %q is already in spec.managed.roles", name)
 	}
 	return nil
 }

@@ -205,24 +205,22 @@ func (r *ClusterReconciler) disableAutoUsers(ctx context.Context, c *cnpgv1.Clus
 		return false, fmt.Errorf("databaserole %s: %w", key.Name, err)
 	}
 	r.autoReady.forget(c.UID)
-	want := clusterspec.DatabaseRole(c, clusterspec.DisabledAdminRole(), objectLabels(c))
-	if next := clusterspec.MergeDatabaseRole(have.Spec, want.Spec); !apiequality.Semantic.DeepEqual(have.Spec, next) {
-		have.Spec = next
-		if err := r.Client.Update(ctx, &have); err != nil {
-			return false, fmt.Errorf("databaserole %s: %w", key.Name, err)
-		}
-		return false, nil // CNPG's status change wakes us (we own it)
+	// An update leaves the status of the generation before: not applied
+	// until CNPG's status change, which wakes us (we own the object).
+	role, err := r.ensureRole(ctx, c, clusterspec.DatabaseRole(c, clusterspec.DisabledAdminRole(), objectLabels(c)))
+	if err != nil {
+		return false, err
 	}
-	if !clusterspec.RoleApplied(&have) {
+	if !clusterspec.RoleApplied(role) {
 		if r.pendingFor(c.UID+"/auto") >= trustNoteAfter {
-			r.auto.note(r.Recorder, c, ReasonAutoUsersPending, "DisableAdmin", "waiting for CNPG to disable %s: %s", clusterspec.AdminUser, orNone(have.Status.Message))
+			r.auto.note(r.Recorder, c, ReasonAutoUsersPending, "DisableAdmin", "waiting for CNPG to disable %s: %s", clusterspec.AdminUser, orNone(role.Status.Message))
 		}
 		return false, nil
 	}
 	if err := r.deleteAdminDatabases(ctx, c); err != nil {
 		return false, err
 	}
-	if err := r.Client.Delete(ctx, &have); client.IgnoreNotFound(err) != nil {
+	if err := r.Client.Delete(ctx, role); client.IgnoreNotFound(err) != nil {
 		return false, fmt.Errorf("databaserole %s: %w", key.Name, err)
 	}
 	r.pending.forget(c.UID + "/auto")

@@ -3,14 +3,32 @@ package e2e
 import (
 	"context"
 	"testing"
+	"time"
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/cnpg-teleport/cnpg-teleport/teleport"
 	"github.com/cnpg-teleport/cnpg-teleport/test/world"
 )
+
+// controllerClient is the controller's Teleport client as the binary makes
+// it: the shipped least-privilege role, kube cluster k1; closed when the test ends.
+func controllerClient(ctx context.Context, t *testing.T, tp *world.Teleport) *teleport.APIClient {
+	t.Helper()
+	idFile, err := tp.ControllerIdentity(ctx, "cnpg-teleport", time.Hour, "k1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc, err := teleport.New(ctx, teleport.Config{Addrs: []string{tp.AuthAddr}, IdentityFile: idFile})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tc.Close() })
+	return tc
+}
 
 // serverPKI issues, with the real cert-manager, a server CA <name>-server-ca
 // and a server certificate <name>-server for every service name of the Cluster.

@@ -16,7 +16,6 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
-	"github.com/cnpg-teleport/cnpg-teleport/teleport"
 	"github.com/cnpg-teleport/cnpg-teleport/test/world"
 )
 
@@ -28,15 +27,7 @@ func TestListBeyondGRPCDefault(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	tp := startTeleport(t)
-	idFile, err := tp.ControllerIdentity(ctx, "cnpg-teleport", time.Hour, "k1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	tc, err := teleport.New(ctx, teleport.Config{Addrs: []string{tp.AuthAddr}, IdentityFile: idFile})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = tc.Close() }()
+	tc := controllerClient(ctx, t, tp)
 	var bundle []byte
 	for i := range 12 {
 		bundle = append(bundle, selfSigned(t, fmt.Sprintf("ca-%d", i))...)
@@ -81,15 +72,7 @@ func TestDatabaseServersPaged(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	tp := startTeleport(t)
-	idFile, err := tp.ControllerIdentity(ctx, "cnpg-teleport", time.Hour, "k1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	tc, err := teleport.New(ctx, teleport.Config{Addrs: []string{tp.AuthAddr}, IdentityFile: idFile})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = tc.Close() }()
+	tc := controllerClient(ctx, t, tp)
 	ca := selfSigned(t, "ca")
 	const n = 250
 	labels := map[string]string{managedBy: "cnpg-teleport", "cnpg-teleport.io/kube-cluster": "k1"}

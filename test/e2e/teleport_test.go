@@ -11,7 +11,6 @@ import (
 	"github.com/gravitational/teleport/api/types"
 	"github.com/gravitational/trace"
 
-	"github.com/cnpg-teleport/cnpg-teleport/teleport"
 	"github.com/cnpg-teleport/cnpg-teleport/test/world"
 )
 
@@ -50,15 +49,7 @@ func TestTeleportConnect(t *testing.T) {
 	}
 
 	// The controller's identity: the shipped least-privilege role only.
-	idFile, err := tp.ControllerIdentity(ctx, "cnpg-teleport", time.Hour, "k1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	tc, err := teleport.New(ctx, teleport.Config{Addrs: []string{tp.AuthAddr}, IdentityFile: idFile})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = tc.Close() }()
+	tc := controllerClient(ctx, t, tp)
 	info, err := tc.Ping(ctx)
 	if err != nil || info.Name != tp.ClusterName {
 		t.Fatalf("ping: %+v, %v", info, err)
