@@ -659,12 +659,19 @@ func sqlType(endpoint string) string {
 	return "standby"
 }
 
+// Labeled is what the ownership checks read: a db resource, or an entry
+// of a list of them (teleport.DatabaseMeta: name and labels only).
+type Labeled interface {
+	GetName() string
+	GetStaticLabels() map[string]string
+}
+
 // OwnedBy reports whether this Kubernetes cluster's controller created db:
 // its name and its identity. A db resource without the identity label was
 // made before the label existed (upgrade): it is this cluster's to adopt,
 // by the Cluster it names (the update adds the label, the name stays), but
 // never an orphan to collect (see Legacy).
-func OwnedBy(db types.Database, o Options) bool {
+func OwnedBy(db Labeled, o Options) bool {
 	l := db.GetStaticLabels()
 	id, hasID := l[LabelKubeClusterID]
 	return l[LabelManagedBy] == ManagedByValue && l[LabelKubeCluster] == o.KubeCluster && (!hasID || id == o.KubeClusterID)
@@ -672,7 +679,7 @@ func OwnedBy(db types.Database, o Options) bool {
 
 // Legacy reports a db resource of this cluster's name made before the
 // identity label: which Kubernetes cluster made it cannot be told.
-func Legacy(db types.Database) bool {
+func Legacy(db Labeled) bool {
 	_, hasID := db.GetStaticLabels()[LabelKubeClusterID]
 	return !hasID
 }
@@ -680,27 +687,27 @@ func Legacy(db types.Database) bool {
 // IdentityConflict reports a db resource of this controller's
 // --kube-cluster name made under another identity: two Kubernetes clusters
 // share the name.
-func IdentityConflict(db types.Database, o Options) bool {
+func IdentityConflict(db Labeled, o Options) bool {
 	l := db.GetStaticLabels()
 	id, hasID := l[LabelKubeClusterID]
 	return l[LabelManagedBy] == ManagedByValue && l[LabelKubeCluster] == o.KubeCluster && hasID && id != o.KubeClusterID
 }
 
 // OwnedByCluster reports whether db was created for this very Cluster (by UID).
-func OwnedByCluster(db types.Database, o Options, c *cnpgv1.Cluster) bool {
+func OwnedByCluster(db Labeled, o Options, c *cnpgv1.Cluster) bool {
 	l := db.GetStaticLabels()
 	return OwnedBy(db, o) && l[LabelNamespace] == c.Namespace && l[LabelCluster] == c.Name && l[LabelClusterUID] == string(c.UID)
 }
 
 // ClusterRef returns the Cluster a db resource was created for.
-func ClusterRef(db types.Database) (namespace, name, uid string, ok bool) {
+func ClusterRef(db Labeled) (namespace, name, uid string, ok bool) {
 	l := db.GetStaticLabels()
 	namespace, name, uid = l[LabelNamespace], l[LabelCluster], l[LabelClusterUID]
 	return namespace, name, uid, namespace != "" && name != "" && uid != ""
 }
 
 // Kept reports whether db is to stay in Teleport after its Cluster is gone.
-func Kept(db types.Database) bool { return db.GetStaticLabels()[LabelKeep] == "true" }
+func Kept(db Labeled) bool { return db.GetStaticLabels()[LabelKeep] == "true" }
 
 // NeedsUpdate compares only what the controller sets, never server-set
 // fields (revision, expiry, status, teleport.dev/ and teleport.internal/

@@ -48,7 +48,7 @@ func testCA(t testing.TB, cn string) []byte {
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
 }
 
-func names(dbs []types.Database) []string {
+func names[D Labeled](dbs []D) []string {
 	var out []string
 	for _, d := range dbs {
 		out = append(out, d.GetName())

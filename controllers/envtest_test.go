@@ -54,6 +54,7 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/cnpg-teleport/cnpg-teleport/clusterspec"
+	"github.com/cnpg-teleport/cnpg-teleport/teleport"
 	"github.com/cnpg-teleport/cnpg-teleport/teleport/teleporttest"
 	"github.com/cnpg-teleport/cnpg-teleport/test/world"
 )
@@ -614,7 +615,7 @@ type afterList struct {
 	fn   func()
 }
 
-func (a afterList) ListDatabases(ctx context.Context) ([]types.Database, error) {
+func (a afterList) ListDatabases(ctx context.Context) ([]teleport.DatabaseMeta, error) {
 	dbs, err := a.Teleport.ListDatabases(ctx)
 	a.once.Do(a.fn)
 	return dbs, err

@@ -8,6 +8,8 @@ import (
 	"github.com/gravitational/trace"
 	"github.com/prometheus/client_golang/prometheus"
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
+
+	"github.com/cnpg-teleport/cnpg-teleport/teleport"
 )
 
 // Prometheus metrics, registered with controller-runtime's registry (served
@@ -84,7 +86,7 @@ func (i instrumented) GetDatabase(ctx context.Context, name string) (db types.Da
 	return i.next.GetDatabase(ctx, name)
 }
 
-func (i instrumented) ListDatabases(ctx context.Context) (dbs []types.Database, err error) {
+func (i instrumented) ListDatabases(ctx context.Context) (dbs []teleport.DatabaseMeta, err error) {
 	defer func(t time.Time) { observe("ListDatabases", t, err) }(time.Now())
 	return i.next.ListDatabases(ctx)
 }

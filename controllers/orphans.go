@@ -8,7 +8,6 @@ import (
 	"time"
 
 	cnpgv1 "github.com/cloudnative-pg/cloudnative-pg/api/v1"
-	"github.com/gravitational/teleport/api/types"
 	"github.com/gravitational/trace"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -16,6 +15,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/log"
+
+	"github.com/cnpg-teleport/cnpg-teleport/teleport"
 )
 
 // OrphanCollector deletes the db resources this Kubernetes cluster's
@@ -121,7 +122,7 @@ var errIdentityConflict = errors.New("kube cluster identity conflict")
 // another identity (metric cnpg_teleport_kube_cluster_identity_conflicts)
 // and refuses to collect while there is one: the other cluster's Clusters
 // are not ours to find, and deleting their resources would start a loop.
-func identityCheck(dbs []types.Database, o Options) error {
+func identityCheck(dbs []teleport.DatabaseMeta, o Options) error {
 	n := 0
 	other := ""
 	for _, db := range dbs {
@@ -145,7 +146,7 @@ func (o *OrphanCollector) watched(ns string) bool {
 // stillOrphaned reads the Cluster uncached and the db resource from
 // Teleport again: a Cluster re-created since the cache was filled, or a db
 // resource taken over since the list, is not an orphan.
-func (o *OrphanCollector) stillOrphaned(ctx context.Context, db types.Database, ns, name, uid string) (bool, error) {
+func (o *OrphanCollector) stillOrphaned(ctx context.Context, db Labeled, ns, name, uid string) (bool, error) {
 	reader := o.APIReader
 	if reader == nil {
 		reader = o.Client
@@ -166,7 +167,7 @@ func (o *OrphanCollector) stillOrphaned(ctx context.Context, db types.Database, 
 
 // orphaned decides from the Cluster of the name (read through r) whether
 // the db resource of the Cluster UID uid is an orphan.
-func (o *OrphanCollector) orphaned(ctx context.Context, r client.Reader, db types.Database, ns, name, uid string) (bool, error) {
+func (o *OrphanCollector) orphaned(ctx context.Context, r client.Reader, db Labeled, ns, name, uid string) (bool, error) {
 	var c cnpgv1.Cluster
 	err := r.Get(ctx, k8stypes.NamespacedName{Namespace: ns, Name: name}, &c)
 	if apierrors.IsNotFound(err) {
@@ -186,7 +187,7 @@ func (o *OrphanCollector) orphaned(ctx context.Context, r client.Reader, db type
 // on the live Cluster is honoured even after it dropped register in the same
 // edit (the reconciler has not labelled its db resources kept yet), and any
 // keep value but "false" is not guessed at: the reconciler reports it.
-func orphanOf(o Options, c *cnpgv1.Cluster, db types.Database, uid string) bool {
+func orphanOf(o Options, c *cnpgv1.Cluster, db Labeled, uid string) bool {
 	if string(c.UID) == uid && controllerutil.ContainsFinalizer(c, Finalizer) {
 		// Its own Cluster still holds our finalizer: the reconciler releases
 		// the db (and says so with an Event); deleting it here would race it.
@@ -204,7 +205,7 @@ func orphanOf(o Options, c *cnpgv1.Cluster, db types.Database, uid string) bool 
 // claims reports whether the opted-in Cluster c builds the name of db (for
 // its endpoint or Pooler), so its reconciler takes db over. A Cluster with
 // annotations that do not parse claims everything until they are fixed.
-func claims(o Options, c *cnpgv1.Cluster, db types.Database) bool {
+func claims(o Options, c *cnpgv1.Cluster, db Labeled) bool {
 	spec, err := ParseAnnotations(o, c)
 	if err != nil {
 		return true

@@ -9,6 +9,8 @@ import (
 	cnpgv1 "github.com/cloudnative-pg/cloudnative-pg/api/v1"
 	"github.com/gravitational/teleport/api/types"
 	"github.com/gravitational/trace"
+
+	"github.com/cnpg-teleport/cnpg-teleport/teleport"
 )
 
 // ownedIndex remembers, per Cluster UID, the names of the db resources this
@@ -62,7 +64,7 @@ func (x *ownedIndex) names(uid string) []string {
 // seed adds every db resource of the list that this controller made (by
 // its ownership labels) under the Cluster UID it names, and marks the index
 // complete: a list shows everything that existed before this process.
-func (x *ownedIndex) seed(dbs []types.Database, o Options) {
+func (x *ownedIndex) seed(dbs []teleport.DatabaseMeta, o Options) {
 	for _, db := range dbs {
 		if _, _, uid, ok := ClusterRef(db); ok && OwnedBy(db, o) {
 			x.addName(uid, db.GetName())

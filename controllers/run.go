@@ -19,7 +19,7 @@ var _ Teleport = (*teleport.APIClient)(nil)
 // IsAccessDenied, IsBadParameter).
 type Teleport interface {
 	GetDatabase(ctx context.Context, name string) (types.Database, error)
-	ListDatabases(ctx context.Context) ([]types.Database, error)
+	ListDatabases(ctx context.Context) ([]teleport.DatabaseMeta, error)
 	CreateDatabase(ctx context.Context, db types.Database) error
 	UpdateDatabase(ctx context.Context, db types.Database) error
 	DeleteDatabase(ctx context.Context, name string) error

@@ -39,8 +39,9 @@ type Client interface {
 	Ping(ctx context.Context) (ClusterInfo, error)
 	// GetDatabase reads one db resource; NotFound when missing.
 	GetDatabase(ctx context.Context, name string) (types.Database, error)
-	// ListDatabases lists the db resources the identity may see.
-	ListDatabases(ctx context.Context) ([]types.Database, error)
+	// ListDatabases lists the db resources the identity may see, by name
+	// and labels (not their spec: see DatabaseMeta).
+	ListDatabases(ctx context.Context) ([]DatabaseMeta, error)
 	// CreateDatabase creates a db resource; AlreadyExists when the name is taken,
 	// even by a resource the identity may not see.
 	CreateDatabase(ctx context.Context, db types.Database) error
@@ -308,15 +309,6 @@ func (c *APIClient) GetDatabase(ctx context.Context, name string) (types.Databas
 		return nil, c.wrap(err, "teleport: get db %q", name)
 	}
 	return db, nil
-}
-
-// ListDatabases lists the db resources the identity may see.
-func (c *APIClient) ListDatabases(ctx context.Context) ([]types.Database, error) {
-	dbs, err := c.api.GetDatabases(ctx)
-	if err != nil {
-		return nil, c.wrap(err, "teleport: list db")
-	}
-	return dbs, nil
 }
 
 // CreateDatabase creates a db resource (AlreadyExists if the name is taken).

@@ -259,8 +259,9 @@ func (f *Fake) GetDatabase(ctx context.Context, name string) (db types.Database,
 	return got.Copy(), nil
 }
 
-// ListDatabases returns copies of the visible dbs of the read view, by name.
-func (f *Fake) ListDatabases(ctx context.Context) (dbs []types.Database, err error) {
+// ListDatabases returns the names and copies of the labels of the visible
+// dbs of the read view, by name (as teleport.APIClient's list, no spec).
+func (f *Fake) ListDatabases(ctx context.Context) (dbs []teleport.DatabaseMeta, err error) {
 	defer f.record("ListDatabases", "", &err)
 	if err := f.guard(ctx, "ListDatabases", ""); err != nil {
 		return nil, err
@@ -270,7 +271,7 @@ func (f *Fake) ListDatabases(ctx context.Context) (dbs []types.Database, err err
 	view := f.view()
 	for _, name := range slices.Sorted(maps.Keys(view)) {
 		if db := view[name]; f.allowed(db) {
-			dbs = append(dbs, db.Copy())
+			dbs = append(dbs, teleport.DatabaseMeta{Name: name, Labels: maps.Clone(db.GetStaticLabels())})
 		}
 	}
 	return dbs, nil

@@ -283,9 +283,9 @@ func TestFakeKeepsCopies(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	listed[0].SetURI("lister-changed:5432")
-	if s, _ := f.Stored("a"); s.GetURI() != uri {
-		t.Fatalf("the store follows a returned object: %s", s.GetURI())
+	listed[0].Labels["owner"] = "lister-changed"
+	if s, _ := f.Stored("a"); s.GetURI() != uri || s.GetStaticLabels()["owner"] != "me" {
+		t.Fatalf("the store follows a returned object: %s %v", s.GetURI(), s.GetStaticLabels())
 	}
 	if s, _ := f.Stored("raw"); s.GetKind() != types.KindDatabase {
 		t.Errorf("stored object has no defaults: kind %q", s.GetKind())

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	cnpgv1 "github.com/cloudnative-pg/cloudnative-pg/api/v1"
-	"github.com/gravitational/teleport/api/types"
 	appsv1 "k8s.io/api/apps/v1"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -406,7 +405,7 @@ func (b *chartBed) uninstallOptedIn(d *appsv1.Deployment, ns, cluster, db string
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !slices.ContainsFunc(dbs, func(x types.Database) bool { return x.GetName() == db }) {
+	if !slices.ContainsFunc(dbs, func(x teleport.DatabaseMeta) bool { return x.Name == db }) {
 		t.Fatalf("%s gone from Teleport after an uninstall without opt-out: nothing should have deregistered it", db)
 	}
 	t.Logf("%s uninstalled with %s/%s opted in: the Cluster came back healthy on its bundle in %s, %s still registered",

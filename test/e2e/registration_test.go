@@ -16,6 +16,7 @@ import (
 
 	cnpgv1 "github.com/cloudnative-pg/cloudnative-pg/api/v1"
 	"github.com/gravitational/teleport/api/types"
+	"github.com/gravitational/trace"
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -114,10 +115,18 @@ func (r *reg) dbs(prefix string) map[string]types.Database {
 		r.t.Fatal(err)
 	}
 	out := map[string]types.Database{}
-	for _, db := range all {
-		if strings.HasPrefix(db.GetName(), prefix) {
-			out[db.GetName()] = db
+	for _, m := range all { // the list has names and labels: each is read whole
+		if !strings.HasPrefix(m.Name, prefix) {
+			continue
 		}
+		db, err := r.admin.GetDatabase(r.ctx, m.Name)
+		if trace.IsNotFound(err) {
+			continue // deleted since the list
+		}
+		if err != nil {
+			r.t.Fatal(err)
+		}
+		out[m.Name] = db
 	}
 	return out
 }

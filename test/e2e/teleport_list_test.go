@@ -57,6 +57,14 @@ func TestListBeyondGRPCDefault(t *testing.T) {
 		if dbs = len(got); dbs < n && time.Now().After(deadline) {
 			t.Fatalf("listed %d of %d", dbs, n)
 		}
+		// The list decodes each db's name and labels only: both must be there.
+		for _, db := range got {
+			for k, v := range labels {
+				if !strings.HasPrefix(db.Name, "big-") || db.Labels[k] != v {
+					t.Fatalf("listed %q with labels %v, want big-* with %v", db.Name, db.Labels, labels)
+				}
+			}
+		}
 	}
 	t.Logf("listed %d db resources, %d MiB of CA bundles", dbs, n*len(bundle)>>20)
 
