@@ -78,9 +78,10 @@ type Result struct {
 	Steady         []Steady
 	ByHandWrites   int // Teleport writes of Resyncs by-hand syncs of AtOnce Clusters (Teleport's audit log)
 	ByHandTime     time.Duration
-	RSSPeak, RSS   float64 // MiB
-	HeapInUse      float64 // MiB, the Go runtime's (go_memstats_heap_inuse_bytes) at the end
-	PeakAt         string  // the phase in which the sampled RSS was highest
+	RSSPeak, RSS   float64  // MiB
+	HeapInUse      float64  // MiB, the Go runtime's (go_memstats_heap_inuse_bytes) at the end
+	PeakAt         string   // the phase in which the sampled RSS was highest
+	PeakSample     Resident // that sample: how much of it was the binary's file pages, how much anonymous
 }
 
 const (
@@ -117,7 +118,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 			go r.peak.sample(ctx, r.ctl.PID())
 		}
 	}
-	r.res.PeakAt = r.peak.at()
+	r.res.PeakAt, r.res.PeakSample = r.peak.at()
 	return r.res, nil
 }
 
@@ -127,7 +128,7 @@ type peakWatch struct {
 	mu    sync.Mutex
 	phase string
 	since time.Time
-	max   float64
+	max   Resident // the sample with the highest RSS
 	maxAt string
 }
 
@@ -139,10 +140,10 @@ func (p *peakWatch) enter(phase string) {
 
 func (p *peakWatch) sample(ctx context.Context, pid int) {
 	for ctx.Err() == nil {
-		if _, now, err := memory(pid); err == nil {
+		if m, err := memory(pid); err == nil {
 			p.mu.Lock()
-			if now > p.max {
-				p.max, p.maxAt = now, fmt.Sprintf("%s, %.0f s in", p.phase, time.Since(p.since).Seconds())
+			if m.Now > p.max.Now {
+				p.max, p.maxAt = m, fmt.Sprintf("%s, %.0f s in", p.phase, time.Since(p.since).Seconds())
 			}
 			p.mu.Unlock()
 		}
@@ -153,10 +154,10 @@ func (p *peakWatch) sample(ctx context.Context, pid int) {
 	}
 }
 
-func (p *peakWatch) at() string {
+func (p *peakWatch) at() (string, Resident) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.maxAt
+	return p.maxAt, p.max
 }
 
 type run struct {
@@ -435,8 +436,8 @@ func (r *run) converge(ctx context.Context) error {
 	}
 	r.res.ConvergeCalls, r.res.ConvergeWrites = calls(calls0, calls1), diff(writes0, writes1)
 	r.res.ConvergeKube = kubeRequests(calls0, calls1)
-	if peak, now, err := memory(r.ctl.PID()); err == nil {
-		r.logf("   controller RSS after convergence %.0f MiB (peak so far %.0f MiB)", now, peak)
+	if m, err := memory(r.ctl.PID()); err == nil {
+		r.logf("   controller RSS after convergence %.0f MiB (peak so far %.0f MiB)", m.Now, m.Peak)
 	}
 	// Where the peak is made: the heap as the last collection left it.
 	return saveHeapProfile(ctx, filepath.Join(r.cfg.Dir, "heap-converged.pprof"))
@@ -598,15 +599,16 @@ func (r *run) deletion(ctx context.Context) error {
 }
 
 func (r *run) memory(ctx context.Context) error {
-	var err error
-	if r.res.RSSPeak, r.res.RSS, err = memory(r.ctl.PID()); err != nil {
-		return err
-	}
-	m, err := scrape(ctx, metricsAddr)
+	m, err := memory(r.ctl.PID())
 	if err != nil {
 		return err
 	}
-	r.res.HeapInUse = m.sum("go_memstats_heap_inuse_bytes") / (1 << 20)
+	r.res.RSSPeak, r.res.RSS = m.Peak, m.Now
+	metrics, err := scrape(ctx, metricsAddr)
+	if err != nil {
+		return err
+	}
+	r.res.HeapInUse = metrics.sum("go_memstats_heap_inuse_bytes") / (1 << 20)
 	return saveHeapProfile(ctx, filepath.Join(r.cfg.Dir, "heap.pprof"))
 }
 

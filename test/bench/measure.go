@@ -156,12 +156,19 @@ func saveHeapProfile(ctx context.Context, path string) error {
 	return os.WriteFile(path, b, 0o600)
 }
 
-// memory reads a process's peak and current resident set size (MiB).
-func memory(pid int) (peak, now float64, err error) {
+// Resident is a process's resident set (MiB): its peak (VmHWM), and now in
+// all, of its binary and other files (RssFile: the pages of the 100 MB
+// binary it touched, shared and clean) and anonymous (RssAnon: the Go heap,
+// stacks and runtime).
+type Resident struct{ Peak, Now, File, Anon float64 }
+
+// memory reads a process's resident set from /proc.
+func memory(pid int) (Resident, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
-		return 0, 0, err
+		return Resident{}, err
 	}
+	var m Resident
 	for _, line := range strings.Split(string(b), "\n") {
 		f := strings.Fields(line)
 		if len(f) < 2 {
@@ -170,15 +177,19 @@ func memory(pid int) (peak, now float64, err error) {
 		kb, _ := strconv.ParseFloat(f[1], 64)
 		switch f[0] {
 		case "VmHWM:":
-			peak = kb / 1024
+			m.Peak = kb / 1024
 		case "VmRSS:":
-			now = kb / 1024
+			m.Now = kb / 1024
+		case "RssFile:":
+			m.File = kb / 1024
+		case "RssAnon:":
+			m.Anon = kb / 1024
 		}
 	}
-	if peak == 0 {
-		return 0, 0, fmt.Errorf("no VmHWM in /proc/%d/status", pid)
+	if m.Peak == 0 {
+		return Resident{}, fmt.Errorf("no VmHWM in /proc/%d/status", pid)
 	}
-	return peak, now, nil
+	return m, nil
 }
 
 // events records, per regarded object, when the controller reported each
