@@ -345,39 +345,6 @@ func (c *APIClient) DatabaseClientCAs(ctx context.Context) ([][]byte, error) {
 }
 
 // nameOf names db for error messages, without panicking on a nil one.
-// DatabaseServers counts the agents serving each db resource carrying labels
-// (ListResources of db_server, filtered by Teleport on the db's labels).
-// Each heartbeat carries a whole copy of its db resource, CA included, so
-// the pages are small and counted one at a time: at most one page is held,
-// never the whole list (make bench: thousands of heartbeats every pass).
-func (c *APIClient) DatabaseServers(ctx context.Context, labels map[string]string) (map[string]int, error) {
-	out := map[string]int{}
-	limit := int32(serverPage)
-	for key := ""; ; {
-		resp, err := c.api.ListResources(ctx, proto.ListResourcesRequest{
-			ResourceType: types.KindDatabaseServer, Labels: labels, StartKey: key, Limit: limit,
-		})
-		if trace.IsLimitExceeded(err) && limit > 1 { // a page over gRPC's message size: halve it
-			limit /= 2
-			continue
-		}
-		if err != nil {
-			return nil, c.wrap(err, "teleport: list db_server")
-		}
-		for _, r := range resp.Resources {
-			if s, ok := r.(types.DatabaseServer); ok && s.GetDatabase() != nil {
-				out[s.GetDatabase().GetName()]++
-			}
-		}
-		if key = resp.NextKey; key == "" || len(resp.Resources) == 0 {
-			return out, nil
-		}
-	}
-}
-
-// serverPage is how many db_server heartbeats one page of DatabaseServers asks for.
-const serverPage = 100
-
 // ListRoles lists the Teleport roles (needs role list/read): the paginated
 // ListRoles of newer auth servers, else the GetRoles call they replaced
 // (Teleport 13 has only that; this teleport/api no longer wraps it).

@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/gravitational/teleport/api/client/proto"
 	"github.com/gravitational/teleport/api/types"
+	"github.com/gravitational/trace"
 	"github.com/gravitational/trace/trail"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/types/known/emptypb"
@@ -101,4 +103,106 @@ func fields(b []byte, f func(protowire.Number, []byte) error) error {
 		b = b[n:]
 	}
 	return nil
+}
+
+// DatabaseServers counts the agents serving each db resource carrying labels
+// (ListResources of db_server, filtered by Teleport on the db's labels).
+// Each heartbeat carries a whole copy of its db resource, CA included: the
+// pages are small, counted one at a time, and of each heartbeat only its
+// db's name is decoded (make bench: thousands of heartbeats every check).
+func (c *APIClient) DatabaseServers(ctx context.Context, labels map[string]string) (map[string]int, error) {
+	out := map[string]int{}
+	limit := int32(serverPage)
+	for key := ""; ; {
+		req := proto.ListResourcesRequest{ResourceType: types.KindDatabaseServer, Labels: labels, StartKey: key, Limit: limit}
+		if err := req.CheckAndSetDefaults(); err != nil {
+			return nil, c.wrap(err, "teleport: list db_server")
+		}
+		var page serverList
+		err := trail.FromGRPC(c.api.GetConnection().Invoke(ctx, "/proto.AuthService/ListResources", &req, &page))
+		if trace.IsLimitExceeded(err) && limit > 1 { // a page over gRPC's message size: halve it
+			limit /= 2
+			continue
+		}
+		if err != nil {
+			return nil, c.wrap(err, "teleport: list db_server")
+		}
+		for _, name := range page.dbs {
+			out[name]++
+		}
+		if key = page.next; key == "" || page.resources == 0 {
+			return out, nil
+		}
+	}
+}
+
+// serverPage is how many db_server heartbeats one page of DatabaseServers asks for.
+const serverPage = 100
+
+// serverList is a proto.ListResourcesResponse of db_server heartbeats of
+// which only each heartbeat's db name is decoded.
+type serverList struct {
+	dbs       []string // the db each db_server heartbeat serves
+	resources int      // resources in the page, of any kind
+	next      string
+}
+
+func (p *serverList) Reset()         { *p = serverList{} }
+func (p *serverList) String() string { return fmt.Sprintf("%d resources", p.resources) }
+func (*serverList) ProtoMessage()    {}
+
+// Field numbers, from authservice.proto and types.proto:
+// ListResourcesResponse.Resources and .NextKey, PaginatedResource's
+// DatabaseServer, DatabaseServerV3.Spec, DatabaseServerSpecV3.Database,
+// Metadata.Name.
+const (
+	fieldResources      = 1
+	fieldNextKey        = 2
+	fieldDatabaseServer = 1
+	fieldServerSpec     = 5
+	fieldServerDatabase = 12
+	fieldName           = 1
+)
+
+// Unmarshal decodes a ListResourcesResponse down to the names of the dbs
+// its db_server heartbeats serve, skipping every other field.
+func (p *serverList) Unmarshal(b []byte) error {
+	return fields(b, func(num protowire.Number, v []byte) error {
+		switch num {
+		case fieldNextKey:
+			p.next = string(v)
+		case fieldResources:
+			p.resources++
+			name, err := path(v, fieldDatabaseServer, fieldServerSpec, fieldServerDatabase, fieldMetadata, fieldName)
+			if err != nil {
+				return err
+			}
+			if name != nil {
+				p.dbs = append(p.dbs, string(name))
+			}
+		}
+		return nil
+	})
+}
+
+// path follows the length-delimited fields nums from the message b and
+// returns the last one's bytes (nil when one is absent; Teleport writes
+// each of these fields once).
+func path(b []byte, nums ...protowire.Number) ([]byte, error) {
+	for _, want := range nums {
+		var found []byte
+		if err := fields(b, func(num protowire.Number, v []byte) error {
+			if num == want {
+				found = v
+			}
+			return nil
+		}); err != nil {
+			return nil, err
+		}
+		if found == nil {
+			return nil, nil
+		}
+		b = found
+	}
+	return b, nil
 }
