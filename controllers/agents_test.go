@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -11,6 +12,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/events"
+
+	"golang.org/x/time/rate"
 
 	"github.com/cnpg-teleport/cnpg-teleport/teleport/teleporttest"
 )
@@ -100,4 +103,59 @@ func TestAgentCheck(t *testing.T) {
 	if len(f.Calls()) != calls {
 		t.Errorf("Teleport called with nothing tracked")
 	}
+}
+
+// TestAgentCheckPaced: the check records its Events at Pace's rate after it
+// let go of its lock (a pass's Track never waits for them), and stops when
+// its context ends, the metric already set for every db.
+func TestAgentCheckPaced(t *testing.T) {
+	f := teleporttest.NewFake(teleporttest.FakeConfig{AllowedLabels: map[string]string{LabelManagedBy: ManagedByValue}})
+	var dbs []types.Database
+	for _, name := range []string{"k1-app-paced-rw", "k1-app-paced-ro", "k1-app-paced-r"} {
+		d, err := types.NewDatabaseV3(types.Metadata{Name: name, Labels: map[string]string{LabelManagedBy: ManagedByValue, LabelKubeCluster: "k1"}},
+			types.DatabaseSpecV3{Protocol: "postgres", URI: "pg-rw.app.svc:5432"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := f.Put(d); err != nil {
+			t.Fatal(err)
+		}
+		dbs = append(dbs, d)
+	}
+	f.SetAgents(map[string]string{LabelKubeCluster: "k1"})
+	rec := events.NewFakeRecorder(10)
+	a := &AgentCheck{Teleport: f, Recorder: rec, After: 30 * time.Second, Period: time.Second,
+		Labels: map[string]string{LabelManagedBy: ManagedByValue, LabelKubeCluster: "k1"},
+		Pace:   rate.NewLimiter(rate.Every(time.Hour), 1)} // one Event, then none for an hour
+	c := &cnpgv1.Cluster{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "paced", UID: "u-paced"}}
+	a.Track(c, dbs)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Check(ctx) }()
+	select {
+	case <-rec.Events: // the first, at once
+	case <-time.After(10 * time.Second):
+		t.Fatal("no Event")
+	}
+	tracked := make(chan struct{})
+	go func() { a.Track(c, dbs[:2]); close(tracked) }()
+	select {
+	case <-tracked:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Track waited for the check's paced Events")
+	}
+	for _, d := range dbs[:2] {
+		if g := testutil.ToFloat64(agentsServing.WithLabelValues("app", "paced", d.GetName())); g != 1 {
+			t.Errorf("%s: gauge %v before its Event, want 1", d.GetName(), g)
+		}
+	}
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("Check = %v, want the context's end", err)
+	}
+	if len(rec.Events) != 0 {
+		t.Errorf("%d more Events past the pace", len(rec.Events))
+	}
+	a.Forget(c.UID)
 }
