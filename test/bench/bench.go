@@ -485,13 +485,21 @@ func (r *run) idle(ctx context.Context) (Steady, error) {
 		return Steady{}, err
 	}
 	// The agent check reports each db resource once when an agent first
-	// serves it (an Event): a one-time write that would land in the count.
+	// serves it (an Event, paced): a one-time write that would land in the
+	// count.
 	if err := pollEvery(ctx, 2*time.Second, 5*time.Minute, "the agent check reports every db served", func() error {
 		m, err := scrape(ctx, metricsAddr)
 		if err != nil {
 			return err
 		}
-		return agentsSettled(m)
+		if err := agentsSettled(m); err != nil {
+			return err
+		}
+		registered := int(m.sum("cnpg_teleport_registered_databases"))
+		if n := r.events.between(time.Time{}, time.Now().Add(time.Hour))["Normal/"+controllers.ReasonAgentServing]; n < registered {
+			return fmt.Errorf("%d AgentServing Events for %d db resources", n, registered)
+		}
+		return nil
 	}); err != nil {
 		return Steady{}, err
 	}
