@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"testing"
@@ -111,5 +112,23 @@ func TestKubeAPIRateFlags(t *testing.T) {
 		if _, err := parseFlags(append(slices.Clone(required), bad...)); err == nil {
 			t.Errorf("%v accepted", bad)
 		}
+	}
+}
+
+// TestGCPercent: GOGC is 50 unless the environment sets it.
+func TestGCPercent(t *testing.T) {
+	defer debug.SetGCPercent(debug.SetGCPercent(100))
+	setGCPercent(func(string) string { return "" })
+	if got := debug.SetGCPercent(100); got != gcPercent {
+		t.Fatalf("GOGC unset: %d, want %d", got, gcPercent)
+	}
+	setGCPercent(func(k string) string {
+		if k == "GOGC" {
+			return "200"
+		}
+		return ""
+	})
+	if got := debug.SetGCPercent(100); got != 100 {
+		t.Fatalf("GOGC set: changed to %d", got)
 	}
 }

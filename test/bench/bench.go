@@ -80,6 +80,7 @@ type Result struct {
 	ByHandTime     time.Duration
 	RSSPeak, RSS   float64  // MiB
 	HeapInUse      float64  // MiB, the Go runtime's (go_memstats_heap_inuse_bytes) at the end
+	CPU            float64  // seconds of CPU the controller used over the run
 	PeakAt         string   // the phase in which the sampled RSS was highest
 	PeakSample     Resident // that sample: how much of it was the binary's file pages, how much anonymous
 }
@@ -612,6 +613,9 @@ func (r *run) memory(ctx context.Context) error {
 		return err
 	}
 	r.res.RSSPeak, r.res.RSS = m.Peak, m.Now
+	if r.res.CPU, err = cpuSeconds(r.ctl.PID()); err != nil {
+		return err
+	}
 	metrics, err := scrape(ctx, metricsAddr)
 	if err != nil {
 		return err

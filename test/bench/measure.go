@@ -2,7 +2,9 @@ package bench
 
 import (
 	"bufio"
+	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"math"
@@ -190,6 +192,26 @@ func memory(pid int) (Resident, error) {
 		return Resident{}, fmt.Errorf("no VmHWM in /proc/%d/status", pid)
 	}
 	return m, nil
+}
+
+// cpuSeconds reads the CPU time (user and system) a process has used.
+func cpuSeconds(pid int) (float64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The fields after the command's name, "(...)": state first, then
+	// utime and stime at 12 and 13 (man 5 proc), in USER_HZ (100 a second).
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	if len(f) < 13 {
+		return 0, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(f))
+	}
+	utime, err1 := strconv.ParseFloat(f[11], 64)
+	stime, err2 := strconv.ParseFloat(f[12], 64)
+	if err := errors.Join(err1, err2); err != nil {
+		return 0, err
+	}
+	return (utime + stime) / 100, nil
 }
 
 // events records, per regarded object, when the controller reported each

@@ -110,8 +110,8 @@ func report(r *bench.Result, took time.Duration) {
 		c.Resyncs, c.AtOnce, r.ByHandWrites, r.ByHandTime.Seconds())
 	fmt.Printf("| delete → rw and ro deregistered, %d Clusters one at a time | p50 %s, p99 %s | p99 ≤ 1 s |\n",
 		len(r.Delete), ms(bench.Percentile(r.Delete, 50)), ms(bench.Percentile(r.Delete, 99)))
-	fmt.Printf("| controller peak RSS, %d Clusters and %d unrelated Secrets | %.0f MiB (highest sampled: %s, %.0f MiB: %.0f of the binary's file pages, %.0f anonymous; at the end %.0f MiB, Go heap in use %.0f MiB) | ≤ 150 MiB |\n",
-		c.Sequential+c.AtOnce, c.Secrets, r.RSSPeak, r.PeakAt, r.PeakSample.Now, r.PeakSample.File, r.PeakSample.Anon, r.RSS, r.HeapInUse)
+	fmt.Printf("| controller peak RSS, %d Clusters and %d unrelated Secrets | %.0f MiB (highest sampled: %s, %.0f MiB: %.0f of the binary's file pages, %.0f anonymous; at the end %.0f MiB, Go heap in use %.0f MiB; CPU over the run %.0f s) | ≤ 150 MiB |\n",
+		c.Sequential+c.AtOnce, c.Secrets, r.RSSPeak, r.PeakAt, r.PeakSample.Now, r.PeakSample.File, r.PeakSample.Anon, r.RSS, r.HeapInUse, r.CPU)
 }
 
 func sum(m map[string]int) int {
