@@ -344,7 +344,6 @@ func (c *APIClient) DatabaseClientCAs(ctx context.Context) ([][]byte, error) {
 	return cas, c.wrap(err, "teleport: database client CAs")
 }
 
-// nameOf names db for error messages, without panicking on a nil one.
 // ListRoles lists the Teleport roles (needs role list/read): the paginated
 // ListRoles of newer auth servers, else the GetRoles call they replaced
 // (Teleport 13 has only that; this teleport/api no longer wraps it).
@@ -373,6 +372,7 @@ func unimplemented(err error) bool {
 	return ok && st.Code() == codes.Unimplemented
 }
 
+// nameOf names db for error messages, without panicking on a nil one.
 func nameOf(db types.Database) string {
 	if v3, ok := db.(*types.DatabaseV3); db == nil || (ok && v3 == nil) {
 		return ""
