@@ -240,6 +240,12 @@ func (r *ClusterReconciler) apply(ctx context.Context, c *cnpgv1.Cluster, desire
 	for _, d := range desired {
 		names = append(names, d.GetName())
 	}
+	if err := r.seedIndex(ctx); err != nil {
+		return r.unavailable(c, "Register", err)
+	}
+	if r.index().firstApply(string(c.UID)) {
+		names = nil // a new Cluster: created, and read only where a create meets one
+	}
 	visible, owned, err := r.readOwned(ctx, c, names)
 	if err != nil {
 		return r.unavailable(c, "Register", err)
@@ -275,17 +281,10 @@ func (ch *changes) report(rec events.EventRecorder, c *cnpgv1.Cluster) {
 	}
 }
 
-// create registers d. A visible resource of the same name that this
-// controller made for an earlier Cluster of the same namespace and name
-// (deleted and re-created, so another UID) is taken over; any other owner's
-// is a conflict and left untouched.
+// create registers d, or adopts the resource of its name that was seen.
 func (r *ClusterReconciler) create(ctx context.Context, c *cnpgv1.Cluster, d, seen types.Database, done *changes) error {
 	if seen != nil {
-		if ns, name, _, ok := ClusterRef(seen); ok && OwnedBy(seen, r.Options) && ns == c.Namespace && name == c.Name {
-			r.index().addName(string(c.UID), d.GetName()) // ours now: read by name from now on
-			return r.update(ctx, c, d, seen, done)
-		}
-		return r.conflict(c, d.GetName(), "exists with other owner labels")
+		return r.adopt(ctx, c, d, seen, done)
 	}
 	r.index().addName(string(c.UID), d.GetName()) // before: a create that answers late is still looked for
 	err := r.Teleport.CreateDatabase(ctx, d)
@@ -296,21 +295,42 @@ func (r *ClusterReconciler) create(ctx context.Context, c *cnpgv1.Cluster, d, se
 		return nil
 	case trace.IsAlreadyExists(err):
 		// Our own write that a stale read did not show yet is no error.
-		if r.recent.within(d.GetName(), r.now(), readLag) {
+		if r.recent.withinFor(d, r.now(), readLag) {
 			return nil
 		}
-		// Else a resource we may not see (another owner): look again.
+		// Else one this pass did not read (a new Cluster's), or one we may
+		// not see (another owner): look.
 		got, gerr := r.Teleport.GetDatabase(ctx, d.GetName())
-		if gerr == nil && OwnedByCluster(got, r.Options, c) {
-			return nil // ours; compared on the next pass
-		}
-		if gerr == nil || trace.IsNotFound(gerr) || trace.IsAccessDenied(gerr) {
+		switch {
+		case gerr == nil:
+			return r.adopt(ctx, c, d, got, done)
+		case trace.IsNotFound(gerr) || trace.IsAccessDenied(gerr):
 			return r.conflict(c, d.GetName(), "exists and is not visible as ours")
+		default:
+			return r.unavailable(c, "Register", gerr)
 		}
-		return r.unavailable(c, "Register", gerr)
 	default:
 		return r.unavailable(c, "Register", err)
 	}
+}
+
+// adopt handles seen, the resource that holds d's name: c's own is updated
+// if it differs; one this controller made for an earlier Cluster of the
+// same namespace and name (deleted and re-created, so another UID) is taken
+// over; any other owner's is a conflict and left untouched.
+func (r *ClusterReconciler) adopt(ctx context.Context, c *cnpgv1.Cluster, d, seen types.Database, done *changes) error {
+	if OwnedByCluster(seen, r.Options, c) {
+		r.index().addName(string(c.UID), d.GetName())
+		if !NeedsUpdate(d, seen) {
+			return nil
+		}
+		return r.update(ctx, c, d, seen, done)
+	}
+	if ns, name, _, ok := ClusterRef(seen); ok && OwnedBy(seen, r.Options) && ns == c.Namespace && name == c.Name {
+		r.index().addName(string(c.UID), d.GetName()) // ours now: read by name from now on
+		return r.update(ctx, c, d, seen, done)
+	}
+	return r.conflict(c, d.GetName(), "exists with other owner labels")
 }
 
 func (r *ClusterReconciler) update(ctx context.Context, c *cnpgv1.Cluster, d, actual types.Database, done *changes) error {
@@ -420,6 +440,7 @@ func (r *ClusterReconciler) finalize(ctx context.Context, c *cnpgv1.Cluster) err
 	r.warned.clear(c)
 	r.risky.clear(c)
 	r.Agents.Forget(c.UID)
+	r.index().forget(string(c.UID))
 	r.pending.forget(c.UID)
 	r.pending.forget(c.UID + "/auto")
 	r.bundles.forget(c.UID)

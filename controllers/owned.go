@@ -27,9 +27,40 @@ type ownedIndex struct {
 	// byUID holds each Cluster's names sorted: 1-3 a Cluster (a map each
 	// was 2 MB at 1,220 Clusters in make bench).
 	byUID map[string][]string
+	// applied holds the UIDs of the Clusters a pass of this process has
+	// registered (or tried to): see firstApply.
+	applied map[string]struct{}
 }
 
-func newOwnedIndex() *ownedIndex { return &ownedIndex{byUID: map[string][]string{}} }
+func newOwnedIndex() *ownedIndex {
+	return &ownedIndex{byUID: map[string][]string{}, applied: map[string]struct{}{}}
+}
+
+// firstApply reports whether this is the first registration of the Cluster
+// of uid in this process while the complete index records no name for it:
+// as far as Teleport's list and this process's writes show, it has no db
+// resource, so its names are created without being read first (a create
+// that meets one answers AlreadyExists, and only then is it read). Later
+// passes read every desired name, so a name held by another owner that the
+// controller may see costs one failed create per process, not one a resync
+// (one it may not see costs a failed create every pass, as before).
+func (x *ownedIndex) firstApply(uid string) bool {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if _, ok := x.applied[uid]; ok {
+		return false
+	}
+	x.applied[uid] = struct{}{}
+	return x.seeded && len(x.byUID[uid]) == 0
+}
+
+// forget drops what the index holds for a Cluster that is gone or opted out.
+func (x *ownedIndex) forget(uid string) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	delete(x.applied, uid)
+	delete(x.byUID, uid)
+}
 
 // addName records name as possibly owned by the Cluster of uid.
 func (x *ownedIndex) addName(uid, name string) {
@@ -88,12 +119,8 @@ func (x *ownedIndex) isSeeded() bool {
 // none, or one this identity may not see), owned holds those made for c.
 // Before the index is complete it lists once (the only list a pass makes).
 func (r *ClusterReconciler) readOwned(ctx context.Context, c *cnpgv1.Cluster, desired []string) (visible map[string]types.Database, owned []types.Database, err error) {
-	if !r.index().isSeeded() {
-		all, err := r.Teleport.ListDatabases(ctx)
-		if err != nil {
-			return nil, nil, err
-		}
-		r.index().seed(all, r.Options)
+	if err := r.seedIndex(ctx); err != nil {
+		return nil, nil, err
 	}
 	uid := string(c.UID)
 	names := slices.Concat(desired, r.index().names(uid))
@@ -125,4 +152,17 @@ func (r *ClusterReconciler) readOwned(ctx context.Context, c *cnpgv1.Cluster, de
 		}
 	}
 	return visible, owned, errors.Join(errs...)
+}
+
+// seedIndex fills the index from one list of every db resource, once.
+func (r *ClusterReconciler) seedIndex(ctx context.Context) error {
+	if r.index().isSeeded() {
+		return nil
+	}
+	all, err := r.Teleport.ListDatabases(ctx)
+	if err != nil {
+		return err
+	}
+	r.index().seed(all, r.Options)
+	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	cnpgv1 "github.com/cloudnative-pg/cloudnative-pg/api/v1"
 	"github.com/gravitational/teleport/api/types"
 
 	"github.com/cnpg-teleport/cnpg-teleport/teleport/teleporttest"
@@ -196,4 +197,92 @@ func TestApplyTakenOverNameStaysIndexed(t *testing.T) {
 	if names := f.StoredNames(); len(names) != 1 || names[0] != one[0].GetName() {
 		t.Fatalf("stored %v; want only %s", names, one[0].GetName())
 	}
+}
+
+// TestApplyNewClusterCreatesWithoutReading: a Cluster the complete index
+// records nothing for is registered with its creates alone; a name another
+// owner holds (visible) costs that Cluster one failed create in this
+// process, then is read like any other (no create a resync), and stays
+// untouched; a db
+// resource of its own that the index missed is compared and updated.
+func TestApplyNewClusterCreatesWithoutReading(t *testing.T) {
+	ctx := context.Background()
+	f := leastPrivilege()
+	foreignDBs(t, f, 50)
+	r, rec, now := testReconciler(f)
+	seed := cluster("app", "seed", 1, map[string]string{AnnotationRegister: "true"})
+	if err := r.apply(ctx, seed, mustDesired(t, seed, "ca")); err != nil { // fills the index
+		t.Fatal(err)
+	}
+
+	c := cluster("app", "pg", 3, map[string]string{AnnotationRegister: "true"})
+	desired := mustDesired(t, c, "ca")
+	n := len(f.Calls())
+	if err := r.apply(ctx, c, desired); err != nil {
+		t.Fatal(err)
+	}
+	if got := callsSince(f, n); got["GetDatabase"] != 0 || got["ListDatabases"] != 0 || got["CreateDatabase"] != len(desired) {
+		t.Fatalf("a new Cluster's first pass made %v; want %d creates and no read", got, len(desired))
+	}
+	*now = now.Add(time.Minute)
+	n = len(f.Calls())
+	if err := r.apply(ctx, c, desired); err != nil {
+		t.Fatal(err)
+	}
+	if got := callsSince(f, n); got["GetDatabase"] != len(desired) || got["CreateDatabase"]+got["UpdateDatabase"] != 0 {
+		t.Fatalf("its next pass made %v; want its %d names read and nothing written", got, len(desired))
+	}
+
+	// Another owner's db (visible: another Kubernetes cluster's) holds the
+	// rw name of a new Cluster.
+	taken := cluster("app", "taken", 1, map[string]string{AnnotationRegister: "true"})
+	want := mustDesired(t, taken, "ca")
+	foreign, _ := types.NewDatabaseV3(types.Metadata{Name: want[0].GetName(), Labels: map[string]string{LabelManagedBy: ManagedByValue, LabelKubeCluster: "other"}},
+		types.DatabaseSpecV3{Protocol: "postgres", URI: "elsewhere:5432"})
+	if err := f.Put(foreign); err != nil {
+		t.Fatal(err)
+	}
+	n = len(f.Calls())
+	for range 4 {
+		if err := r.apply(ctx, taken, want); !waitsForAPerson(err) {
+			t.Fatalf("want only a conflict, got %v", err)
+		}
+		*now = now.Add(time.Minute)
+	}
+	if got := callsSince(f, n); got["CreateDatabase"] != 1 {
+		t.Fatalf("4 passes over a taken name made %v; want 1 create (the first pass's)", got)
+	}
+	if got, _ := f.Stored(want[0].GetName()); got.GetURI() != "elsewhere:5432" {
+		t.Fatalf("the foreign db was touched: %s", got.GetURI())
+	}
+	if !hasReason(drain(rec), ReasonNameConflict) {
+		t.Fatal("no NameConflict event")
+	}
+
+	// Its own db resource, with an old CA, that the index does not record
+	// (Teleport's list trailed the create that made it).
+	own := cluster("app", "own", 1, map[string]string{AnnotationRegister: "true"})
+	old := mustDesired(t, own, "old-ca")
+	if err := f.Put(old[0]); err != nil {
+		t.Fatal(err)
+	}
+	updates := f.Updates()
+	if err := r.apply(ctx, own, mustDesired(t, own, "new-ca")); err != nil {
+		t.Fatal(err)
+	}
+	if f.Updates() != updates+1 {
+		t.Fatalf("%d updates; want its own db resource updated to the new CA", f.Updates()-updates)
+	}
+	if hasReason(drain(rec), ReasonNameConflict) {
+		t.Fatal("its own db resource was reported as a conflict")
+	}
+}
+
+func mustDesired(t *testing.T, c *cnpgv1.Cluster, ca string) []types.Database {
+	t.Helper()
+	dbs, err := DesiredDatabases(opts, c, testCA(t, ca))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dbs
 }

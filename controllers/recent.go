@@ -54,6 +54,22 @@ func (w *recentWrites) forget(name string) {
 	delete(w.m, name)
 }
 
+// withinFor reports whether db's name was written for db's Cluster (its
+// UID label) less than lag ago: a write for an earlier Cluster of the same
+// name (deleted and re-created) does not count.
+func (w *recentWrites) withinFor(db types.Database, now time.Time, lag time.Duration) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.prune(now)
+	e, ok := w.m[db.GetName()]
+	if !ok || now.Sub(e.at) >= lag {
+		return false
+	}
+	_, _, was, _ := ClusterRef(e.was)
+	_, _, is, _ := ClusterRef(db)
+	return was == is
+}
+
 // within reports whether name was written less than lag ago.
 func (w *recentWrites) within(name string, now time.Time, lag time.Duration) bool {
 	w.mu.Lock()
