@@ -437,6 +437,8 @@ func (r *run) converge(ctx context.Context) error {
 	}
 	r.res.ConvergeCalls, r.res.ConvergeWrites = calls(calls0, calls1), diff(writes0, writes1)
 	r.res.ConvergeKube = kubeRequests(calls0, calls1)
+	passes := calls1.sum(reconciles, "controller=cluster") - calls0.sum(reconciles, "controller=cluster")
+	r.logf("   %.0f Cluster passes (%.1f per Cluster)", passes, passes/float64(r.cfg.AtOnce))
 	if m, err := memory(r.ctl.PID()); err == nil {
 		r.logf("   controller RSS after convergence %.0f MiB (peak so far %.0f MiB)", m.Now, m.Peak)
 	}

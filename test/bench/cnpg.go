@@ -6,6 +6,7 @@ import (
 	cnpgv1 "github.com/cloudnative-pg/cloudnative-pg/api/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	toolscache "k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/workqueue"
@@ -19,16 +20,22 @@ import (
 // and its resourceVersion in status.certificates.clientCASecret and
 // status.secretsResourceVersion.clientCaSecretVersion, as CNPG does once
 // its instances run that client CA (cnpg.md). It writes only when the
-// status differs, so it adds nothing to an idle cluster.
+// status differs, so it adds nothing to an idle cluster. Like CNPG's
+// operator it reads from its informers (the Secret's metadata is enough
+// here): only its status writes reach the apiserver.
 type statusWriter struct {
 	c     client.Client
+	cache cache.Cache
 	queue workqueue.TypedRateLimitingInterface[types.NamespacedName]
 }
 
 func startStatusWriter(ctx context.Context, informers cache.Cache, c client.Client, workers int) error {
-	s := &statusWriter{c: c, queue: workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[types.NamespacedName]())}
+	s := &statusWriter{c: c, cache: informers, queue: workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[types.NamespacedName]())}
 	inf, err := informers.GetInformer(ctx, &cnpgv1.Cluster{})
 	if err != nil {
+		return err
+	}
+	if _, err := informers.GetInformer(ctx, secretMeta()); err != nil {
 		return err
 	}
 	enqueue := func(o any) {
@@ -71,21 +78,22 @@ func (s *statusWriter) work(ctx context.Context) {
 
 func (s *statusWriter) write(ctx context.Context, key types.NamespacedName) error {
 	var c cnpgv1.Cluster
-	if err := s.c.Get(ctx, key, &c); err != nil {
+	if err := s.cache.Get(ctx, key, &c); err != nil {
 		return client.IgnoreNotFound(err)
 	}
 	if c.Spec.Certificates == nil || c.Spec.Certificates.ClientCASecret == "" {
 		return nil
 	}
-	var ca corev1.Secret
-	if err := s.c.Get(ctx, types.NamespacedName{Namespace: c.Namespace, Name: c.Spec.Certificates.ClientCASecret}, &ca); err != nil {
-		return client.IgnoreNotFound(err)
+	ca := secretMeta()
+	if err := s.cache.Get(ctx, types.NamespacedName{Namespace: c.Namespace, Name: c.Spec.Certificates.ClientCASecret}, ca); err != nil {
+		return err // not in the informer yet too: again, with backoff
 	}
 	if c.Status.Certificates.ClientCASecret == ca.Name && c.Status.SecretsResourceVersion.ClientCASecretVersion == ca.ResourceVersion {
 		return nil
 	}
 	c.Status.Certificates.ClientCASecret = ca.Name
 	c.Status.SecretsResourceVersion.ClientCASecretVersion = ca.ResourceVersion
+	// A stale cached Cluster answers Conflict: again, with backoff.
 	if err := s.c.Status().Update(ctx, &c); err != nil {
 		if apierrors.IsNotFound(err) {
 			return nil
@@ -93,4 +101,10 @@ func (s *statusWriter) write(ctx context.Context, key types.NamespacedName) erro
 		return err
 	}
 	return nil
+}
+
+func secretMeta() *metav1.PartialObjectMetadata {
+	m := &metav1.PartialObjectMetadata{}
+	m.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("Secret"))
+	return m
 }
