@@ -203,8 +203,8 @@ func TestApplyTakenOverNameStaysIndexed(t *testing.T) {
 // records nothing for is registered with its creates alone; a name another
 // owner holds (visible) costs that Cluster one failed create in this
 // process, then is read like any other (no create a resync), and stays
-// untouched; a db
-// resource of its own that the index missed is compared and updated.
+// untouched; a db resource of its own that the index missed is compared
+// and updated.
 func TestApplyNewClusterCreatesWithoutReading(t *testing.T) {
 	ctx := context.Background()
 	f := leastPrivilege()
