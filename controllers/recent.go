@@ -54,38 +54,41 @@ func (w *recentWrites) forget(name string) {
 	delete(w.m, name)
 }
 
-// withinFor reports whether db's name was written for db's Cluster (its
-// UID label) less than lag ago: a write for an earlier Cluster of the same
-// name (deleted and re-created) does not count.
-func (w *recentWrites) withinFor(db types.Database, now time.Time, lag time.Duration) bool {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.prune(now)
-	e, ok := w.m[db.GetName()]
-	if !ok || now.Sub(e.at) >= lag {
-		return false
-	}
-	_, _, was, _ := ClusterRef(e.was)
-	_, _, is, _ := ClusterRef(db)
-	return was == is
-}
-
-// within reports whether name was written less than lag ago.
-func (w *recentWrites) within(name string, now time.Time, lag time.Duration) bool {
+// last returns what this process wrote under name less than lag ago.
+func (w *recentWrites) last(name string, now time.Time, lag time.Duration) (types.Database, bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.prune(now)
 	e, ok := w.m[name]
-	return ok && now.Sub(e.at) < lag
+	if !ok || now.Sub(e.at) >= lag {
+		return nil, false
+	}
+	return e.was, true
+}
+
+// withinFor reports whether db's name was written for db's Cluster (its
+// UID label) less than lag ago: a write for an earlier Cluster of the same
+// name (deleted and re-created) does not count.
+func (w *recentWrites) withinFor(db types.Database, now time.Time, lag time.Duration) bool {
+	was, ok := w.last(db.GetName(), now, lag)
+	if !ok {
+		return false
+	}
+	_, _, wasUID, _ := ClusterRef(was)
+	_, _, uid, _ := ClusterRef(db)
+	return wasUID == uid
+}
+
+// within reports whether name was written less than lag ago.
+func (w *recentWrites) within(name string, now time.Time, lag time.Duration) bool {
+	_, ok := w.last(name, now, lag)
+	return ok
 }
 
 // same reports whether exactly db was written less than lag ago.
 func (w *recentWrites) same(db types.Database, now time.Time, lag time.Duration) bool {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.prune(now)
-	e, ok := w.m[db.GetName()]
-	return ok && now.Sub(e.at) < lag && !NeedsUpdate(db, e.was)
+	was, ok := w.last(db.GetName(), now, lag)
+	return ok && !NeedsUpdate(db, was)
 }
 
 // since returns copies of what was written less than lag ago and matches.
