@@ -17,12 +17,15 @@ GO ?= go
 TOOLS := hack/tools.sh
 BIN := $(CURDIR)/bin
 TEST_TIMEOUT ?= 30m
+MODULE := github.com/cnpg-teleport/cnpg-teleport
+# The packages make race runs (unit and envtest tests); make test runs the rest without -race.
+RACE_DIRS := controllers|teleport|certs|clusterspec
 
 # Host tools the test world needs, by Debian package.
 # (PgBouncer is built by hack/tools.sh: CNPG needs >= 1.20, Debian 12 has 1.18.)
 HOST_PACKAGES := postgresql util-linux iproute2 openssl curl jq gcc bsdutils ca-certificates
 
-.PHONY: all build test unit race lint vet deps tools world-tools help clean demo demo-verify image image-test bench fuzz
+.PHONY: all build test e2e unit race lint vet deps tools world-tools help clean demo demo-verify image image-test bench fuzz
 
 all: build
 
@@ -78,7 +81,7 @@ image: deps
 
 ## image-test: vet, lint and the tests of the image builder (hack/image: its own module, so not in ./...).
 image-test: deps
-	cd hack/image && $(GO) vet ./... && $$($(CURDIR)/$(TOOLS) golangci-lint)/golangci-lint run ./... && $(GO) test -count=1 ./...
+	cd hack/image && $(GO) vet ./... && $$($(CURDIR)/$(TOOLS) golangci-lint)/golangci-lint run ./... && $(GO) test -vet=off -count=1 ./...
 
 vet:
 	$(GO) vet ./...
@@ -86,7 +89,9 @@ vet:
 lint:
 	@$$($(TOOLS) golangci-lint)/golangci-lint run ./...
 
-## test: everything CI runs: vet, lint, then every test (unit, envtest, end-to-end).
+## test: everything CI runs: vet, lint, then every test (unit, envtest, end-to-end). `go vet ./...` vets
+## every package and its tests once; the test runs after it turn go test's own vet off (-vet=off): it would
+## vet every dependency again for each build (plain, -race, fuzz), minutes when the Go cache is cold.
 test: tools
 	@echo "[test] go vet"; $(GO) vet ./...
 	@echo "[test] golangci-lint"; $$($(TOOLS) golangci-lint)/golangci-lint run ./...
@@ -95,9 +100,23 @@ test: tools
 	@echo "[test] fuzz ($(FUZZ_TIME) a target)"; $(MAKE) --no-print-directory fuzz
 	@echo "[test] bin/cnpg-teleport-race: the controller under the race detector, for the end-to-end tests"
 	CGO_ENABLED=1 $(GO) build -race -o $(BIN)/cnpg-teleport-race ./cmd/cnpg-teleport
-	@echo "[test] go test (unit, integration, end-to-end; a race the controller reports in its log fails the test)"
+	@echo "[test] go test (the packages the -race stage did not run: commands, chart, world)"
 	$(WORLD_ENV) CNPG_TELEPORT_BIN=$(BIN)/cnpg-teleport-race PROMRULES_BIN_DIR=$$($(TOOLS) promrules) \
-	  $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+	  $(GO) test -vet=off -count=1 -timeout $(TEST_TIMEOUT) $$($(GO) list ./... | grep -vE '^$(MODULE)/($(RACE_DIRS)|test/e2e)(/|$$)')
+	@echo "[test] end-to-end (test/e2e; a race the controller reports in its log fails the test)"
+	@$(MAKE) --no-print-directory e2e CNPG_TELEPORT_BIN=$(BIN)/cnpg-teleport-race
+
+## e2e: the end-to-end tests (hack/e2e.sh: one test a process, each its own world and network namespace, each
+## printed with its time), E2E_JOBS at a time (1: two at a time is ~25% faster on 2 cores, but slows each test
+## enough to fail a timing-bound one); E2E_RUN picks tests by name. CNPG_TELEPORT_BIN picks the controller
+## binary (make test: the -race one).
+E2E_JOBS ?= 1
+E2E_RUN ?= ^Test
+CNPG_TELEPORT_BIN ?= $(BIN)/cnpg-teleport
+e2e: world-tools
+	@$(GO) test -c -vet=off -o $(BIN)/e2e.test ./test/e2e
+	@$(WORLD_ENV) CNPG_TELEPORT_BIN=$(CNPG_TELEPORT_BIN) PROMRULES_BIN_DIR=$$($(TOOLS) promrules) \
+	  TEST_TIMEOUT=$(TEST_TIMEOUT) hack/e2e.sh $(BIN)/e2e.test $(E2E_JOBS) '$(E2E_RUN)'
 
 ## fuzz: each fuzz target (annotations, labels, names, the pg_hba merge) for FUZZ_TIME; the corpus is in
 ## testdata/fuzz, and plain `go test` runs it every time. FUZZ_TIME is a count of executions, not a
@@ -110,7 +129,7 @@ FUZZ_TARGETS := ./controllers:FuzzParseAnnotations ./controllers:FuzzParseLabels
 fuzz: deps
 	@for t in $(FUZZ_TARGETS); do \
 		echo "[fuzz] $${t#*:}"; \
-		$(GO) test -run '^$$' -fuzz "^$${t#*:}$$" -fuzztime $(FUZZ_TIME) "$${t%%:*}" || exit 1; \
+		$(GO) test -vet=off -run '^$$' -fuzz "^$${t#*:}$$" -fuzztime $(FUZZ_TIME) "$${t%%:*}" || exit 1; \
 	done
 
 ## demo: the main job on one machine (world, controller, sample Cluster, tctl/tsh), pausing between steps.
@@ -133,7 +152,7 @@ bench: world-tools
 ## make test's end-to-end tests run): the shipped binaries stay CGO_ENABLED=0.
 race: deps
 	KUBE_APISERVER_DIR=$$($(TOOLS) kube-apiserver) ETCD_DIR=$$($(TOOLS) etcd) CGO_ENABLED=1 \
-	  $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./controllers/... ./teleport/... ./certs/... ./clusterspec/...
+	  $(GO) test -vet=off -race -count=1 -timeout $(TEST_TIMEOUT) $(foreach d,$(subst |, ,$(RACE_DIRS)),./$(d)/...)
 
 ## unit: the unit and envtest tests (a real apiserver + etcd; no CNPG, no Teleport).
 unit: deps
