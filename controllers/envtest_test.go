@@ -919,6 +919,46 @@ func TestEnvNoCertificateSwitchDuringJoin(t *testing.T) {
 	})
 }
 
+// TestEnvNoTrustSwitchWhileAnInstanceStarts: the certificates and pg_hba are
+// not switched while CNPG reports fewer ready instances than instances (CNPG
+// would write the files but never reload the starting PostgreSQL), and are
+// switched once every instance is ready, with a TrustPending Event meanwhile.
+func TestEnvNoTrustSwitchWhileAnInstanceStarts(t *testing.T) {
+	b, _ := newBed(t, bedOptions{resync: time.Hour})
+	ctx := context.Background()
+	b.newCluster("pg", 2, nil)
+	setReady := func(ready int) {
+		b.eventually(fmt.Sprintf("%d of 2 instances ready", ready), func() (bool, string) {
+			c, err := b.get("pg")
+			if err != nil {
+				return false, err.Error()
+			}
+			patch := client.MergeFromWithOptions(c.DeepCopy(), client.MergeFromWithOptimisticLock{})
+			c.Status.Instances, c.Status.ReadyInstances = 2, ready
+			err = b.c.Status().Patch(ctx, c, patch)
+			return err == nil, fmt.Sprint(err)
+		})
+	}
+	setReady(1)
+	b.patchCluster("pg", func(c *cnpgv1.Cluster) { c.Annotations = registerAnn() })
+	b.event("pg", ReasonTrustPending, "switched once every instance is ready (1 of 2)")
+	switched := func() (bool, string) {
+		c, err := b.get("pg")
+		if err != nil {
+			return false, err.Error()
+		}
+		if cs := c.Spec.Certificates; cs == nil || cs.ClientCASecret != "pg-teleport-ca" {
+			return false, fmt.Sprintf("%+v", cs)
+		}
+		return len(c.Spec.PostgresConfiguration.PgHBA) > 0, fmt.Sprint(c.Spec.PostgresConfiguration.PgHBA)
+	}
+	if ok, got := switched(); ok {
+		t.Fatalf("switched while an instance starts: %s", got)
+	}
+	setReady(2)
+	b.eventually("certificates and pg_hba switched once both instances are ready", switched)
+}
+
 // reconcileErrors is controller-runtime's count of failed Cluster passes
 // (every manager of this package names its controller "cluster").
 func reconcileErrors(t *testing.T) float64 {
