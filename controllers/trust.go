@@ -192,9 +192,9 @@ func switchesJoinCertificates(c, next *cnpgv1.Cluster) bool {
 // (instance_controller.go: the IsReady and IsDBUp returns come before the
 // Reload): files written while PostgreSQL starts are never loaded, and that
 // instance keeps the old server certificate, client CA and pg_hba until it
-// restarts. Seen in make test with two worlds sharing the cores: after a
-// switch during a replica's start, TestIssuerMode's replica still served
-// CNPG's own server certificate a minute later. Instances counts PVC groups:
+// restarts. The likely cause of what make test saw with two worlds sharing
+// the cores: after a switch during a replica's start, TestIssuerMode's
+// replica still served CNPG's own server certificate a minute later. Instances counts PVC groups:
 // a Cluster with none yet has nothing to reload and is not held back, nor is
 // one by a PVC group left over from a scale-down (at most spec.instances).
 func (r *ClusterReconciler) notWhileStarting(c *cnpgv1.Cluster) error {
