@@ -920,28 +920,28 @@ func TestEnvNoCertificateSwitchDuringJoin(t *testing.T) {
 }
 
 // TestEnvNoTrustSwitchWhileAnInstanceStarts: the certificates and pg_hba are
-// not switched while CNPG reports fewer ready instances than instances (CNPG
-// would write the files but never reload the starting PostgreSQL), and are
-// switched once every instance is ready, with a TrustPending Event meanwhile.
+// not switched while CNPG reports an instance running but not ready (CNPG
+// would write its files but never reload it), and are switched once none is,
+// with a TrustPending Event meanwhile.
 func TestEnvNoTrustSwitchWhileAnInstanceStarts(t *testing.T) {
 	b, _ := newBed(t, bedOptions{resync: time.Hour})
 	ctx := context.Background()
 	b.newCluster("pg", 2, nil)
-	setReady := func(ready int) {
-		b.eventually(fmt.Sprintf("%d of 2 instances ready", ready), func() (bool, string) {
+	setStatus := func(st map[cnpgv1.PodStatus][]string) {
+		b.eventually(fmt.Sprintf("instances %v", st), func() (bool, string) {
 			c, err := b.get("pg")
 			if err != nil {
 				return false, err.Error()
 			}
 			patch := client.MergeFromWithOptions(c.DeepCopy(), client.MergeFromWithOptimisticLock{})
-			c.Status.Instances, c.Status.ReadyInstances = 2, ready
+			c.Status.InstancesStatus = st
 			err = b.c.Status().Patch(ctx, c, patch)
 			return err == nil, fmt.Sprint(err)
 		})
 	}
-	setReady(1)
+	setStatus(map[cnpgv1.PodStatus][]string{cnpgv1.PodHealthy: {"pg-1"}, cnpgv1.PodReplicating: {"pg-2"}})
 	b.patchCluster("pg", func(c *cnpgv1.Cluster) { c.Annotations = registerAnn() })
-	b.event("pg", ReasonTrustPending, "switched once every instance is ready (1 of 2)")
+	b.event("pg", ReasonTrustPending, "switched once no instance is starting (pg-2 running, not ready)")
 	switched := func() (bool, string) {
 		c, err := b.get("pg")
 		if err != nil {
@@ -955,8 +955,8 @@ func TestEnvNoTrustSwitchWhileAnInstanceStarts(t *testing.T) {
 	if ok, got := switched(); ok {
 		t.Fatalf("switched while an instance starts: %s", got)
 	}
-	setReady(2)
-	b.eventually("certificates and pg_hba switched once both instances are ready", switched)
+	setStatus(map[cnpgv1.PodStatus][]string{cnpgv1.PodHealthy: {"pg-1", "pg-2"}})
+	b.eventually("certificates and pg_hba switched once no instance starts", switched)
 }
 
 // reconcileErrors is controller-runtime's count of failed Cluster passes

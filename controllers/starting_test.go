@@ -7,28 +7,26 @@ import (
 	cnpgv1 "github.com/cloudnative-pg/cloudnative-pg/api/v1"
 )
 
-// TestNotWhileStarting: the trust switch waits while fewer instances are
-// ready than exist (PVC groups, at most spec.instances), with a TrustPending
-// Event; a Cluster with no instance yet, or a PVC group left over from a
-// scale-down, does not hold it back.
+// TestNotWhileStarting: the trust switch waits while an instance's Pod runs
+// but is not ready (CNPG's "replicating"), with a TrustPending Event; no
+// instance yet (initdb), a Pod not running yet (pending: it loads the files
+// when it starts) or a failed one does not hold it back.
 func TestNotWhileStarting(t *testing.T) {
 	for _, tc := range []struct {
-		name                   string
-		spec, instances, ready int
-		wait                   bool
+		name   string
+		status map[cnpgv1.PodStatus][]string
+		wait   bool
 	}{
-		{"no instance yet (initdb)", 2, 0, 0, false},
-		{"all ready", 2, 2, 2, false},
-		{"a replica starting", 2, 2, 1, true},
-		{"the primary starting", 1, 1, 0, true},
-		{"scaling up: the new instance starts", 3, 3, 2, true},
-		{"scaling up: the new instance not created yet", 3, 2, 2, false},
-		{"a PVC group left over from a scale-down", 2, 3, 2, false},
+		{"no instance yet (initdb)", nil, false},
+		{"all ready", map[cnpgv1.PodStatus][]string{cnpgv1.PodHealthy: {"pg-1", "pg-2"}}, false},
+		{"a replica starting", map[cnpgv1.PodStatus][]string{cnpgv1.PodHealthy: {"pg-1"}, cnpgv1.PodReplicating: {"pg-2"}}, true},
+		{"the primary starting", map[cnpgv1.PodStatus][]string{cnpgv1.PodReplicating: {"pg-1"}}, true},
+		{"a failed instance", map[cnpgv1.PodStatus][]string{cnpgv1.PodHealthy: {"pg-1"}, cnpgv1.PodFailed: {"pg-2"}}, false},
 	} {
 		r, rec, _ := testReconciler(nil)
-		c := &cnpgv1.Cluster{Spec: cnpgv1.ClusterSpec{Instances: tc.spec}}
+		c := &cnpgv1.Cluster{}
 		c.Name, c.Namespace, c.UID = "pg", "ns", "u1"
-		c.Status.Instances, c.Status.ReadyInstances = tc.instances, tc.ready
+		c.Status.InstancesStatus = tc.status
 		err := r.notWhileStarting(c)
 		if got := errors.Is(err, errWaiting); got != tc.wait {
 			t.Errorf("%s: waits %v (%v), want %v", tc.name, got, err, tc.wait)

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -185,26 +186,26 @@ func switchesJoinCertificates(c, next *cnpgv1.Cluster) bool {
 	return a.ServerTLSSecret != b.ServerTLSSecret || a.ServerCASecret != b.ServerCASecret || a.ReplicationTLSSecret != b.ReplicationTLSSecret
 }
 
-// notWhileStarting returns errWaiting while an instance of c is not ready
-// (CNPG's status: fewer ready instances than instances). CNPG v1.30.0's
-// instance manager writes changed certificate and pg_hba files in every pass,
-// but reloads PostgreSQL only in a pass that finds it up and ready
-// (instance_controller.go: the IsReady and IsDBUp returns come before the
-// Reload): files written while PostgreSQL starts are never loaded, and that
-// instance keeps the old server certificate, client CA and pg_hba until it
-// restarts. The likely cause of what make test saw with two worlds sharing
+// notWhileStarting returns errWaiting while an instance of c is starting:
+// its Pod running but not ready (CNPG's status.instancesStatus "replicating").
+// CNPG v1.30.0's instance manager writes changed certificate and pg_hba files
+// in every pass, but reloads PostgreSQL only in a pass that finds it up and
+// ready (instance_controller.go: the IsReady and IsDBUp returns come before
+// the Reload): files written while PostgreSQL starts are never loaded, and
+// that instance keeps the old server certificate, client CA and pg_hba until
+// it restarts. The likely cause of what make test saw with two worlds sharing
 // the cores: after a switch during a replica's start, TestIssuerMode's
-// replica still served CNPG's own server certificate a minute later. Instances counts PVC groups:
-// a Cluster with none yet has nothing to reload and is not held back, nor is
-// one by a PVC group left over from a scale-down (at most spec.instances).
+// replica still served CNPG's own server certificate a minute later. An
+// instance not running yet (initdb, a Pod pending) loads the files when it
+// starts, and does not hold the switch back.
 func (r *ClusterReconciler) notWhileStarting(c *cnpgv1.Cluster) error {
-	ready, want := c.Status.ReadyInstances, min(c.Status.Instances, c.Spec.Instances)
-	if ready >= want {
+	starting := c.Status.InstancesStatus[cnpgv1.PodReplicating]
+	if len(starting) == 0 {
 		return nil
 	}
 	r.warned.note(r.Recorder, c, ReasonTrustPending, "SwitchCertificates",
-		"certificates and pg_hba switched once every instance is ready (%d of %d): CNPG reloads PostgreSQL only on a ready instance, and one starting would keep the old ones", ready, want)
-	return fmt.Errorf("trust not switched: %w: %d of %d instances ready", errWaiting, ready, want)
+		"certificates and pg_hba switched once no instance is starting (%s running, not ready): CNPG reloads PostgreSQL only on a ready instance, and one starting would keep the old ones", strings.Join(starting, ", "))
+	return fmt.Errorf("trust not switched: %w: %s starting", errWaiting, strings.Join(starting, ", "))
 }
 
 // notDuringJoin returns errWaiting while CNPG creates a replica, when going

@@ -160,12 +160,12 @@ func stripCached(o any) (any, error) {
 	}
 	// Of a Cluster's status (instances, conditions, topology: large on a
 	// real Cluster, rewritten by CNPG all the time) the controller reads the
-	// certificates CNPG runs and how many of its instances are ready (it
-	// switches them only when all are), and nothing else; it never writes a
-	// Cluster's status, nor a Cluster with Update.
+	// certificates CNPG runs and which instances are in which state (it
+	// switches them only when none is starting), and nothing else; it never
+	// writes a Cluster's status, nor a Cluster with Update.
 	if c, ok := o.(*cnpgv1.Cluster); ok {
 		c.Status = cnpgv1.ClusterStatus{Certificates: c.Status.Certificates, SecretsResourceVersion: c.Status.SecretsResourceVersion,
-			Instances: c.Status.Instances, ReadyInstances: c.Status.ReadyInstances}
+			InstancesStatus: c.Status.InstancesStatus}
 	}
 	return o, nil
 }

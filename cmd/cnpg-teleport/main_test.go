@@ -34,17 +34,18 @@ func TestStripCached(t *testing.T) {
 	}
 	c := &cnpgv1.Cluster{ObjectMeta: metav1.ObjectMeta{Annotations: map[string]string{"cnpg-teleport.io/register": "true"}, ManagedFields: mf}}
 	c.Status.Certificates.ClientCASecret, c.Status.SecretsResourceVersion.ClientCASecretVersion = "pg-teleport-ca", "42"
-	c.Status.Phase, c.Status.InstanceNames, c.Status.Instances, c.Status.ReadyInstances = "Cluster in healthy state", []string{"pg-1", "pg-2"}, 2, 1
+	c.Status.Phase, c.Status.InstanceNames, c.Status.ReadyInstances = "Cluster in healthy state", []string{"pg-1", "pg-2"}, 1
+	c.Status.InstancesStatus = map[cnpgv1.PodStatus][]string{cnpgv1.PodHealthy: {"pg-1"}, cnpgv1.PodReplicating: {"pg-2"}}
 	if _, err := stripCached(c); err != nil || c.Annotations["cnpg-teleport.io/register"] != "true" || c.ManagedFields != nil {
 		t.Fatalf("a Cluster must keep its annotations (the controller reads them), lose managedFields: %v %v", c.Annotations, c.ManagedFields)
 	}
 	if c.Status.Certificates.ClientCASecret != "pg-teleport-ca" || c.Status.SecretsResourceVersion.ClientCASecretVersion != "42" {
 		t.Fatalf("a Cluster must keep the certificates CNPG reports (the registration waits on them): %+v", c.Status)
 	}
-	if c.Status.Instances != 2 || c.Status.ReadyInstances != 1 {
-		t.Fatalf("a Cluster must keep how many instances are ready (the trust switch waits for all): %+v", c.Status)
+	if got := c.Status.InstancesStatus[cnpgv1.PodReplicating]; len(got) != 1 || got[0] != "pg-2" {
+		t.Fatalf("a Cluster must keep which instances are starting (the trust switch waits for them): %+v", c.Status)
 	}
-	if c.Status.Phase != "" || c.Status.InstanceNames != nil {
+	if c.Status.Phase != "" || c.Status.InstanceNames != nil || c.Status.ReadyInstances != 0 {
 		t.Fatalf("the rest of a Cluster's status is never read and must not be cached: %+v", c.Status)
 	}
 }
