@@ -35,7 +35,11 @@ func TestBenchCounts(t *testing.T) {
 		}
 		// Each pass reads its Cluster's two names (a pass that stops early
 		// reads none), and no list but the orphan collector's, once per resync.
-		if n := s.Calls["GetDatabase"]; n > 2*s.Passes || float64(n) < 1.9*float64(s.Passes) {
+		// Reads and finished passes are counted at the same instant: the passes
+		// still running then (at most the controller's 4 workers) have read
+		// and are not counted yet (a run saw 139 reads in 69 passes).
+		const running = 4
+		if n := s.Calls["GetDatabase"]; n > 2*(s.Passes+running) || float64(n) < 1.9*float64(s.Passes) {
 			t.Errorf("%d foreign: %d reads by name in %d passes, want 2 a pass", s.Foreign, n, s.Passes)
 		}
 		if s.Calls["ListDatabases"] > cfg.Resyncs+1 {
