@@ -25,7 +25,7 @@ RACE_DIRS := controllers|teleport|certs|clusterspec
 # (PgBouncer is built by hack/tools.sh: CNPG needs >= 1.20, Debian 12 has 1.18.)
 HOST_PACKAGES := postgresql util-linux iproute2 openssl curl jq gcc bsdutils ca-certificates
 
-.PHONY: all build test e2e unit race lint vet deps tools world-tools help clean demo demo-verify image image-test bench fuzz
+.PHONY: all build test checks race-bin rest e2e unit race lint vet deps tools world-tools help clean demo demo-verify image image-test bench fuzz
 
 all: build
 
@@ -89,22 +89,30 @@ vet:
 lint:
 	@$$($(TOOLS) golangci-lint)/golangci-lint run ./...
 
-## test: everything CI runs: vet, lint, then every test (unit, envtest, end-to-end). `go vet ./...` vets
-## every package and its tests once; the test runs after it turn go test's own vet off (-vet=off): it would
-## vet every dependency again for each build (plain, -race, fuzz), minutes when the Go cache is cold.
-test: tools
-	@echo "[test] go vet"; $(GO) vet ./...
-	@echo "[test] golangci-lint"; $$($(TOOLS) golangci-lint)/golangci-lint run ./...
-	@echo "[test] go test -race (unit, envtest)"; $(MAKE) --no-print-directory race
-	@echo "[test] image (hack/image)"; $(MAKE) --no-print-directory image-test
-	@echo "[test] fuzz ($(FUZZ_TIME) a target)"; $(MAKE) --no-print-directory fuzz
-	@echo "[test] bin/cnpg-teleport-race: the controller under the race detector, for the end-to-end tests"
+## test: everything CI runs: the tests against the real test world one after the other (-race unit and
+## envtest, the other packages, end-to-end), and beside them at nice 19 the checks that need only CPU
+## (make checks: vet, lint, image, fuzz), which fill what the waiting tests leave of the 2 cores (hack/test.sh).
+## `go vet ./...` vets every package and its tests once; the test runs turn go test's own vet off (-vet=off):
+## it would vet every dependency again for each build (plain, -race, fuzz), minutes when the Go cache is cold.
+test: world-tools
+	@MAKE=$(MAKE) hack/test.sh
+
+## checks: the checks that need only CPU, no test world: go vet, golangci-lint, the image builder's tests, fuzz.
+checks:
+	@echo "[checks] go vet"; $(GO) vet ./...
+	@echo "[checks] golangci-lint"; $$($(TOOLS) golangci-lint)/golangci-lint run ./...
+	@echo "[checks] image (hack/image)"; $(MAKE) --no-print-directory image-test
+	@echo "[checks] fuzz ($(FUZZ_TIME) a target)"; $(MAKE) --no-print-directory fuzz
+	@echo "[checks] ok"
+
+## race-bin: the controller built with -race (make test's end-to-end tests run it).
+race-bin:
 	CGO_ENABLED=1 $(GO) build -race -o $(BIN)/cnpg-teleport-race ./cmd/cnpg-teleport
-	@echo "[test] go test (the packages the -race stage did not run: commands, chart, world)"
+
+## rest: the packages make race does not run and that are not end-to-end: commands, chart, world.
+rest: world-tools
 	$(WORLD_ENV) CNPG_TELEPORT_BIN=$(BIN)/cnpg-teleport-race PROMRULES_BIN_DIR=$$($(TOOLS) promrules) \
 	  $(GO) test -vet=off -count=1 -timeout $(TEST_TIMEOUT) $$($(GO) list ./... | grep -vE '^$(MODULE)/($(RACE_DIRS)|test/e2e)(/|$$)')
-	@echo "[test] end-to-end (test/e2e; a race the controller reports in its log fails the test)"
-	@$(MAKE) --no-print-directory e2e CNPG_TELEPORT_BIN=$(BIN)/cnpg-teleport-race
 
 ## e2e: the end-to-end tests (hack/e2e.sh: one test a process, each its own world and network namespace, each
 ## printed with its time), E2E_JOBS at a time (1: two at a time is ~25% faster on 2 cores, but slows each test
