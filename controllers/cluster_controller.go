@@ -19,6 +19,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 )
 
@@ -151,6 +152,29 @@ func (r *ClusterReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 	return r.outcome(err)
 }
 
+// The queue's priorities (controller-runtime's priority queue; a Cluster's
+// events come in at 0): a Cluster whose trust step is under way (it waits
+// for CNPG or cert-manager) goes before Clusters not started yet, so that
+// many Clusters created at once are registered one after another rather than
+// all trusted first and then all registered (make bench: 1,000 at once); a
+// resync, which nothing asked for, goes after both, so that it never delays a
+// change (a deletion, a new annotation) queued behind a thousand resyncs.
+// An event for a waiting Cluster raises it to at least 0.
+const (
+	priorityStarted = 1
+	priorityResync  = handler.LowPriority
+)
+
+// resync is the result of a pass with nothing left to do but the next resync.
+func (r *ClusterReconciler) resync() ctrl.Result {
+	return ctrl.Result{RequeueAfter: r.Resync, Priority: new(priorityResync)}
+}
+
+// started is the result of a pass whose trust step waits on CNPG or cert-manager.
+func started(after time.Duration) ctrl.Result {
+	return ctrl.Result{RequeueAfter: after, Priority: new(priorityStarted)}
+}
+
 // outcome classifies the error of a pass: none, or only ones that wait for
 // a person (a name conflict, orphan collection, a refusal by Teleport), look
 // again at the next resync, without a retry storm; one that waits for CNPG
@@ -162,7 +186,7 @@ func (r *ClusterReconciler) outcome(err error) (ctrl.Result, error) {
 	if err != nil && !waitsForAPerson(err) {
 		return ctrl.Result{}, err
 	}
-	return ctrl.Result{RequeueAfter: r.Resync}, nil
+	return r.resync(), nil
 }
 
 // issuePoll is how often a step waiting for cert-manager or for CNPG to
@@ -174,15 +198,16 @@ const issuePoll = time.Second
 func (r *ClusterReconciler) trustOutcome(c *cnpgv1.Cluster, err error) (ctrl.Result, error) {
 	switch {
 	case errors.Is(err, errNotOurs), errors.Is(err, errRefused):
-		return ctrl.Result{RequeueAfter: r.Resync}, nil // waits for a person
+		return r.resync(), nil // waits for a person
 	case apierrors.IsForbidden(err):
 		return r.forbidden(c, "Trust", err)
 	case errors.Is(err, errWaiting):
-		return ctrl.Result{RequeueAfter: issuePoll}, nil
+		return started(issuePoll), nil
 	case err != nil:
 		return ctrl.Result{}, err
 	}
-	return ctrl.Result{RequeueAfter: r.TrustPoll}, nil // CNPG's status changes do not wake us
+	// CNPG reporting the bundle wakes us (clusterChanged); the poll is the fallback.
+	return started(r.TrustPoll), nil
 }
 
 func (r *ClusterReconciler) waitForCA(c *cnpgv1.Cluster, err error) (ctrl.Result, error) {
@@ -199,7 +224,7 @@ func (r *ClusterReconciler) waitForCA(c *cnpgv1.Cluster, err error) (ctrl.Result
 func (r *ClusterReconciler) forbidden(c *cnpgv1.Cluster, action string, err error) (ctrl.Result, error) {
 	r.warned.warn(r.Recorder, c, ReasonSecretForbidden, action,
 		"the controller may not read a Secret it needs (grant it get on Secrets in %s; next look in %s): %v", c.Namespace, r.Resync, err)
-	return ctrl.Result{RequeueAfter: r.Resync}, nil
+	return r.resync(), nil
 }
 
 func (r *ClusterReconciler) now() time.Time {
