@@ -99,9 +99,12 @@ build_kube_apiserver() {
 	for p in $v $c; do
 		ld+=" -X $p.gitVersion=$KUBE_VERSION -X $p.gitMajor=1 -X $p.gitMinor=37"
 	done
-	(cd "$1" &&
-		CGO_ENABLED=0 go build -trimpath -ldflags "$ld" -o "$2/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver &&
-		CGO_ENABLED=0 go build -trimpath -ldflags "$ld" -o "$2/kube-controller-manager" k8s.io/kubernetes/cmd/kube-controller-manager)
+	# One go build for both: their own packages compile and the two links run side by side.
+	# No -trimpath, and the wrapper module requires the root module's versions where they are newer
+	# (test/tools/kube-apiserver/go.mod): the ~900 packages it shares with the project's own builds
+	# (client-go, apimachinery, grpc, x/net...) then have the same build IDs and compile once for both.
+	(cd "$1" && CGO_ENABLED=0 go build -ldflags "$ld" -o "$2/" \
+		k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager)
 }
 
 build_kubectl() {
@@ -111,7 +114,8 @@ build_kubectl() {
 	for p in $v $c; do
 		ld+=" -X $p.gitVersion=$KUBE_VERSION -X $p.gitMajor=1 -X $p.gitMinor=37"
 	done
-	(cd "$1" && CGO_ENABLED=0 go build -trimpath -ldflags "$ld" -o "$2/kubectl" .)
+	# As build_kube_apiserver (no -trimpath, its versions): the ~500 packages they share compile once.
+	(cd "$1" && CGO_ENABLED=0 go build -ldflags "$ld" -o "$2/kubectl" .)
 }
 
 build_cnpg() {
@@ -161,11 +165,11 @@ build_etcd() {
 }
 
 build_teleport() {
-	# gcc is needed (sqlite backend); -checklinkname=0 only for the teleport launcher.
-	(cd "$1" &&
-		CGO_ENABLED=1 go build -trimpath -ldflags='-s -w -checklinkname=0' -o "$2/teleport" ./cmd/teleport &&
-		CGO_ENABLED=1 go build -trimpath -ldflags='-s -w' -o "$2/tctl" ./cmd/tctl &&
-		CGO_ENABLED=1 go build -trimpath -ldflags='-s -w' -o "$2/tsh" github.com/gravitational/teleport/tool/tsh)
+	# gcc is needed (sqlite backend); -checklinkname=0 for the teleport launcher (tctl and tsh need
+	# it not, and lose nothing by it). One go build for the three: their own packages compile and
+	# their links run side by side.
+	(cd "$1" && CGO_ENABLED=1 go build -trimpath -ldflags='-s -w -checklinkname=0' -o "$2/" \
+		./cmd/teleport ./cmd/tctl github.com/gravitational/teleport/tool/tsh)
 }
 
 build_helm() {
