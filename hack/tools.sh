@@ -115,14 +115,16 @@ build_kubectl() {
 		ld+=" -X $p.gitVersion=$KUBE_VERSION -X $p.gitMajor=1 -X $p.gitMinor=37"
 	done
 	# As build_kube_apiserver (no -trimpath, its versions): the ~500 packages they share compile once
-	# (likewise etcd and helm; CNPG cannot: it needs k8s.io v0.36).
+	# (likewise etcd, helm, and CNPG but for Kubernetes' own modules).
 	(cd "$1" && CGO_ENABLED=0 go build -ldflags "$ld" -o "$2/kubectl" .)
 }
 
 build_cnpg() {
 	# The operator finds its architecture by globbing operator/manager_* relative to
 	# its working directory; the world links that name to this binary.
-	(cd "$1" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$2/manager" github.com/cloudnative-pg/cloudnative-pg/cmd/manager)
+	# No -trimpath, and kube-apiserver's versions of what is not Kubernetes' (grpc, protobuf, x/net...; CNPG
+	# v1.30.0 needs its own k8s.io v0.36 and controller-runtime v0.24): the ~200 packages they share compile once.
+	(cd "$1" && CGO_ENABLED=0 go build -ldflags "-s -w" -o "$2/manager" github.com/cloudnative-pg/cloudnative-pg/cmd/manager)
 }
 
 # debian_uri prints the machine's own Debian archive URI (from its apt sources).
