@@ -153,26 +153,23 @@ func (r *ClusterReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 }
 
 // The queue's priorities (controller-runtime's priority queue; a Cluster's
-// events come in at 0): a Cluster whose trust step is under way (it waits
-// for CNPG or cert-manager) goes before Clusters not started yet, so that
-// many Clusters created at once are registered one after another rather than
-// all trusted first and then all registered (make bench: 1,000 at once); a
-// resync, which nothing asked for, goes after both, so that it never delays a
-// change (a deletion, a new annotation) queued behind a thousand resyncs.
-// An event for a waiting Cluster raises it to at least 0.
+// events come in at 0): a Cluster whose certificates CNPG now reports (its
+// trust step done, its registration next: reportedFirst) goes before
+// Clusters not started yet, so that many Clusters created at once are
+// registered one after another rather than all trusted first and then all
+// registered; a resync, which nothing asked for, goes after both, so that it
+// never delays a change (a deletion, a new annotation) queued behind a
+// thousand resyncs. A later event raises a waiting Cluster to at least 0.
+// (Raising every waiting pass instead cost a pass more per Cluster in make
+// bench: the Cluster's own trust patch wakes it at once, before CNPG reports.)
 const (
-	priorityStarted = 1
-	priorityResync  = handler.LowPriority
+	priorityReported = 1
+	priorityResync   = handler.LowPriority
 )
 
 // resync is the result of a pass with nothing left to do but the next resync.
 func (r *ClusterReconciler) resync() ctrl.Result {
 	return ctrl.Result{RequeueAfter: r.Resync, Priority: new(priorityResync)}
-}
-
-// started is the result of a pass whose trust step waits on CNPG or cert-manager.
-func started(after time.Duration) ctrl.Result {
-	return ctrl.Result{RequeueAfter: after, Priority: new(priorityStarted)}
 }
 
 // outcome classifies the error of a pass: none, or only ones that wait for
@@ -202,12 +199,12 @@ func (r *ClusterReconciler) trustOutcome(c *cnpgv1.Cluster, err error) (ctrl.Res
 	case apierrors.IsForbidden(err):
 		return r.forbidden(c, "Trust", err)
 	case errors.Is(err, errWaiting):
-		return started(issuePoll), nil
+		return ctrl.Result{RequeueAfter: issuePoll}, nil
 	case err != nil:
 		return ctrl.Result{}, err
 	}
-	// CNPG reporting the bundle wakes us (clusterChanged); the poll is the fallback.
-	return started(r.TrustPoll), nil
+	// CNPG reporting the bundle wakes us (reportedFirst); the poll is the fallback.
+	return ctrl.Result{RequeueAfter: r.TrustPoll}, nil
 }
 
 func (r *ClusterReconciler) waitForCA(c *cnpgv1.Cluster, err error) (ctrl.Result, error) {

@@ -13,6 +13,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/controller/priorityqueue"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
@@ -44,12 +45,31 @@ func (r *ClusterReconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manag
 		Named("cluster").
 		WithOptions(controller.Options{MaxConcurrentReconciles: max(r.Concurrent, 1), RateLimiter: retryLimiter()}).
 		For(&cnpgv1.Cluster{}, builder.WithPredicates(clusterChanged())).
+		// The same updates For lets through when CNPG reports the certificates, raised (see priorityReported).
+		Watches(&cnpgv1.Cluster{}, reportedFirst(), builder.WithPredicates(predicate.Funcs{
+			CreateFunc: func(event.CreateEvent) bool { return false }, DeleteFunc: func(event.DeleteEvent) bool { return false },
+			GenericFunc: func(event.GenericEvent) bool { return false },
+			UpdateFunc:  func(e event.UpdateEvent) bool { return certificatesReported(e.ObjectOld, e.ObjectNew) },
+		})).
 		Owns(&cnpgv1.DatabaseRole{}).
 		Owns(&cnpgv1.Database{}). // the auto-users admin's schema
 		Watches(&cnpgv1.Pooler{}, handler.EnqueueRequestsFromMapFunc(clusterOfPooler), builder.WithPredicates(poolerChanged())).
 		WatchesMetadata(&corev1.Secret{}, handler.EnqueueRequestsFromMapFunc(r.clustersForSecret),
 			builder.WithPredicates(predicate.ResourceVersionChangedPredicate{})).
 		Complete(r)
+}
+
+// reportedFirst queues a Cluster at priorityReported: one whose trust step
+// CNPG has just completed goes before those not started yet.
+func reportedFirst() handler.EventHandler {
+	return handler.Funcs{UpdateFunc: func(_ context.Context, e event.UpdateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+		req := reconcile.Request{NamespacedName: client.ObjectKeyFromObject(e.ObjectNew)}
+		if pq, ok := q.(priorityqueue.PriorityQueue[reconcile.Request]); ok {
+			pq.AddWithOpts(priorityqueue.AddOpts{Priority: new(priorityReported)}, req)
+			return
+		}
+		q.Add(req)
+	}}
 }
 
 // maxRetryDelay caps the wait before a failed pass is retried.
