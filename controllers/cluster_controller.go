@@ -308,6 +308,9 @@ func (r *ClusterReconciler) create(ctx context.Context, c *cnpgv1.Cluster, d, se
 	if seen != nil {
 		return r.adopt(ctx, c, d, seen, done)
 	}
+	if r.recent.withinFor(d, r.now(), readLag) {
+		return nil // created by an earlier pass; the read that missed it is stale (no second create call)
+	}
 	r.index().addName(string(c.UID), d.GetName()) // before: a create that answers late is still looked for
 	err := r.Teleport.CreateDatabase(ctx, d)
 	switch {
