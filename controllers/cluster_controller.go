@@ -319,12 +319,8 @@ func (r *ClusterReconciler) create(ctx context.Context, c *cnpgv1.Cluster, d, se
 		done.registered = append(done.registered, fmt.Sprintf("registered Teleport db %s (%s)", d.GetName(), d.GetURI()))
 		return nil
 	case trace.IsAlreadyExists(err):
-		// Our own write that a stale read did not show yet is no error.
-		if r.recent.withinFor(d, r.now(), readLag) {
-			return nil
-		}
-		// Else one this pass did not read (a new Cluster's), or one we may
-		// not see (another owner): look.
+		// One this pass did not read (a new Cluster's; our own recent writes
+		// were skipped above), or one we may not see (another owner): look.
 		got, gerr := r.Teleport.GetDatabase(ctx, d.GetName())
 		switch {
 		case gerr == nil:
