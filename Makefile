@@ -94,7 +94,7 @@ lint:
 ## (make checks: vet, lint, image, fuzz), which fill what the waiting tests leave of the 2 cores (hack/test.sh).
 ## `go vet ./...` vets every package and its tests once; the test runs turn go test's own vet off (-vet=off):
 ## it would vet every dependency again for each build (plain, -race, fuzz), minutes when the Go cache is cold.
-test: world-tools
+test:
 	@MAKE=$(MAKE) hack/test.sh
 
 ## checks: the checks that need only CPU, no test world: go vet, golangci-lint, the image builder's tests, fuzz.
