@@ -212,6 +212,7 @@ func (a *AgentCheck) update(servers map[string]int) []agentEvent {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	var out []agentEvent
+	nowServed, order := map[clusterRef][]string{}, []clusterRef(nil) // by Cluster: one AgentServing each
 	for _, name := range slices.Sorted(maps.Keys(a.dbs)) {
 		s := a.dbs[name]
 		agents := servers[name]
@@ -221,8 +222,10 @@ func (a *AgentCheck) update(servers map[string]int) []agentEvent {
 			s.since, s.warned = now, false
 			if !s.served {
 				s.served = true
-				out = append(out, agentEvent{s.cluster, corev1.EventTypeNormal, ReasonAgentServing, "CheckAgent " + name,
-					fmt.Sprintf("db %s is served by %d Teleport database agent(s)", name, agents)})
+				if nowServed[s.cluster] == nil {
+					order = append(order, s.cluster)
+				}
+				nowServed[s.cluster] = append(nowServed[s.cluster], name)
 			}
 		case s.served: // its agents left: the stretch without one starts now
 			s.served, s.since = false, now
@@ -235,8 +238,39 @@ func (a *AgentCheck) update(servers map[string]int) []agentEvent {
 					name, a.After, labelList(s.labels))})
 		}
 	}
+	for _, c := range order {
+		out = append(out, servingEvents(c, nowServed[c], servers)...)
+	}
 	return out
 }
+
+// servingEvents reports the dbs of one Cluster that one check found newly
+// served: one Event for all (a Cluster's rw and ro are usually picked up
+// together: make bench, 1,000 Events fewer while 1,000 Clusters register),
+// its action naming them all, because client-go folds Events of the same
+// object, reason and action into a series that shows only the first note.
+// An action is at most 128 characters (events.k8s.io): past that, one Event
+// a db.
+func servingEvents(c clusterRef, names []string, servers map[string]int) []agentEvent {
+	action := "CheckAgent " + strings.Join(names, ",")
+	if len(names) > 1 && len(action) <= maxEventAction {
+		notes := make([]string, len(names))
+		for i, name := range names {
+			notes[i] = fmt.Sprintf("%s by %d", name, servers[name])
+		}
+		return []agentEvent{{c, corev1.EventTypeNormal, ReasonAgentServing, action,
+			fmt.Sprintf("dbs %s are served by Teleport database agents (%s)", strings.Join(names, ", "), strings.Join(notes, ", "))}}
+	}
+	out := make([]agentEvent, 0, len(names))
+	for _, name := range names {
+		out = append(out, agentEvent{c, corev1.EventTypeNormal, ReasonAgentServing, "CheckAgent " + name,
+			fmt.Sprintf("db %s is served by %d Teleport database agent(s)", name, servers[name])})
+	}
+	return out
+}
+
+// maxEventAction is the longest action events.k8s.io accepts.
+const maxEventAction = 128
 
 // labelList prints labels sorted, k=v comma-separated.
 func labelList(l map[string]string) string {

@@ -3,7 +3,10 @@ package controllers
 import (
 	"context"
 	"errors"
+	"fmt"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -12,6 +15,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"golang.org/x/time/rate"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	k8stypes "k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
 
 	"github.com/cnpg-teleport/cnpg-teleport/teleport/teleporttest"
@@ -109,25 +114,27 @@ func TestAgentCheck(t *testing.T) {
 // its context ends, the metric already set for every db.
 func TestAgentCheckPaced(t *testing.T) {
 	f := teleporttest.NewFake(teleporttest.FakeConfig{AllowedLabels: map[string]string{LabelManagedBy: ManagedByValue}})
+	rec := events.NewFakeRecorder(10)
+	a := &AgentCheck{Teleport: f, Recorder: rec, After: 30 * time.Second, Period: time.Second,
+		Labels: map[string]string{LabelManagedBy: ManagedByValue, LabelKubeCluster: "k1"},
+		Pace:   rate.NewLimiter(rate.Every(time.Hour), 1)} // one Event, then none for an hour
+	// Three Clusters (one Event each: a Cluster's dbs share one), one db each.
+	var clusters []*cnpgv1.Cluster
 	var dbs []types.Database
-	for _, name := range []string{"k1-app-paced-rw", "k1-app-paced-ro", "k1-app-paced-r"} {
-		d, err := types.NewDatabaseV3(types.Metadata{Name: name, Labels: map[string]string{LabelManagedBy: ManagedByValue, LabelKubeCluster: "k1"}},
-			types.DatabaseSpecV3{Protocol: "postgres", URI: "pg-rw.app.svc:5432"})
+	for _, name := range []string{"paced-a", "paced-b", "paced-c"} {
+		d, err := types.NewDatabaseV3(types.Metadata{Name: "k1-app-" + name + "-rw", Labels: map[string]string{LabelManagedBy: ManagedByValue, LabelKubeCluster: "k1"}},
+			types.DatabaseSpecV3{Protocol: "postgres", URI: name + "-rw.app.svc:5432"})
 		if err != nil {
 			t.Fatal(err)
 		}
 		if err := f.Put(d); err != nil {
 			t.Fatal(err)
 		}
-		dbs = append(dbs, d)
+		c := &cnpgv1.Cluster{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: name, UID: k8stypes.UID("u-" + name)}}
+		a.Track(c, []types.Database{d})
+		clusters, dbs = append(clusters, c), append(dbs, d)
 	}
 	f.SetAgents(map[string]string{LabelKubeCluster: "k1"})
-	rec := events.NewFakeRecorder(10)
-	a := &AgentCheck{Teleport: f, Recorder: rec, After: 30 * time.Second, Period: time.Second,
-		Labels: map[string]string{LabelManagedBy: ManagedByValue, LabelKubeCluster: "k1"},
-		Pace:   rate.NewLimiter(rate.Every(time.Hour), 1)} // one Event, then none for an hour
-	c := &cnpgv1.Cluster{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "paced", UID: "u-paced"}}
-	a.Track(c, dbs)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -138,14 +145,14 @@ func TestAgentCheckPaced(t *testing.T) {
 		t.Fatal("no Event")
 	}
 	tracked := make(chan struct{})
-	go func() { a.Track(c, dbs[:2]); close(tracked) }()
+	go func() { a.Track(clusters[0], dbs[:1]); close(tracked) }()
 	select {
 	case <-tracked:
 	case <-time.After(10 * time.Second):
 		t.Fatal("Track waited for the check's paced Events")
 	}
-	for _, d := range dbs[:2] {
-		if g := testutil.ToFloat64(agentsServing.WithLabelValues("app", "paced", d.GetName())); g != 1 {
+	for i, d := range dbs {
+		if g := testutil.ToFloat64(agentsServing.WithLabelValues("app", clusters[i].Name, d.GetName())); g != 1 {
 			t.Errorf("%s: gauge %v before its Event, want 1", d.GetName(), g)
 		}
 	}
@@ -156,5 +163,77 @@ func TestAgentCheckPaced(t *testing.T) {
 	if len(rec.Events) != 0 {
 		t.Errorf("%d more Events past the pace", len(rec.Events))
 	}
-	a.Forget(c.UID)
+	for _, c := range clusters {
+		a.Forget(c.UID)
+	}
+}
+
+// TestAgentServingOneEventPerCluster: the dbs of a Cluster one check finds
+// served are one AgentServing, its action naming them all (client-go folds
+// Events of one object, reason and action into a series showing the first
+// note only); another Cluster's are its own Event; an action past 128
+// characters (events.k8s.io's bound) falls back to one Event a db.
+func TestAgentServingOneEventPerCluster(t *testing.T) {
+	f := teleporttest.NewFake(teleporttest.FakeConfig{AllowedLabels: map[string]string{LabelManagedBy: ManagedByValue}})
+	put := func(name string) types.Database {
+		d, err := types.NewDatabaseV3(types.Metadata{Name: name, Labels: map[string]string{LabelManagedBy: ManagedByValue, LabelKubeCluster: "k1"}},
+			types.DatabaseSpecV3{Protocol: "postgres", URI: "pg-rw.app.svc:5432"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := f.Put(d); err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	long := strings.Repeat("x", 55)
+	byCluster := map[string][]types.Database{
+		"pg":    {put("k1-app-pg-rw"), put("k1-app-pg-ro"), put("k1-app-pg-pooler-rw")},
+		"other": {put("k1-app-other-rw")},
+		long:    {put("k1-" + long + "-rw"), put("k1-" + long + "-ro")},
+	}
+	f.SetAgents(map[string]string{LabelKubeCluster: "k1"})
+	rec := &actionRecorder{}
+	a := &AgentCheck{Teleport: f, Recorder: rec, After: 30 * time.Second, Period: time.Second,
+		Labels: map[string]string{LabelManagedBy: ManagedByValue, LabelKubeCluster: "k1"}}
+	for name, dbs := range byCluster {
+		a.Track(&cnpgv1.Cluster{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: name, UID: k8stypes.UID(name)}}, dbs)
+	}
+	if err := a.Check(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		"pg CheckAgent k1-app-pg-pooler-rw,k1-app-pg-ro,k1-app-pg-rw: dbs k1-app-pg-pooler-rw, k1-app-pg-ro, k1-app-pg-rw are served by Teleport database agents (k1-app-pg-pooler-rw by 1, k1-app-pg-ro by 1, k1-app-pg-rw by 1)",
+		"other CheckAgent k1-app-other-rw: db k1-app-other-rw is served by 1 Teleport database agent(s)",
+		long + " CheckAgent k1-" + long + "-ro: db k1-" + long + "-ro is served by 1 Teleport database agent(s)",
+		long + " CheckAgent k1-" + long + "-rw: db k1-" + long + "-rw is served by 1 Teleport database agent(s)",
+	}
+	slices.Sort(want)
+	slices.Sort(rec.got)
+	if strings.Join(rec.got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("events:\n%s\nwant:\n%s", strings.Join(rec.got, "\n"), strings.Join(want, "\n"))
+	}
+	for _, e := range rec.got {
+		if _, action, _ := strings.Cut(e, " "); len(strings.SplitN(action, ":", 2)[0]) > maxEventAction {
+			t.Errorf("action over %d characters: %s", maxEventAction, e)
+		}
+	}
+	if err := a.Check(context.Background()); err != nil || len(rec.got) != 4 {
+		t.Errorf("a second check: %v, %d Events, want the same 4", err, len(rec.got))
+	}
+	for name := range byCluster {
+		a.Forget(k8stypes.UID(name))
+	}
+}
+
+// actionRecorder keeps each Event as "<cluster> <action>: <note>".
+type actionRecorder struct {
+	mu  sync.Mutex
+	got []string
+}
+
+func (r *actionRecorder) Eventf(regarding, _ runtime.Object, _, _, action, note string, args ...any) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.got = append(r.got, regarding.(*cnpgv1.Cluster).Name+" "+action+": "+fmt.Sprintf(note, args...))
 }

@@ -499,8 +499,8 @@ func (r *run) idle(ctx context.Context) (Steady, error) {
 			return err
 		}
 		registered := int(m.sum("cnpg_teleport_registered_databases"))
-		if n := r.events.between(time.Time{}, time.Now().Add(time.Hour))["Normal/"+controllers.ReasonAgentServing]; n < registered {
-			return fmt.Errorf("%d AgentServing Events for %d db resources", n, registered)
+		if n := r.events.servedDBs(); n < registered {
+			return fmt.Errorf("AgentServing Events for %d of %d db resources", n, registered)
 		}
 		return nil
 	}); err != nil {

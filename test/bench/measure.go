@@ -20,6 +20,8 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	toolscache "k8s.io/client-go/tools/cache"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
+
+	"github.com/cnpg-teleport/cnpg-teleport/controllers"
 )
 
 // metrics is one scrape of the controller's /metrics: sample -> value, the
@@ -226,6 +228,19 @@ type events struct {
 type eventRecord struct {
 	at          time.Time
 	typ, reason string
+	dbs         int // the db resources an AgentServing names (its action: "CheckAgent a,b")
+}
+
+// servedDBs counts the db resources the AgentServing Events name: one
+// Event names every db of its Cluster one check found served.
+func (e *events) servedDBs() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	n := 0
+	for _, r := range e.all {
+		n += r.dbs
+	}
+	return n
 }
 
 // between counts the Events recorded in [from, to) by "Type/Reason".
@@ -258,7 +273,11 @@ func watchEvents(ctx context.Context, informers cache.Cache) (*events, error) {
 			e.at[ev.Regarding.UID] = map[string][]time.Time{}
 		}
 		e.at[ev.Regarding.UID][ev.Reason] = append(e.at[ev.Regarding.UID][ev.Reason], ev.EventTime.Time)
-		e.all = append(e.all, eventRecord{at: ev.EventTime.Time, typ: ev.Type, reason: ev.Reason})
+		rec := eventRecord{at: ev.EventTime.Time, typ: ev.Type, reason: ev.Reason}
+		if names, ok := strings.CutPrefix(ev.Action, "CheckAgent "); ok && ev.Reason == controllers.ReasonAgentServing {
+			rec.dbs = len(strings.Split(names, ","))
+		}
+		e.all = append(e.all, rec)
 		close(e.changed)
 		e.changed = make(chan struct{})
 	}})
