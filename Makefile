@@ -89,10 +89,9 @@ vet:
 lint:
 	@$$($(TOOLS) golangci-lint)/golangci-lint run ./...
 
-## test: everything CI runs (hack/test.sh): the tools, the race-built controller and the end-to-end tests
-## one after the other; from the start, under chrt --idle, the checks that need only CPU (make checks: vet,
-## lint, image, fuzz); beside the end-to-end tests at nice 10, make race and make rest. The background jobs
-## fill what the builds and the waiting tests leave of the 2 cores.
+## test: everything CI runs (hack/test.sh): the tools, make race, the race-built controller, make rest and
+## the end-to-end tests one after the other; from the start, under chrt --idle, the checks that need only
+## CPU (make checks: vet, lint, image, fuzz), which fill what the builds and the waiting tests leave.
 ## `go vet ./...` vets every package and its tests once; the test runs turn go test's own vet off (-vet=off):
 ## it would vet every dependency again for each build (plain, -race, fuzz), minutes when the Go cache is cold.
 test:

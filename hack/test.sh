@@ -5,25 +5,23 @@
 #   hack/test.sh        (make test runs it; MAKE picks the make binary)
 #
 # In the foreground, one after the other: the Debian packages (make deps), the
-# world's tools and bin/ (make world-tools: CPU-bound builds, cold), the
-# race-built controller, the end-to-end tests (make e2e). They wait on
-# apiservers, PostgreSQL and Teleport most of the time and keep the 2 cores
-# ~40% busy.
+# world's tools and bin/ (make world-tools: CPU-bound builds, cold), the unit
+# and envtest tests under -race (make race), the race-built controller, the
+# other packages (make rest: commands, chart, world), the end-to-end tests
+# (make e2e). The end-to-end tests wait on apiservers, PostgreSQL and Teleport
+# most of the time and keep the 2 cores ~40% busy. make race stays in the
+# foreground: beside the end-to-end tests at nice 10, its envtest test of
+# concurrent edits (TestEnvConcurrentEditsSurvive, a 30 s bound under a
+# writer's load) timed out in a warm make test (2026-12-05).
 #
 # In the background, from the start, under SCHED_IDLE (chrt --idle: CPU no
 # foreground process wants, not a share of it): go vet, golangci-lint (built on
 # first use), the image builder's tests, the fuzz targets (make checks). Cold,
-# they get the gaps of the tool builds (links, downloads) and finish beside the
-# end-to-end tests instead of after them.
+# they get the gaps of the tool builds (links, downloads).
 #
-# Beside the end-to-end tests, at nice 10: the unit and envtest tests under
-# -race (make race) and the other packages (make rest: commands, chart,
-# world). They need only the tools and the race build the controller has just
-# made, and take a few minutes the end-to-end tests leave idle.
-#
-# The background logs (bin/test-checks.log, bin/test-unit.log) are printed
-# when they end. Every stage runs even when one before it failed (a CI run
-# reports every failure, not the first); the script fails if any did.
+# The background log (bin/test-checks.log) is printed when it ends. Every
+# stage runs even when one before it failed (a CI run reports every failure,
+# not the first); the script fails if any did.
 set -uo pipefail
 
 cd "$(dirname "$0")/.."
@@ -65,24 +63,15 @@ background "$checks_log" "${idle[@]}" "$make" --no-print-directory checks
 checks=${bg[-1]}
 
 stage "the world's tools and bin/ (make world-tools)" "$make" --no-print-directory world-tools
+stage "go test -race (unit, envtest)" "$make" --no-print-directory race
 stage "bin/cnpg-teleport-race: the controller under the race detector, for the end-to-end tests" \
 	"$make" --no-print-directory race-bin
-
-unit_log=bin/test-unit.log
-stamp "background, nice 10: go test -race (unit, envtest), then the other packages (commands, chart, world) -> $unit_log"
-background "$unit_log" nice -n 10 bash -c '
-	rc=0
-	echo "[unit] go test -race (unit, envtest)"; "$1" --no-print-directory race || rc=1
-	echo "[unit] go test (the packages the -race stage does not run: commands, chart, world)"
-	"$1" --no-print-directory rest || rc=1
-	exit $rc' unit "$make"
-unit=${bg[-1]}
-
+stage "go test (the packages the -race stage did not run: commands, chart, world)" \
+	"$make" --no-print-directory rest
 stage "end-to-end (test/e2e; a race the controller reports in its log fails the test)" \
 	"$make" --no-print-directory e2e CNPG_TELEPORT_BIN="$PWD/bin/cnpg-teleport-race"
 
-for job in "unit:$unit:$unit_log:unit and envtest tests (-race), other packages" \
-	"checks:$checks:$checks_log:background checks (go vet, golangci-lint, image, fuzz)"; do
+for job in "checks:$checks:$checks_log:background checks (go vet, golangci-lint, image, fuzz)"; do
 	IFS=: read -r name pid log what <<<"$job"
 	stamp "waiting for the $name job"
 	rc=0
