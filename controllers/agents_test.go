@@ -29,17 +29,7 @@ import (
 func TestAgentCheck(t *testing.T) {
 	ctx := context.Background()
 	f := teleporttest.NewFake(teleporttest.FakeConfig{AllowedLabels: map[string]string{LabelManagedBy: ManagedByValue}})
-	db := func(name, tier string) types.Database {
-		d, err := types.NewDatabaseV3(types.Metadata{Name: name, Labels: map[string]string{LabelManagedBy: ManagedByValue, LabelKubeCluster: "k1", "tier": tier}},
-			types.DatabaseSpecV3{Protocol: "postgres", URI: "pg-rw.app.svc:5432"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := f.Put(d); err != nil {
-			t.Fatal(err)
-		}
-		return d
-	}
+	db := func(name, tier string) types.Database { return putAgentDB(t, f, name, "tier", tier) }
 	rw, ro := db("k1-app-pg-rw", "a"), db("k1-app-pg-ro", "b")
 	_ = db("k2-other-rw", "a") // another Kubernetes cluster's: not ours to check
 	f.SetAgents(map[string]string{"tier": "a"})
@@ -122,14 +112,7 @@ func TestAgentCheckPaced(t *testing.T) {
 	var clusters []*cnpgv1.Cluster
 	var dbs []types.Database
 	for _, name := range []string{"paced-a", "paced-b", "paced-c"} {
-		d, err := types.NewDatabaseV3(types.Metadata{Name: "k1-app-" + name + "-rw", Labels: map[string]string{LabelManagedBy: ManagedByValue, LabelKubeCluster: "k1"}},
-			types.DatabaseSpecV3{Protocol: "postgres", URI: name + "-rw.app.svc:5432"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := f.Put(d); err != nil {
-			t.Fatal(err)
-		}
+		d := putAgentDB(t, f, "k1-app-"+name+"-rw")
 		c := &cnpgv1.Cluster{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: name, UID: k8stypes.UID("u-" + name)}}
 		a.Track(c, []types.Database{d})
 		clusters, dbs = append(clusters, c), append(dbs, d)
@@ -175,17 +158,7 @@ func TestAgentCheckPaced(t *testing.T) {
 // characters (events.k8s.io's bound) falls back to one Event a db.
 func TestAgentServingOneEventPerCluster(t *testing.T) {
 	f := teleporttest.NewFake(teleporttest.FakeConfig{AllowedLabels: map[string]string{LabelManagedBy: ManagedByValue}})
-	put := func(name string) types.Database {
-		d, err := types.NewDatabaseV3(types.Metadata{Name: name, Labels: map[string]string{LabelManagedBy: ManagedByValue, LabelKubeCluster: "k1"}},
-			types.DatabaseSpecV3{Protocol: "postgres", URI: "pg-rw.app.svc:5432"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := f.Put(d); err != nil {
-			t.Fatal(err)
-		}
-		return d
-	}
+	put := func(name string) types.Database { return putAgentDB(t, f, name) }
 	long := strings.Repeat("x", 55)
 	byCluster := map[string][]types.Database{
 		"pg":    {put("k1-app-pg-rw"), put("k1-app-pg-ro"), put("k1-app-pg-pooler-rw")},
@@ -236,4 +209,22 @@ func (r *actionRecorder) Eventf(regarding, _ runtime.Object, _, _, action, note 
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.got = append(r.got, regarding.(*cnpgv1.Cluster).Name+" "+action+": "+fmt.Sprintf(note, args...))
+}
+
+// putAgentDB puts into f a db resource of ours in Kubernetes cluster k1,
+// with the extra labels given as key, value pairs.
+func putAgentDB(t *testing.T, f *teleporttest.Fake, name string, labels ...string) types.Database {
+	t.Helper()
+	l := map[string]string{LabelManagedBy: ManagedByValue, LabelKubeCluster: "k1"}
+	for i := 0; i+1 < len(labels); i += 2 {
+		l[labels[i]] = labels[i+1]
+	}
+	d, err := types.NewDatabaseV3(types.Metadata{Name: name, Labels: l}, types.DatabaseSpecV3{Protocol: "postgres", URI: "pg-rw.app.svc:5432"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Put(d); err != nil {
+		t.Fatal(err)
+	}
+	return d
 }
