@@ -31,12 +31,14 @@ t0=$SECONDS
 
 stamp() { echo "[test] $* ($((SECONDS - t0))s)"; }
 
+# Each stage's CPU (user + system seconds of every process it ran, bash's
+# time) is printed after it: a cold run shows what it spends where.
 failed=()
 stage() { # stage NAME COMMAND...
-	local name=$1
+	local name=$1 TIMEFORMAT="[test]   CPU %Us user + %Ss system, %Rs"
 	shift
 	stamp "$name"
-	"$@" || { failed+=("$name"); stamp "FAILED: $name"; }
+	time "$@" || { failed+=("$name"); stamp "FAILED: $name"; }
 }
 
 # Each background job in its own process group (set -m), so that a stopped
