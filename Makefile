@@ -23,7 +23,7 @@ BIN := $(CURDIR)/bin
 TEST_TIMEOUT ?= 30m
 MODULE := github.com/cnpg-teleport/cnpg-teleport
 # The packages make race runs (unit and envtest tests); make test runs the rest without -race.
-RACE_DIRS := controllers|teleport|certs|clusterspec
+RACE_DIRS := controllers|teleport|certs|clusterspec|dbspec|pgrules
 
 # Host tools the test world needs, by Debian package.
 # (PgBouncer is built by hack/tools.sh: CNPG needs >= 1.20, Debian 12 has 1.18.)
@@ -137,8 +137,8 @@ e2e: world-tools
 ## "context deadline exceeded" and no failing input (golang/go#75804, fixed in Go 1.27; seen in
 ## make test on FuzzParseAnnotations); a count has no deadline.
 FUZZ_TIME ?= 20000x
-FUZZ_TARGETS := ./controllers:FuzzParseAnnotations ./controllers:FuzzParseLabels ./controllers:FuzzNames \
-	./controllers:FuzzDatabaseNameFits ./clusterspec:FuzzMergeHBA
+FUZZ_TARGETS := ./dbspec:FuzzParseAnnotations ./dbspec:FuzzParseLabels ./dbspec:FuzzNames \
+	./dbspec:FuzzDatabaseNameFits ./pgrules:FuzzMergeHBA
 fuzz: deps
 	@for t in $(FUZZ_TARGETS); do \
 		echo "[fuzz] $${t#*:}"; \
@@ -169,7 +169,7 @@ race: deps
 
 ## unit: the unit and envtest tests (a real apiserver + etcd; no CNPG, no Teleport).
 unit: deps
-	KUBE_APISERVER_DIR=$$($(TOOLS) kube-apiserver) ETCD_DIR=$$($(TOOLS) etcd) $(GO) test -count=1 ./teleport/... ./controllers/... ./certs/... ./clusterspec/... ./cmd/...
+	KUBE_APISERVER_DIR=$$($(TOOLS) kube-apiserver) ETCD_DIR=$$($(TOOLS) etcd) $(GO) test -count=1 ./teleport/... ./controllers/... ./certs/... ./clusterspec/... ./dbspec/... ./pgrules/... ./cmd/...
 
 clean:
 	rm -rf $(BIN)

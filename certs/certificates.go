@@ -4,7 +4,6 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
-	"strings"
 	"time"
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
@@ -16,15 +15,6 @@ import (
 // The certificates cnpg-teleport issues through cert-manager when a Cluster's
 // client or server CA is an issuer whose key nobody holds (issuer mode), so
 // CNPG cannot sign them itself. Pure builders: the controller applies them.
-
-// ParseIssuerRef reads "Issuer/NAME" or "ClusterIssuer/NAME".
-func ParseIssuerRef(v string) (cmmeta.IssuerReference, error) {
-	kind, name, ok := strings.Cut(v, "/")
-	if !ok || name == "" || strings.Contains(name, "/") || (kind != cmapi.IssuerKind && kind != cmapi.ClusterIssuerKind) {
-		return cmmeta.IssuerReference{}, fmt.Errorf("%q: want Issuer/NAME or ClusterIssuer/NAME", v)
-	}
-	return cmmeta.IssuerReference{Kind: kind, Name: name, Group: "cert-manager.io"}, nil
-}
 
 // ServerDNSNames are the names CNPG's own server certificate carries: each
 // service <cluster>-rw, -r, -ro as svc, svc.ns, svc.ns.svc and

@@ -16,17 +16,19 @@ import (
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 	cnpgv1 "github.com/cloudnative-pg/cloudnative-pg/api/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/cnpg-teleport/cnpg-teleport/dbspec"
 )
 
 func TestParseIssuerRef(t *testing.T) {
 	for in, want := range map[string]string{"Issuer/vault": "Issuer vault", "ClusterIssuer/pca": "ClusterIssuer pca"} {
-		ref, err := ParseIssuerRef(in)
+		ref, err := dbspec.ParseIssuerRef(in)
 		if err != nil || ref.Kind+" "+ref.Name != want || ref.Group != "cert-manager.io" {
 			t.Errorf("%s: %+v, %v", in, ref, err)
 		}
 	}
 	for _, bad := range []string{"", "vault", "Issuer/", "Secret/x", "Issuer/a/b", "issuer/x"} {
-		if _, err := ParseIssuerRef(bad); err == nil {
+		if _, err := dbspec.ParseIssuerRef(bad); err == nil {
 			t.Errorf("%q accepted", bad)
 		}
 	}
@@ -35,7 +37,7 @@ func TestParseIssuerRef(t *testing.T) {
 func TestCertificates(t *testing.T) {
 	c := &cnpgv1.Cluster{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "pg", UID: "u"}}
 	c.Spec.Certificates = &cnpgv1.CertificatesConfiguration{ServerAltDNSNames: []string{"pg.example.com"}}
-	ref, _ := ParseIssuerRef("ClusterIssuer/ca")
+	ref, _ := dbspec.ParseIssuerRef("ClusterIssuer/ca")
 	r := ReplicationCertificate(c, ref, map[string]string{"l": "v"})
 	if r.Name != "pg-teleport-replication" || r.Spec.SecretName != r.Name || r.Spec.CommonName != "streaming_replica" ||
 		!slices.Contains(r.Spec.Usages, cmapi.UsageClientAuth) || slices.Contains(r.Spec.Usages, cmapi.UsageServerAuth) ||
@@ -66,7 +68,7 @@ func TestIssuerChain(t *testing.T) {
 
 func TestPoolerCertificate(t *testing.T) {
 	c := &cnpgv1.Cluster{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "pg", UID: "u"}}
-	ref, _ := ParseIssuerRef("Issuer/client")
+	ref, _ := dbspec.ParseIssuerRef("Issuer/client")
 	p := PoolerCertificate(c, ref, map[string]string{"l": "v"})
 	if p.Name != "pg-teleport-pooler" || p.Spec.SecretName != "pg-pooler" || p.Spec.CommonName != "cnpg_pooler_pgbouncer" ||
 		!slices.Contains(p.Spec.Usages, cmapi.UsageClientAuth) || slices.Contains(p.Spec.Usages, cmapi.UsageServerAuth) ||

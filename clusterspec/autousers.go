@@ -3,7 +3,6 @@ package clusterspec
 import (
 	"crypto/sha256"
 	"encoding/hex"
-	"fmt"
 	"regexp"
 	"slices"
 	"strings"
@@ -11,63 +10,21 @@ import (
 	cnpgv1 "github.com/cloudnative-pg/cloudnative-pg/api/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/cnpg-teleport/cnpg-teleport/pgrules"
 )
-
-// Automatic user provisioning: Teleport's database agent logs in as
-// AdminUser, creates a PostgreSQL user per Teleport user (in role
-// AutoUserGroup), grants it the roles the user's Teleport role lists, and
-// takes them back (NOLOGIN) when the session ends.
-const (
-	// AdminUser is the PostgreSQL user Teleport provisions users with. The
-	// controller fixes it: it is never a tenant's choice.
-	AdminUser = "teleport_admin"
-	// AutoUserGroup is the role Teleport puts every user it creates in.
-	AutoUserGroup = "teleport-auto-user"
-)
-
-// ValidateAdmin refuses auto-users on a Cluster whose own spec already
-// has the admin's name: it would not be the controller's to configure.
-func ValidateAdmin(c *cnpgv1.Cluster) error {
-	if b := c.Spec.Bootstrap; b != nil && b.InitDB != nil && b.InitDB.Owner == AdminUser {
-		return fmt.Errorf("role %q owns the Cluster's application database", AdminUser)
-	}
-	if m := c.Spec.Managed; m != nil && slices.ContainsFunc(m.Roles, func(r cnpgv1.RoleConfiguration) bool { return r.Name == AdminUser }) {
-		return fmt.Errorf("role %q is in spec.managed.roles: the controller provisions it", AdminUser)
-	}
-	return nil
-}
-
-// ValidateGrantable refuses a role Teleport's users must never be granted:
-// not an identifier, a role of PostgreSQL or CNPG (postgres is the
-// superuser), the admin, or the owner of the application database.
-func ValidateGrantable(c *cnpgv1.Cluster, name string) error {
-	if err := validName(name); err != nil {
-		return err
-	}
-	if db, owner := AppDatabase(c); name == owner {
-		return fmt.Errorf("role %q owns the application database %s", name, db)
-	}
-	return nil
-}
-
-// AutoUsersHBALine lets the admin and Teleport's users in by Teleport
-// client certificate (CN = user). Group membership (+role) covers the
-// users: only the admin (CREATEROLE) and superusers can make a member.
-func AutoUsersHBALine() string {
-	return "hostssl all " + AdminUser + ",+" + AutoUserGroup + " all cert " + Marker
-}
 
 // AdminRole is the admin's DatabaseRole content: login by certificate,
 // CREATEROLE (it creates Teleport's users and grants them roles).
 func AdminRole() Role {
-	return Role{Name: AdminUser, CreateRole: true}
+	return Role{Name: pgrules.AdminUser, CreateRole: true}
 }
 
 // DisabledAdminRole is the admin left in PostgreSQL when auto-users are
 // turned off: it cannot log in nor create roles, and is retained (CNPG
 // cannot drop it while it owns Teleport's procedures).
 func DisabledAdminRole() Role {
-	return Role{Name: AdminUser, NoLogin: true, Retain: true}
+	return Role{Name: pgrules.AdminUser, NoLogin: true, Retain: true}
 }
 
 // AppDatabase is the Cluster's application database and its owner, from
@@ -97,14 +54,14 @@ func AppDatabase(c *cnpgv1.Cluster) (name, owner string) {
 // path ("$user"): where Teleport installs its procedures (PostgreSQL 15
 // gives PUBLIC no CREATE on schema public).
 func AdminSchema() cnpgv1.SchemaSpec {
-	return cnpgv1.SchemaSpec{DatabaseObjectSpec: cnpgv1.DatabaseObjectSpec{Name: AdminUser, Ensure: cnpgv1.EnsurePresent}, Owner: AdminUser}
+	return cnpgv1.SchemaSpec{DatabaseObjectSpec: cnpgv1.DatabaseObjectSpec{Name: pgrules.AdminUser, Ensure: cnpgv1.EnsurePresent}, Owner: pgrules.AdminUser}
 }
 
 // HasAdminSchema reports whether a Database object declares the admin's
 // schema, present and owned by the admin.
 func HasAdminSchema(d *cnpgv1.Database) bool {
 	return slices.ContainsFunc(d.Spec.Schemas, func(s cnpgv1.SchemaSpec) bool {
-		return s.Name == AdminUser && s.Owner == AdminUser && s.Ensure != cnpgv1.EnsureAbsent
+		return s.Name == pgrules.AdminUser && s.Owner == pgrules.AdminUser && s.Ensure != cnpgv1.EnsureAbsent
 	})
 }
 
@@ -115,7 +72,7 @@ func AdminSchemaApplied(d *cnpgv1.Database) bool {
 	if st.Applied == nil || !*st.Applied || st.ObservedGeneration != d.Generation {
 		return false
 	}
-	return slices.ContainsFunc(st.Schemas, func(s cnpgv1.DatabaseObjectStatus) bool { return s.Name == AdminUser && s.Applied })
+	return slices.ContainsFunc(st.Schemas, func(s cnpgv1.DatabaseObjectStatus) bool { return s.Name == pgrules.AdminUser && s.Applied })
 }
 
 // RoleApplied reports whether CNPG has applied the DatabaseRole as it is now.

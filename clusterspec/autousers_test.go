@@ -6,6 +6,8 @@ import (
 
 	cnpgv1 "github.com/cloudnative-pg/cloudnative-pg/api/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/cnpg-teleport/cnpg-teleport/pgrules"
 )
 
 func TestAppDatabase(t *testing.T) {
@@ -28,7 +30,7 @@ func TestAppDatabase(t *testing.T) {
 
 func TestAdminObjects(t *testing.T) {
 	c := &cnpgv1.Cluster{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "pg", UID: "u"}}
-	if got := AutoUsersHBALine(); got != "hostssl all teleport_admin,+teleport-auto-user all cert # cnpg-teleport" {
+	if got := pgrules.AutoUsersHBALine(); got != "hostssl all teleport_admin,+teleport-auto-user all cert # cnpg-teleport" {
 		t.Errorf("hba %q", got)
 	}
 	d := AdminDatabase(c, "app", "app", nil)
@@ -40,7 +42,7 @@ func TestAdminObjects(t *testing.T) {
 	}
 	d.Generation = 2
 	d.Status.Applied, d.Status.ObservedGeneration = ptr(true), 2
-	d.Status.Schemas = []cnpgv1.DatabaseObjectStatus{{Name: AdminUser, Applied: false, Message: "permission denied"}}
+	d.Status.Schemas = []cnpgv1.DatabaseObjectStatus{{Name: pgrules.AdminUser, Applied: false, Message: "permission denied"}}
 	if AdminSchemaApplied(d) {
 		t.Error("applied with the schema failing")
 	}
@@ -66,14 +68,14 @@ func TestAdminObjects(t *testing.T) {
 	}
 }
 
-func TestValidateGrantable(t *testing.T) {
+func TestCheckGrantable(t *testing.T) {
 	c := &cnpgv1.Cluster{Spec: cnpgv1.ClusterSpec{Bootstrap: &cnpgv1.BootstrapConfiguration{InitDB: &cnpgv1.BootstrapInitDB{Database: "shop", Owner: "shop_owner"}}}}
 	for name, ok := range map[string]bool{
 		"teleport_read": true, "analyst": true, "app": true,
 		"postgres": false, "streaming_replica": false, "pg_read_server_files": false, "cnpg_pooler_pgbouncer": false,
 		"teleport_admin": false, "shop_owner": false, "Analyst": false, "": false,
 	} {
-		if err := ValidateGrantable(c, name); (err == nil) != ok {
+		if err := RoleFacts(c).CheckGrantable(name); (err == nil) != ok {
 			t.Errorf("%q: %v", name, err)
 		}
 	}

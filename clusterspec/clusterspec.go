@@ -8,8 +8,6 @@ package clusterspec
 
 import (
 	"encoding/json"
-	"fmt"
-	"regexp"
 	"slices"
 	"strings"
 
@@ -17,11 +15,9 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apiequality "k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-)
 
-// Marker ends every pg_hba line cnpg-teleport writes (a comment is legal
-// pg_hba syntax), so exactly those lines can be found and removed.
-const Marker = "# cnpg-teleport"
+	"github.com/cnpg-teleport/cnpg-teleport/pgrules"
+)
 
 // AnnotationSaved keeps, as JSON, the user's own values of the
 // spec.certificates fields cnpg-teleport replaced (and whether the Cluster
@@ -82,101 +78,20 @@ func readSaved(c *cnpgv1.Cluster) (saved, bool) {
 	return s, true
 }
 
-// Default role names, and the annotations that choose others.
-const (
-	DefaultReadRole  = "teleport_read"
-	DefaultWriteRole = "teleport_write"
-)
-
-var roleName = regexp.MustCompile(`^[a-z_][a-z0-9_]{0,62}$`)
-
-// ValidateRole refuses a name that is not a plain PostgreSQL identifier or
-// that names a role CNPG or PostgreSQL own, or one the Cluster already
-// manages (taking it over would widen who reaches it).
-func ValidateRole(c *cnpgv1.Cluster, name string) error {
-	if err := validName(name); err != nil {
-		return err
+// RoleFacts are the Cluster's facts the role checks of pgrules read: the
+// initdb owner, the application database and its owner, spec.managed.roles.
+func RoleFacts(c *cnpgv1.Cluster) pgrules.Roles {
+	r := pgrules.Roles{}
+	if b := c.Spec.Bootstrap; b != nil && b.InitDB != nil {
+		r.InitDBOwner = b.InitDB.Owner
 	}
-	if b := c.Spec.Bootstrap; b != nil && b.InitDB != nil && b.InitDB.Owner == name {
-		return fmt.Errorf("role %q owns the Cluster's application database", name)
+	r.AppDatabase, r.AppOwner = AppDatabase(c)
+	if m := c.Spec.Managed; m != nil {
+		for _, role := range m.Roles {
+			r.Managed = append(r.Managed, role.Name)
+		}
 	}
-	if m := c.Spec.Managed; m != nil && slices.ContainsFunc(m.Roles, func(r cnpgv1.RoleConfiguration) bool { return r.Name == name }) {
-		return fmt.Errorf("role %q is already in spec.managed.roles", name)
-	}
-	return nil
-}
-
-// validName refuses a name that is not a plain PostgreSQL identifier, or
-// that names a role of PostgreSQL or CNPG, or Teleport's admin.
-func validName(name string) error {
-	switch {
-	case !roleName.MatchString(name):
-		return fmt.Errorf("role %q: want a lower-case PostgreSQL identifier ([a-z_][a-z0-9_]*, at most 63)", name)
-	case name == "postgres" || name == "streaming_replica" || strings.HasPrefix(name, "pg_") || strings.HasPrefix(name, "cnpg_"):
-		return fmt.Errorf("role %q is reserved by PostgreSQL or CNPG", name)
-	case name == AdminUser:
-		return fmt.Errorf("role %q is reserved: Teleport's admin for automatic user provisioning", name)
-	}
-	return nil
-}
-
-// HBALine is the one pg_hba rule: Teleport's client certificates, CN = role.
-func HBALine(roles ...string) string {
-	return "hostssl all " + strings.Join(roles, ",") + " all cert " + Marker
-}
-
-// IdentMap is the pg_ident map of the rule when a Pooler is registered.
-const IdentMap = "cnpg-teleport"
-
-// PoolerUser is the user CNPG's PgBouncer logs in to PostgreSQL as (CN of
-// its client certificate <cluster>-pooler).
-const PoolerUser = "cnpg_pooler_pgbouncer"
-
-// MappedHBALine is HBALine with the pg_ident map that also lets PgBouncer's
-// client certificate (CN cnpg_pooler_pgbouncer) log in as the roles: how a
-// Teleport user, authenticated by certificate at a registered Pooler,
-// reaches PostgreSQL through it. Only while a Pooler is registered.
-func MappedHBALine(roles ...string) string {
-	return "hostssl all " + strings.Join(roles, ",") + " all cert map=" + IdentMap + " " + Marker
-}
-
-// IdentLines are the map of MappedHBALine: each role as itself (a Teleport
-// certificate straight to PostgreSQL) and PgBouncer's user as each role.
-func IdentLines(roles ...string) []string {
-	var out []string
-	for _, r := range roles {
-		out = append(out, IdentMap+" "+r+" "+r+" "+Marker)
-	}
-	for _, r := range roles {
-		out = append(out, IdentMap+" "+PoolerUser+" "+r+" "+Marker)
-	}
-	return out
-}
-
-// PoolerHBALine is the PgBouncer hba rule of a registered Pooler: the roles
-// only by a client certificate whose CN is the role (PgBouncer checks the
-// name and the chain against its client CA, the Cluster's bundle).
-func PoolerHBALine(roles ...string) string {
-	return "hostssl all " + strings.Join(roles, ",") + " all cert " + Marker
-}
-
-func ours(line string) bool { return strings.HasSuffix(strings.TrimSpace(line), Marker) }
-
-// MergeHBA puts our lines first among the user's (pg_hba is first match:
-// no user line can shadow them; only CNPG's fixed rules for its own users
-// come before), dropping any older line of ours and keeping every user line
-// in its order.
-func MergeHBA(lines []string, mine ...string) []string {
-	return append(slices.Clone(mine), StripHBA(lines)...)
-}
-
-// StripHBA removes exactly our lines.
-func StripHBA(lines []string) []string {
-	out := slices.DeleteFunc(slices.Clone(lines), ours)
-	if len(out) == 0 {
-		return nil
-	}
-	return out
+	return r
 }
 
 // OwnClientCASecret is the Secret the user trusts for client certificates:
@@ -227,8 +142,8 @@ func Trust(c *cnpgv1.Cluster, want Slice) *cnpgv1.Cluster {
 		out.Annotations = map[string]string{}
 	}
 	out.Annotations[AnnotationSaved] = string(raw)
-	out.Spec.PostgresConfiguration.PgHBA = MergeHBA(out.Spec.PostgresConfiguration.PgHBA, want.HBA...)
-	out.Spec.PostgresConfiguration.PgIdent = MergeHBA(out.Spec.PostgresConfiguration.PgIdent, want.Ident...)
+	out.Spec.PostgresConfiguration.PgHBA = pgrules.MergeHBA(out.Spec.PostgresConfiguration.PgHBA, want.HBA...)
+	out.Spec.PostgresConfiguration.PgIdent = pgrules.MergeHBA(out.Spec.PostgresConfiguration.PgIdent, want.Ident...)
 	return out
 }
 
@@ -285,8 +200,8 @@ func Restore(c *cnpgv1.Cluster) *cnpgv1.Cluster {
 	if len(out.Annotations) == 0 {
 		out.Annotations = nil
 	}
-	out.Spec.PostgresConfiguration.PgHBA = StripHBA(out.Spec.PostgresConfiguration.PgHBA)
-	out.Spec.PostgresConfiguration.PgIdent = StripHBA(out.Spec.PostgresConfiguration.PgIdent)
+	out.Spec.PostgresConfiguration.PgHBA = pgrules.StripHBA(out.Spec.PostgresConfiguration.PgHBA)
+	out.Spec.PostgresConfiguration.PgIdent = pgrules.StripHBA(out.Spec.PostgresConfiguration.PgIdent)
 	return out
 }
 
@@ -303,7 +218,7 @@ func Trusted(c *cnpgv1.Cluster, want Slice) bool {
 // Changed reports whether the Cluster has any of our slice left.
 func Changed(c *cnpgv1.Cluster) bool {
 	_, saved := c.Annotations[AnnotationSaved]
-	return saved || slices.ContainsFunc(c.Spec.PostgresConfiguration.PgHBA, ours) || slices.ContainsFunc(c.Spec.PostgresConfiguration.PgIdent, ours)
+	return saved || slices.ContainsFunc(c.Spec.PostgresConfiguration.PgHBA, pgrules.Ours) || slices.ContainsFunc(c.Spec.PostgresConfiguration.PgIdent, pgrules.Ours)
 }
 
 // Role is a login role for Teleport users and the predefined roles it is granted.
@@ -329,7 +244,7 @@ func Roles(read, write string) []Role {
 // from PostgreSQL when the object is deleted.
 func DatabaseRole(c *cnpgv1.Cluster, r Role, labels map[string]string) *cnpgv1.DatabaseRole {
 	comment := "Teleport users (cnpg-teleport)"
-	if r.Name == AdminUser {
+	if r.Name == pgrules.AdminUser {
 		comment = "Teleport's admin for automatic user provisioning (cnpg-teleport)"
 	}
 	reclaim := cnpgv1.DatabaseRoleReclaimDelete

@@ -8,6 +8,8 @@ import (
 
 	cnpgv1 "github.com/cloudnative-pg/cloudnative-pg/api/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/cnpg-teleport/cnpg-teleport/pgrules"
 )
 
 const bundleName = "pg-teleport-ca"
@@ -31,13 +33,13 @@ func js(t *testing.T, v any) string {
 // TestTrustRestore: trust then restore gives back the user's slice byte for
 // byte (JSON), whatever it was, and keeps what the user changed meanwhile.
 func TestTrustRestore(t *testing.T) {
-	line := HBALine("teleport_read", "teleport_write")
+	line := pgrules.HBALine("teleport_read", "teleport_write")
 	for name, c := range map[string]*cnpgv1.Cluster{
 		"no certificates, no pg_hba":      cluster(nil),
 		"empty certificates":              cluster(&cnpgv1.CertificatesConfiguration{}),
 		"server secrets, user pg_hba":     cluster(&cnpgv1.CertificatesConfiguration{ServerCASecret: "s-ca", ServerTLSSecret: "s-tls"}, "host all all all reject"),
 		"own client CA":                   cluster(&cnpgv1.CertificatesConfiguration{ClientCASecret: "mine", ReplicationTLSSecret: "repl"}, "local all all peer", "host all app all scram-sha-256"),
-		"alt names, a stale line of ours": cluster(&cnpgv1.CertificatesConfiguration{ServerAltDNSNames: []string{"x.example"}}, "hostssl all old all cert "+Marker, "host all all all md5"),
+		"alt names, a stale line of ours": cluster(&cnpgv1.CertificatesConfiguration{ServerAltDNSNames: []string{"x.example"}}, "hostssl all old all cert "+pgrules.Marker, "host all all all md5"),
 	} {
 		before := js(t, c.Spec)
 		ours := Certs{ClientCASecret: bundleName} // a Secret's name, not a credential
@@ -54,7 +56,7 @@ func TestTrustRestore(t *testing.T) {
 		restored := Restore(trusted)
 		want := before
 		if strings.Contains(name, "stale") { // our stale line goes too
-			want = strings.Replace(before, `"hostssl all old all cert `+Marker+`",`, "", 1)
+			want = strings.Replace(before, `"hostssl all old all cert `+pgrules.Marker+`",`, "", 1)
 		}
 		if got := js(t, restored.Spec); got != want {
 			t.Errorf("%s: restore:\n got %s\nwant %s", name, got, want)
@@ -79,13 +81,13 @@ func TestTrustRestore(t *testing.T) {
 
 // TestMergeHBA: ours first (nothing the user writes can shadow it), user lines in order.
 func TestMergeHBA(t *testing.T) {
-	line := HBALine("r", "w")
-	got := MergeHBA([]string{"hostssl all all all reject", "  hostssl all r all cert " + Marker + "  ", "host all all all md5"}, line)
+	line := pgrules.HBALine("r", "w")
+	got := pgrules.MergeHBA([]string{"hostssl all all all reject", "  hostssl all r all cert " + pgrules.Marker + "  ", "host all all all md5"}, line)
 	want := []string{line, "hostssl all all all reject", "host all all all md5"}
 	if !slices.Equal(got, want) {
 		t.Fatalf("got %q", got)
 	}
-	if StripHBA([]string{line}) != nil {
+	if pgrules.StripHBA([]string{line}) != nil {
 		t.Error("StripHBA of only ours: want nil (the user had no pg_hba)")
 	}
 	if line != "hostssl all r,w all cert # cnpg-teleport" {
@@ -108,17 +110,18 @@ func TestOwnClientCASecret(t *testing.T) {
 	}
 }
 
-func TestValidateRole(t *testing.T) {
+// TestRoleFacts: the role checks read the Cluster's initdb owner and managed roles.
+func TestRoleFacts(t *testing.T) {
 	c := cluster(nil)
 	c.Spec.Bootstrap = &cnpgv1.BootstrapConfiguration{InitDB: &cnpgv1.BootstrapInitDB{Owner: "app"}}
 	c.Spec.Managed = &cnpgv1.ManagedConfiguration{Roles: []cnpgv1.RoleConfiguration{{Name: "admin"}}}
 	for _, ok := range []string{"teleport_read", "_x", "ro1"} {
-		if err := ValidateRole(c, ok); err != nil {
+		if err := RoleFacts(c).CheckRole(ok); err != nil {
 			t.Errorf("%s: %v", ok, err)
 		}
 	}
 	for _, bad := range []string{"", "postgres", "streaming_replica", "cnpg_pooler_pgbouncer", "pg_monitor", "app", "admin", "Upper", "a-b", "a,b", "x y", strings.Repeat("a", 64)} {
-		if err := ValidateRole(c, bad); err == nil {
+		if err := RoleFacts(c).CheckRole(bad); err == nil {
 			t.Errorf("%q accepted", bad)
 		}
 	}
@@ -162,16 +165,16 @@ func TestTrustRestoreIssuerMode(t *testing.T) {
 	c := cluster(&cnpgv1.CertificatesConfiguration{ServerCASecret: "user-ca"}, "host all all all md5")
 	before := js(t, c.Spec)
 	want := Certs{ClientCASecret: "b", ReplicationTLSSecret: "repl", ServerTLSSecret: "srv", ServerCASecret: "srv"}
-	tr := Trust(c, sl(want, HBALine("r", "w")))
+	tr := Trust(c, sl(want, pgrules.HBALine("r", "w")))
 	cs := tr.Spec.Certificates
 	if cs.ClientCASecret != "b" || cs.ReplicationTLSSecret != "repl" || cs.ServerTLSSecret != "srv" || cs.ServerCASecret != "srv" {
 		t.Fatalf("trust: %s", js(t, cs))
 	}
-	if !Trusted(tr, sl(want, HBALine("r", "w"))) || Trusted(tr, sl(Certs{ClientCASecret: "other"}, HBALine("r", "w"))) {
+	if !Trusted(tr, sl(want, pgrules.HBALine("r", "w"))) || Trusted(tr, sl(Certs{ClientCASecret: "other"}, pgrules.HBALine("r", "w"))) {
 		t.Fatal("Trusted")
 	}
 	// A later pass that sets fewer fields keeps what was saved for all.
-	tr2 := Trust(tr, sl(Certs{ClientCASecret: "b"}, HBALine("r", "w")))
+	tr2 := Trust(tr, sl(Certs{ClientCASecret: "b"}, pgrules.HBALine("r", "w")))
 	if got := js(t, Restore(tr2).Spec); got != before {
 		t.Fatalf("restore:\n got %s\nwant %s", got, before)
 	}
@@ -186,7 +189,7 @@ func TestTrustRestorePoolers(t *testing.T) {
 	c.Spec.PostgresConfiguration.PgIdent = []string{"mymap alice app"}
 	before := js(t, c.Spec)
 	want := Slice{
-		Certs: Certs{ClientCASecret: "b"}, HBA: []string{MappedHBALine("r", "w")}, Ident: IdentLines("r", "w"),
+		Certs: Certs{ClientCASecret: "b"}, HBA: []string{pgrules.MappedHBALine("r", "w")}, Ident: pgrules.IdentLines("r", "w"),
 		AltDNSNames: []string{"pg-pooler", "pg-pooler.ns.svc", "other-pooler"},
 	}
 	tr := Trust(c, want)
@@ -205,7 +208,7 @@ func TestTrustRestorePoolers(t *testing.T) {
 		t.Fatal("Trusted must see the names")
 	}
 	// A Pooler goes: its names and the map go, the user's name stays.
-	fewer := Slice{Certs: want.Certs, HBA: []string{HBALine("r", "w")}, AltDNSNames: []string{"pg-pooler.ns.svc"}}
+	fewer := Slice{Certs: want.Certs, HBA: []string{pgrules.HBALine("r", "w")}, AltDNSNames: []string{"pg-pooler.ns.svc"}}
 	tr2 := Trust(tr, fewer)
 	if !slices.Equal(tr2.Spec.Certificates.ServerAltDNSNames, []string{"pg-pooler.ns.svc", "x.example"}) || tr2.Spec.PostgresConfiguration.PgIdent[0] != "mymap alice app" {
 		t.Fatalf("fewer: %s", js(t, tr2.Spec))
@@ -224,7 +227,7 @@ func TestTrustRestorePooler(t *testing.T) {
 	p := &cnpgv1.Pooler{ObjectMeta: metav1.ObjectMeta{Name: "pg-pooler", Namespace: "ns", Annotations: map[string]string{"a": "b"}},
 		Spec: cnpgv1.PoolerSpec{PgBouncer: &cnpgv1.PgBouncerSpec{PgHBA: []string{"host all all all reject"}}}}
 	before := js(t, p)
-	line := PoolerHBALine("r", "w")
+	line := pgrules.PoolerHBALine("r", "w")
 	tr := TrustPooler(p, "d1", line)
 	if tr.Annotations[AnnotationInputs] != "d1" || !slices.Equal(tr.Spec.PgBouncer.PgHBA, []string{line, "host all all all reject"}) {
 		t.Fatalf("trust: %s", js(t, tr))

@@ -5,6 +5,8 @@ import (
 
 	cnpgv1 "github.com/cloudnative-pg/cloudnative-pg/api/v1"
 	apiequality "k8s.io/apimachinery/pkg/api/equality"
+
+	"github.com/cnpg-teleport/cnpg-teleport/pgrules"
 )
 
 // AnnotationInputs, on a Pooler of an opted-in Cluster, is a digest of the
@@ -36,9 +38,9 @@ func TrustPooler(p *cnpgv1.Pooler, inputs, hbaLine string) *cnpgv1.Pooler {
 		out.Spec.PgBouncer = &cnpgv1.PgBouncerSpec{}
 	}
 	if hbaLine != "" {
-		out.Spec.PgBouncer.PgHBA = MergeHBA(out.Spec.PgBouncer.PgHBA, hbaLine)
+		out.Spec.PgBouncer.PgHBA = pgrules.MergeHBA(out.Spec.PgBouncer.PgHBA, hbaLine)
 	} else {
-		out.Spec.PgBouncer.PgHBA = StripHBA(out.Spec.PgBouncer.PgHBA)
+		out.Spec.PgBouncer.PgHBA = pgrules.StripHBA(out.Spec.PgBouncer.PgHBA)
 	}
 	if p.Spec.PgBouncer == nil && len(out.Spec.PgBouncer.PgHBA) == 0 {
 		out.Spec.PgBouncer = nil
@@ -60,7 +62,7 @@ func RestorePooler(p *cnpgv1.Pooler) *cnpgv1.Pooler {
 		out.Annotations = nil
 	}
 	if out.Spec.PgBouncer != nil {
-		out.Spec.PgBouncer.PgHBA = StripHBA(out.Spec.PgBouncer.PgHBA)
+		out.Spec.PgBouncer.PgHBA = pgrules.StripHBA(out.Spec.PgBouncer.PgHBA)
 	}
 	return out
 }
@@ -68,5 +70,5 @@ func RestorePooler(p *cnpgv1.Pooler) *cnpgv1.Pooler {
 // PoolerChanged reports whether the Pooler has any of our slice.
 func PoolerChanged(p *cnpgv1.Pooler) bool {
 	_, ok := p.Annotations[AnnotationInputs]
-	return ok || (p.Spec.PgBouncer != nil && slices.ContainsFunc(p.Spec.PgBouncer.PgHBA, ours))
+	return ok || (p.Spec.PgBouncer != nil && slices.ContainsFunc(p.Spec.PgBouncer.PgHBA, pgrules.Ours))
 }

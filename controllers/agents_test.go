@@ -19,6 +19,7 @@ import (
 	k8stypes "k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
 
+	"github.com/cnpg-teleport/cnpg-teleport/dbspec"
 	"github.com/cnpg-teleport/cnpg-teleport/teleport/teleporttest"
 )
 
@@ -28,7 +29,7 @@ import (
 // again; the metric follows; a forgotten Cluster costs no Teleport call.
 func TestAgentCheck(t *testing.T) {
 	ctx := context.Background()
-	f := teleporttest.NewFake(teleporttest.FakeConfig{AllowedLabels: map[string]string{LabelManagedBy: ManagedByValue}})
+	f := teleporttest.NewFake(teleporttest.FakeConfig{AllowedLabels: map[string]string{dbspec.LabelManagedBy: dbspec.ManagedByValue}})
 	db := func(name, tier string) types.Database { return putAgentDB(t, f, name, "tier", tier) }
 	rw, ro := db("k1-app-pg-rw", "a"), db("k1-app-pg-ro", "b")
 	_ = db("k2-other-rw", "a") // another Kubernetes cluster's: not ours to check
@@ -36,7 +37,7 @@ func TestAgentCheck(t *testing.T) {
 	now := time.Unix(1000, 0)
 	rec := events.NewFakeRecorder(20)
 	a := &AgentCheck{Teleport: f, Recorder: rec, After: 30 * time.Second, Period: time.Second, Now: func() time.Time { return now },
-		Labels: map[string]string{LabelManagedBy: ManagedByValue, LabelKubeCluster: "k1"}}
+		Labels: map[string]string{dbspec.LabelManagedBy: dbspec.ManagedByValue, dbspec.LabelKubeCluster: "k1"}}
 	c := &cnpgv1.Cluster{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "pg", UID: "u1"}}
 	a.Track(c, []types.Database{rw, ro})
 
@@ -103,10 +104,10 @@ func TestAgentCheck(t *testing.T) {
 // let go of its lock (a pass's Track never waits for them), and stops when
 // its context ends, the metric already set for every db.
 func TestAgentCheckPaced(t *testing.T) {
-	f := teleporttest.NewFake(teleporttest.FakeConfig{AllowedLabels: map[string]string{LabelManagedBy: ManagedByValue}})
+	f := teleporttest.NewFake(teleporttest.FakeConfig{AllowedLabels: map[string]string{dbspec.LabelManagedBy: dbspec.ManagedByValue}})
 	rec := events.NewFakeRecorder(10)
 	a := &AgentCheck{Teleport: f, Recorder: rec, After: 30 * time.Second, Period: time.Second,
-		Labels: map[string]string{LabelManagedBy: ManagedByValue, LabelKubeCluster: "k1"},
+		Labels: map[string]string{dbspec.LabelManagedBy: dbspec.ManagedByValue, dbspec.LabelKubeCluster: "k1"},
 		Pace:   rate.NewLimiter(rate.Every(time.Hour), 1)} // one Event, then none for an hour
 	// Three Clusters (one Event each: a Cluster's dbs share one), one db each.
 	var clusters []*cnpgv1.Cluster
@@ -117,7 +118,7 @@ func TestAgentCheckPaced(t *testing.T) {
 		a.Track(c, []types.Database{d})
 		clusters, dbs = append(clusters, c), append(dbs, d)
 	}
-	f.SetAgents(map[string]string{LabelKubeCluster: "k1"})
+	f.SetAgents(map[string]string{dbspec.LabelKubeCluster: "k1"})
 
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -157,7 +158,7 @@ func TestAgentCheckPaced(t *testing.T) {
 // note only); another Cluster's are its own Event; an action past 128
 // characters (events.k8s.io's bound) falls back to one Event a db.
 func TestAgentServingOneEventPerCluster(t *testing.T) {
-	f := teleporttest.NewFake(teleporttest.FakeConfig{AllowedLabels: map[string]string{LabelManagedBy: ManagedByValue}})
+	f := teleporttest.NewFake(teleporttest.FakeConfig{AllowedLabels: map[string]string{dbspec.LabelManagedBy: dbspec.ManagedByValue}})
 	put := func(name string) types.Database { return putAgentDB(t, f, name) }
 	long := strings.Repeat("x", 55)
 	byCluster := map[string][]types.Database{
@@ -165,10 +166,10 @@ func TestAgentServingOneEventPerCluster(t *testing.T) {
 		"other": {put("k1-app-other-rw")},
 		long:    {put("k1-" + long + "-rw"), put("k1-" + long + "-ro")},
 	}
-	f.SetAgents(map[string]string{LabelKubeCluster: "k1"})
+	f.SetAgents(map[string]string{dbspec.LabelKubeCluster: "k1"})
 	rec := &actionRecorder{}
 	a := &AgentCheck{Teleport: f, Recorder: rec, After: 30 * time.Second, Period: time.Second,
-		Labels: map[string]string{LabelManagedBy: ManagedByValue, LabelKubeCluster: "k1"}}
+		Labels: map[string]string{dbspec.LabelManagedBy: dbspec.ManagedByValue, dbspec.LabelKubeCluster: "k1"}}
 	for name, dbs := range byCluster {
 		a.Track(&cnpgv1.Cluster{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: name, UID: k8stypes.UID(name)}}, dbs)
 	}
@@ -215,7 +216,7 @@ func (r *actionRecorder) Eventf(regarding, _ runtime.Object, _, _, action, note 
 // with the extra labels given as key, value pairs.
 func putAgentDB(t *testing.T, f *teleporttest.Fake, name string, labels ...string) types.Database {
 	t.Helper()
-	l := map[string]string{LabelManagedBy: ManagedByValue, LabelKubeCluster: "k1"}
+	l := map[string]string{dbspec.LabelManagedBy: dbspec.ManagedByValue, dbspec.LabelKubeCluster: "k1"}
 	for i := 0; i+1 < len(labels); i += 2 {
 		l[labels[i]] = labels[i+1]
 	}

@@ -15,6 +15,7 @@ import (
 	"k8s.io/client-go/tools/events"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/cnpg-teleport/cnpg-teleport/dbspec"
 	"github.com/cnpg-teleport/cnpg-teleport/teleport/teleporttest"
 )
 
@@ -48,7 +49,7 @@ func hasReason(evs []string, reason string) bool {
 }
 
 func leastPrivilege() *teleporttest.Fake {
-	return teleporttest.NewFake(teleporttest.FakeConfig{AllowedLabels: map[string]string{LabelManagedBy: ManagedByValue}})
+	return teleporttest.NewFake(teleporttest.FakeConfig{AllowedLabels: map[string]string{dbspec.LabelManagedBy: dbspec.ManagedByValue}})
 }
 
 func TestApplyStaleReadsNeitherDuplicateNorFlap(t *testing.T) {
@@ -56,7 +57,7 @@ func TestApplyStaleReadsNeitherDuplicateNorFlap(t *testing.T) {
 	f := leastPrivilege()
 	f.SetReadLag(4) // reads trail every write of this test
 	r, rec, now := testReconciler(f)
-	c := cluster("app", "pg", 3, map[string]string{AnnotationRegister: "true"})
+	c := cluster("app", "pg", 3, map[string]string{dbspec.AnnotationRegister: "true"})
 	desired, err := DesiredDatabases(opts, c, testCA(t, "ca"))
 	if err != nil {
 		t.Fatal(err)
@@ -98,7 +99,7 @@ func TestApplyStaleReadsNeitherDuplicateNorFlap(t *testing.T) {
 
 func TestApplyForeignNameIsAConflictNotARetryLoop(t *testing.T) {
 	ctx := context.Background()
-	c := cluster("app", "pg", 1, map[string]string{AnnotationRegister: "true"})
+	c := cluster("app", "pg", 1, map[string]string{dbspec.AnnotationRegister: "true"})
 	desired, err := DesiredDatabases(opts, c, testCA(t, "ca"))
 	if err != nil {
 		t.Fatal(err)
@@ -108,7 +109,7 @@ func TestApplyForeignNameIsAConflictNotARetryLoop(t *testing.T) {
 		foreign map[string]string
 	}{
 		{"hidden by the role (not our labels)", map[string]string{"owner": "someone"}},
-		{"visible, our managed-by but another kube cluster", map[string]string{LabelManagedBy: ManagedByValue, LabelKubeCluster: "other"}},
+		{"visible, our managed-by but another kube cluster", map[string]string{dbspec.LabelManagedBy: dbspec.ManagedByValue, dbspec.LabelKubeCluster: "other"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			f := leastPrivilege()
@@ -136,13 +137,13 @@ func TestApplyForeignNameIsAConflictNotARetryLoop(t *testing.T) {
 func TestApplyTakesOverItsOwnPreviousIncarnation(t *testing.T) {
 	ctx := context.Background()
 	f := leastPrivilege()
-	old := cluster("app", "pg", 1, map[string]string{AnnotationRegister: "true"})
+	old := cluster("app", "pg", 1, map[string]string{dbspec.AnnotationRegister: "true"})
 	old.UID = "old-uid"
 	prev, _ := DesiredDatabases(opts, old, testCA(t, "old"))
 	if err := f.Put(prev[0]); err != nil {
 		t.Fatal(err)
 	}
-	c := cluster("app", "pg", 1, map[string]string{AnnotationRegister: "true"}) // re-created: new UID
+	c := cluster("app", "pg", 1, map[string]string{dbspec.AnnotationRegister: "true"}) // re-created: new UID
 	desired, _ := DesiredDatabases(opts, c, testCA(t, "new"))
 	r, rec, _ := testReconciler(f)
 	if err := r.apply(ctx, c, desired); err != nil {
@@ -161,7 +162,7 @@ func TestApplyTeleportDown(t *testing.T) {
 	f := leastPrivilege()
 	f.SetUnavailable(trace.ConnectionProblem(errors.New("refused"), "connection refused"))
 	r, rec, _ := testReconciler(f)
-	c := cluster("app", "pg", 1, map[string]string{AnnotationRegister: "true"})
+	c := cluster("app", "pg", 1, map[string]string{dbspec.AnnotationRegister: "true"})
 	desired, _ := DesiredDatabases(opts, c, testCA(t, "ca"))
 	err := r.apply(context.Background(), c, desired)
 	if err == nil || waitsForAPerson(err) || !trace.IsConnectionProblem(err) {
@@ -176,7 +177,7 @@ func TestPersistentWarningsAreReportedOnce(t *testing.T) {
 	f := leastPrivilege()
 	f.SetUnavailable(trace.ConnectionProblem(errors.New("refused"), "connection refused"))
 	r, rec, _ := testReconciler(f)
-	c := cluster("app", "pg", 1, map[string]string{AnnotationRegister: "true"})
+	c := cluster("app", "pg", 1, map[string]string{dbspec.AnnotationRegister: "true"})
 	desired, _ := DesiredDatabases(opts, c, testCA(t, "ca"))
 	for range 5 {
 		_ = r.apply(context.Background(), c, desired)
@@ -190,19 +191,19 @@ func TestReleaseKeepLabelsWhatItLeaves(t *testing.T) {
 	ctx := context.Background()
 	f := leastPrivilege()
 	// Registered before the keep annotation was set: no keep label yet.
-	c := cluster("app", "pg", 3, map[string]string{AnnotationRegister: "true"})
+	c := cluster("app", "pg", 3, map[string]string{dbspec.AnnotationRegister: "true"})
 	desired, _ := DesiredDatabases(opts, c, testCA(t, "ca"))
 	for _, d := range desired {
 		if err := f.Put(d); err != nil {
 			t.Fatal(err)
 		}
 	}
-	other := cluster("app", "other", 1, map[string]string{AnnotationRegister: "true"})
+	other := cluster("app", "other", 1, map[string]string{dbspec.AnnotationRegister: "true"})
 	theirs, _ := DesiredDatabases(opts, other, testCA(t, "ca"))
 	if err := f.Put(theirs[0]); err != nil {
 		t.Fatal(err)
 	}
-	c.Annotations[AnnotationKeep] = "true"
+	c.Annotations[dbspec.AnnotationKeep] = "true"
 	r, rec, _ := testReconciler(f)
 	all := listed(t, f)
 	if err := r.release(ctx, c, KeepOnDelete(c), all); err != nil {
@@ -210,18 +211,18 @@ func TestReleaseKeepLabelsWhatItLeaves(t *testing.T) {
 	}
 	for _, d := range desired {
 		got, ok := f.Stored(d.GetName())
-		if !ok || !Kept(got) {
-			t.Fatalf("%s: kept=%v, present=%v", d.GetName(), ok && Kept(got), ok)
+		if !ok || !dbspec.Kept(got) {
+			t.Fatalf("%s: kept=%v, present=%v", d.GetName(), ok && dbspec.Kept(got), ok)
 		}
 	}
-	if got, _ := f.Stored(theirs[0].GetName()); Kept(got) || f.Deletes() != 0 || f.Updates() != 2 {
+	if got, _ := f.Stored(theirs[0].GetName()); dbspec.Kept(got) || f.Deletes() != 0 || f.Updates() != 2 {
 		t.Fatalf("another Cluster's db touched, or wrong writes: %d updates %d deletes", f.Updates(), f.Deletes())
 	}
 	if !hasReason(drain(rec), ReasonKept) {
-		t.Fatal("no Kept event")
+		t.Fatal("no dbspec.Kept event")
 	}
 	// Without keep, only this Cluster's are deleted.
-	delete(c.Annotations, AnnotationKeep)
+	delete(c.Annotations, dbspec.AnnotationKeep)
 	all = listed(t, f)
 	if err := r.release(ctx, c, KeepOnDelete(c), all); err != nil {
 		t.Fatal(err)
@@ -236,7 +237,7 @@ func TestReleaseKeepLabelsWhatItLeaves(t *testing.T) {
 // connection is still retried with backoff.
 func TestRefusedIsNotRetried(t *testing.T) {
 	ctx := context.Background()
-	c := cluster("app", "pg", 1, map[string]string{AnnotationRegister: "true"})
+	c := cluster("app", "pg", 1, map[string]string{dbspec.AnnotationRegister: "true"})
 	desired, _ := DesiredDatabases(opts, c, testCA(t, "ca"))
 	for name, tt := range map[string]struct {
 		err     error
@@ -280,7 +281,7 @@ func TestSecretForbidden(t *testing.T) {
 	ctx := context.Background()
 	r, rec, _ := testReconciler(leastPrivilege())
 	r.APIReader, r.Resync, r.Retry, r.TrustPoll = forbiddenReader{}, time.Hour, time.Second, time.Second
-	c := cluster("app", "pg", 1, map[string]string{AnnotationRegister: "true"})
+	c := cluster("app", "pg", 1, map[string]string{dbspec.AnnotationRegister: "true"})
 	_, err := r.serverCA(ctx, c)
 	res, rerr := r.waitForCA(c, err)
 	evs := drain(rec)
@@ -303,7 +304,7 @@ func TestReleaseDeletesWhatAStaleListDoesNotShow(t *testing.T) {
 		t.Run(fmt.Sprintf("keep=%v", keep), func(t *testing.T) {
 			f := leastPrivilege()
 			r, _, now := testReconciler(f)
-			c := cluster("app", "pg", 3, map[string]string{AnnotationRegister: "true"})
+			c := cluster("app", "pg", 3, map[string]string{dbspec.AnnotationRegister: "true"})
 			desired, _ := DesiredDatabases(opts, c, testCA(t, "ca"))
 			f.SetReadLag(len(desired) + 1) // the list below shows none of the creates
 			if err := r.apply(ctx, c, desired); err != nil || f.Creates() != len(desired) {
@@ -315,15 +316,15 @@ func TestReleaseDeletesWhatAStaleListDoesNotShow(t *testing.T) {
 				t.Fatalf("list = %v; want a stale, empty list", names(all))
 			}
 			if keep {
-				c.Annotations[AnnotationKeep] = "true"
+				c.Annotations[dbspec.AnnotationKeep] = "true"
 			}
 			if err := r.release(ctx, c, KeepOnDelete(c), all); err != nil {
 				t.Fatal(err)
 			}
 			for _, d := range desired {
 				got, stored := f.Stored(d.GetName())
-				if stored != keep || (keep && !Kept(got)) {
-					t.Errorf("%s: stored %v (kept label %v), want stored and kept = %v", d.GetName(), stored, stored && Kept(got), keep)
+				if stored != keep || (keep && !dbspec.Kept(got)) {
+					t.Errorf("%s: stored %v (kept label %v), want stored and kept = %v", d.GetName(), stored, stored && dbspec.Kept(got), keep)
 				}
 			}
 		})
@@ -338,7 +339,7 @@ func TestApplyOneEventPerPass(t *testing.T) {
 	ctx := context.Background()
 	f := leastPrivilege()
 	r, rec, now := testReconciler(f)
-	c := cluster("app", "pg", 3, map[string]string{AnnotationRegister: "true", AnnotationEndpoints: "rw,ro,r"})
+	c := cluster("app", "pg", 3, map[string]string{dbspec.AnnotationRegister: "true", dbspec.AnnotationEndpoints: "rw,ro,r"})
 	desired, err := DesiredDatabases(opts, c, testCA(t, "ca"))
 	if err != nil {
 		t.Fatal(err)

@@ -13,6 +13,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/cnpg-teleport/cnpg-teleport/clusterspec"
+	"github.com/cnpg-teleport/cnpg-teleport/dbspec"
+	"github.com/cnpg-teleport/cnpg-teleport/pgrules"
 )
 
 // Event reasons of automatic user provisioning.
@@ -31,7 +33,7 @@ const (
 // sent to an admin PostgreSQL does not have. On a Cluster that no longer
 // asks, it disables the admin (done reports when that is finished).
 // hba reports whether the Cluster's pg_hba needs the auto-users line.
-func (r *ClusterReconciler) autoUsers(ctx context.Context, c *cnpgv1.Cluster, spec *Spec) (hba bool, err error) {
+func (r *ClusterReconciler) autoUsers(ctx context.Context, c *cnpgv1.Cluster, spec *dbspec.Spec) (hba bool, err error) {
 	if !spec.AutoUsers {
 		_, err := r.disableAutoUsers(ctx, c)
 		return false, err
@@ -45,7 +47,7 @@ func (r *ClusterReconciler) autoUsers(ctx context.Context, c *cnpgv1.Cluster, sp
 		return true, err
 	}
 	if clusterspec.RoleApplied(role) && schema {
-		spec.AdminUser = clusterspec.AdminUser
+		spec.AdminUser = pgrules.AdminUser
 		r.pending.forget(c.UID + "/auto")
 		if ready, _ := r.autoReady.get(c.UID); !ready {
 			r.autoReady.set(c.UID, true)
@@ -53,7 +55,7 @@ func (r *ClusterReconciler) autoUsers(ctx context.Context, c *cnpgv1.Cluster, sp
 			db, _ := clusterspec.AppDatabase(c)
 			r.Recorder.Eventf(c, nil, corev1.EventTypeNormal, ReasonAutoUsersReady, "AutoUsers",
 				"admin %s (LOGIN, CREATEROLE) and its schema in database %s are in PostgreSQL: the rw db resource names it as admin_user; Teleport may grant %s",
-				clusterspec.AdminUser, db, strings.Join(spec.GrantRoles, ", "))
+				pgrules.AdminUser, db, strings.Join(spec.GrantRoles, ", "))
 		}
 		return true, nil
 	}
@@ -98,7 +100,7 @@ func (r *ClusterReconciler) ensureAdminSchema(ctx context.Context, c *cnpgv1.Clu
 			// and action into a series that shows the first note only.
 			r.auto.warn(r.Recorder, c, ReasonSchemaMissing, "CheckSchema "+d.Name,
 				"add schemas: [{name: %s, owner: %s}] to your Database %s (database %s): Teleport installs its procedures in the admin's schema of the database a user connects to (PostgreSQL 15 gives nobody CREATE on public)",
-				clusterspec.AdminUser, clusterspec.AdminUser, d.Name, d.Spec.Name)
+				pgrules.AdminUser, pgrules.AdminUser, d.Name, d.Spec.Name)
 		}
 	}
 	if theirs != nil {
@@ -106,7 +108,7 @@ func (r *ClusterReconciler) ensureAdminSchema(ctx context.Context, c *cnpgv1.Clu
 			return false, "", err
 		}
 		if !clusterspec.HasAdminSchema(theirs) {
-			return false, fmt.Sprintf("Database %s lacks the schema %s", theirs.Name, clusterspec.AdminUser), nil
+			return false, fmt.Sprintf("Database %s lacks the schema %s", theirs.Name, pgrules.AdminUser), nil
 		}
 		return clusterspec.AdminSchemaApplied(theirs), fmt.Sprintf("Database %s not applied yet (%s)", theirs.Name, orNone(theirs.Status.Message)), nil
 	}
@@ -195,7 +197,7 @@ func (r *ClusterReconciler) deleteAdminDatabases(ctx context.Context, c *cnpgv1.
 // dropped. done reports that nothing of ours is left.
 func (r *ClusterReconciler) disableAutoUsers(ctx context.Context, c *cnpgv1.Cluster) (done bool, err error) {
 	var have cnpgv1.DatabaseRole
-	key := client.ObjectKey{Namespace: c.Namespace, Name: clusterspec.DatabaseRoleName(c, clusterspec.AdminUser)}
+	key := client.ObjectKey{Namespace: c.Namespace, Name: clusterspec.DatabaseRoleName(c, pgrules.AdminUser)}
 	err = r.Client.Get(ctx, key, &have)
 	if apierrors.IsNotFound(err) || (err == nil && !ownedBy(&have, c)) {
 		r.autoReady.forget(c.UID)
@@ -213,7 +215,7 @@ func (r *ClusterReconciler) disableAutoUsers(ctx context.Context, c *cnpgv1.Clus
 	}
 	if !clusterspec.RoleApplied(role) {
 		if r.pendingFor(c.UID+"/auto") >= trustNoteAfter {
-			r.auto.note(r.Recorder, c, ReasonAutoUsersPending, "DisableAdmin", "waiting for CNPG to disable %s: %s", clusterspec.AdminUser, orNone(role.Status.Message))
+			r.auto.note(r.Recorder, c, ReasonAutoUsersPending, "DisableAdmin", "waiting for CNPG to disable %s: %s", pgrules.AdminUser, orNone(role.Status.Message))
 		}
 		return false, nil
 	}
@@ -228,6 +230,6 @@ func (r *ClusterReconciler) disableAutoUsers(ctx context.Context, c *cnpgv1.Clus
 	db, _ := clusterspec.AppDatabase(c)
 	r.Recorder.Eventf(c, nil, corev1.EventTypeNormal, ReasonAutoUsersRemoved, "AutoUsers",
 		"admin_user removed; %s is NOLOGIN without CREATEROLE and stays in PostgreSQL with its schema in database %s and Teleport's users (NOLOGIN): the schema holds Teleport's procedures, which CNPG cannot drop. To remove them, a superuser runs DROP SCHEMA %s CASCADE in %s, then DROP ROLE %s",
-		clusterspec.AdminUser, db, clusterspec.AdminUser, db, clusterspec.AdminUser)
+		pgrules.AdminUser, db, pgrules.AdminUser, db, pgrules.AdminUser)
 	return true, nil
 }

@@ -13,6 +13,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/cnpg-teleport/cnpg-teleport/clusterspec"
+	"github.com/cnpg-teleport/cnpg-teleport/dbspec"
+	"github.com/cnpg-teleport/cnpg-teleport/pgrules"
 )
 
 // applyRole plays CNPG's instance manager for a DatabaseRole: status
@@ -64,17 +66,17 @@ func TestEnvAutoUsers(t *testing.T) {
 	ctx := context.Background()
 	rw, ro := dbName(b.ns, "pg", "rw"), dbName(b.ns, "pg", "ro")
 	ann := registerAnn()
-	ann[AnnotationAutoUsers] = "true"
+	ann[dbspec.AnnotationAutoUsers] = "true"
 	b.newCluster("pg", 2, ann)
 	b.waitDBs("pg", rw, ro)
 
-	adminName := clusterspec.DatabaseRoleName(&cnpgv1.Cluster{ObjectMeta: metav1.ObjectMeta{Name: "pg"}}, clusterspec.AdminUser)
+	adminName := clusterspec.DatabaseRoleName(&cnpgv1.Cluster{ObjectMeta: metav1.ObjectMeta{Name: "pg"}}, pgrules.AdminUser)
 	var admin cnpgv1.DatabaseRole
 	b.eventually("the admin's DatabaseRole", func() (bool, string) {
 		err := b.c.Get(ctx, client.ObjectKey{Namespace: b.ns, Name: adminName}, &admin)
 		return err == nil, fmt.Sprint(err)
 	})
-	if rc := admin.Spec.RoleConfiguration; rc.Name != clusterspec.AdminUser || !rc.Login || !rc.CreateRole || rc.Superuser || !rc.DisablePassword ||
+	if rc := admin.Spec.RoleConfiguration; rc.Name != pgrules.AdminUser || !rc.Login || !rc.CreateRole || rc.Superuser || !rc.DisablePassword ||
 		admin.Spec.ReclaimPolicy != cnpgv1.DatabaseRoleReclaimDelete {
 		t.Fatalf("admin DatabaseRole: %+v", admin.Spec)
 	}
@@ -87,7 +89,7 @@ func TestEnvAutoUsers(t *testing.T) {
 		t.Fatalf("admin Database: %+v", db.Spec)
 	}
 	c, _ := b.get("pg")
-	if !slices.Contains(c.Spec.PostgresConfiguration.PgHBA, clusterspec.AutoUsersHBALine()) {
+	if !slices.Contains(c.Spec.PostgresConfiguration.PgHBA, pgrules.AutoUsersHBALine()) {
 		t.Fatalf("pg_hba %q", c.Spec.PostgresConfiguration.PgHBA)
 	}
 	// Not before CNPG runs both.
@@ -98,7 +100,7 @@ func TestEnvAutoUsers(t *testing.T) {
 	}
 	b.applyDatabase("pg-teleport-app")
 	b.event("pg", ReasonAutoUsersReady, "teleport_read, teleport_write")
-	b.eventually("admin_user on rw", func() (bool, string) { got := b.adminUser(rw); return got == clusterspec.AdminUser, got })
+	b.eventually("admin_user on rw", func() (bool, string) { got := b.adminUser(rw); return got == pgrules.AdminUser, got })
 	if got := b.adminUser(ro); got != "" {
 		t.Fatalf("admin_user %q on ro: a replica cannot create users", got)
 	}
@@ -141,7 +143,7 @@ func TestEnvAutoUsers(t *testing.T) {
 	}
 
 	// Opt out: the admin is disabled first, then let go of, never dropped.
-	b.patchCluster("pg", func(c *cnpgv1.Cluster) { delete(c.Annotations, AnnotationAutoUsers) })
+	b.patchCluster("pg", func(c *cnpgv1.Cluster) { delete(c.Annotations, dbspec.AnnotationAutoUsers) })
 	b.eventually("admin disabled", func() (bool, string) {
 		if err := b.c.Get(ctx, client.ObjectKey{Namespace: b.ns, Name: adminName}, &admin); err != nil {
 			return false, err.Error()
@@ -161,7 +163,7 @@ func TestEnvAutoUsers(t *testing.T) {
 		return apierrors.IsNotFound(err), fmt.Sprint(err)
 	})
 	c, _ = b.get("pg")
-	if slices.Contains(c.Spec.PostgresConfiguration.PgHBA, clusterspec.AutoUsersHBALine()) {
+	if slices.Contains(c.Spec.PostgresConfiguration.PgHBA, pgrules.AutoUsersHBALine()) {
 		t.Fatalf("pg_hba %q", c.Spec.PostgresConfiguration.PgHBA)
 	}
 	if err := b.c.Get(ctx, client.ObjectKeyFromObject(theirs), theirs); err != nil {

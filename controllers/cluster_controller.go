@@ -21,6 +21,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	"github.com/cnpg-teleport/cnpg-teleport/dbspec"
 )
 
 // Finalizer holds a registered Cluster until its db resources are removed from Teleport.
@@ -50,7 +52,7 @@ type ClusterReconciler struct {
 	APIReader client.Reader // uncached: Secrets are read directly, never cached
 	Teleport  Teleport
 	Recorder  events.EventRecorder
-	Options   Options
+	Options   dbspec.Options
 	// Resync is how often a registered Cluster is compared with Teleport again.
 	Resync time.Duration
 	// Retry is the wait before retrying when a dependency (server CA) is missing.
@@ -272,7 +274,7 @@ func (r *ClusterReconciler) apply(ctx context.Context, c *cnpgv1.Cluster, desire
 	if err != nil {
 		return r.unavailable(c, "Register", err)
 	}
-	create, update, remove := Diff(desired, owned)
+	create, update, remove := dbspec.Diff(desired, owned)
 	var errs []error
 	var done changes
 	for _, d := range create {
@@ -342,12 +344,12 @@ func (r *ClusterReconciler) create(ctx context.Context, c *cnpgv1.Cluster, d, se
 func (r *ClusterReconciler) adopt(ctx context.Context, c *cnpgv1.Cluster, d, seen types.Database, done *changes) error {
 	if OwnedByCluster(seen, r.Options, c) {
 		r.index().addName(string(c.UID), d.GetName())
-		if !NeedsUpdate(d, seen) {
+		if !dbspec.NeedsUpdate(d, seen) {
 			return nil
 		}
 		return r.update(ctx, c, d, seen, done)
 	}
-	if ns, name, _, ok := ClusterRef(seen); ok && OwnedBy(seen, r.Options) && ns == c.Namespace && name == c.Name {
+	if ns, name, _, ok := dbspec.ClusterRef(seen); ok && dbspec.OwnedBy(seen, r.Options) && ns == c.Namespace && name == c.Name {
 		r.index().addName(string(c.UID), d.GetName()) // ours now: read by name from now on
 		return r.update(ctx, c, d, seen, done)
 	}
@@ -358,7 +360,7 @@ func (r *ClusterReconciler) update(ctx context.Context, c *cnpgv1.Cluster, d, ac
 	if r.recent.same(d, r.now(), readLag) {
 		return nil // written already; the read that differs is stale
 	}
-	if err := r.Teleport.UpdateDatabase(ctx, ForUpdate(d, actual)); err != nil {
+	if err := r.Teleport.UpdateDatabase(ctx, dbspec.ForUpdate(d, actual)); err != nil {
 		return r.unavailable(c, "Register", err)
 	}
 	r.recent.wrote(d, r.now())
@@ -474,12 +476,12 @@ func (r *ClusterReconciler) finalize(ctx context.Context, c *cnpgv1.Cluster) err
 // endpointNames are the names c's endpoints have under its current
 // annotations (none when they do not parse): with the index, what a
 // deregistration reads.
-func endpointNames(o Options, c *cnpgv1.Cluster) []string {
+func endpointNames(o dbspec.Options, c *cnpgv1.Cluster) []string {
 	spec, err := ParseAnnotations(o, c)
 	if err != nil {
 		return nil
 	}
-	return []string{spec.dbName("rw"), spec.dbName("ro"), spec.dbName("r")}
+	return []string{spec.DBName("rw"), spec.DBName("ro"), spec.DBName("r")}
 }
 
 // index is the reconciler's owned index (its own when none is shared).
@@ -516,10 +518,10 @@ func (r *ClusterReconciler) release(ctx context.Context, c *cnpgv1.Cluster, keep
 		switch {
 		case !keep:
 			errs = append(errs, r.delete(ctx, c, db, &done))
-		case !Kept(db):
+		case !dbspec.Kept(db):
 			kept := db.Copy()
 			labels := kept.GetStaticLabels()
-			labels[LabelKeep] = "true"
+			labels[dbspec.LabelKeep] = "true"
 			kept.SetStaticLabels(labels)
 			if err := r.Teleport.UpdateDatabase(ctx, kept); err != nil && !trace.IsNotFound(err) {
 				errs = append(errs, r.unavailable(c, "Deregister", err))

@@ -53,7 +53,8 @@ import (
 	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
-	"github.com/cnpg-teleport/cnpg-teleport/clusterspec"
+	"github.com/cnpg-teleport/cnpg-teleport/dbspec"
+	"github.com/cnpg-teleport/cnpg-teleport/pgrules"
 	"github.com/cnpg-teleport/cnpg-teleport/teleport"
 	"github.com/cnpg-teleport/cnpg-teleport/teleport/teleporttest"
 	"github.com/cnpg-teleport/cnpg-teleport/test/world"
@@ -167,7 +168,7 @@ func newBed(t *testing.T, o bedOptions) (*bed, []string) {
 	}
 	b := &bed{t: t, c: c, ns: namespaces[0],
 		f: teleporttest.NewFake(teleporttest.FakeConfig{
-			AllowedLabels: map[string]string{LabelManagedBy: ManagedByValue},
+			AllowedLabels: map[string]string{dbspec.LabelManagedBy: dbspec.ManagedByValue},
 			DBCACerts:     [][]byte{testCA(t, "teleport-db")},
 		})}
 
@@ -177,8 +178,8 @@ func newBed(t *testing.T, o bedOptions) (*bed, []string) {
 		Cache: cache.Options{
 			DefaultNamespaces: map[string]cache.Config{b.ns: {}},
 			ByObject: map[client.Object]cache.ByObject{ // as cmd/cnpg-teleport
-				&cnpgv1.DatabaseRole{}: {Label: labels.SelectorFromSet(labels.Set{LabelManagedBy: ManagedByValue})},
-				&cnpgv1.Database{}:     {Label: labels.SelectorFromSet(labels.Set{LabelManagedBy: ManagedByValue})},
+				&cnpgv1.DatabaseRole{}: {Label: labels.SelectorFromSet(labels.Set{dbspec.LabelManagedBy: dbspec.ManagedByValue})},
+				&cnpgv1.Database{}:     {Label: labels.SelectorFromSet(labels.Set{dbspec.LabelManagedBy: dbspec.ManagedByValue})},
 			},
 		},
 		Metrics:                metricsserver.Options{BindAddress: "0"},
@@ -333,7 +334,7 @@ func (b *bed) caKey(name string) *ecdsa.PrivateKey {
 func (b *bed) stored(cluster string) []string {
 	var out []string
 	for _, n := range b.f.StoredNames() {
-		if db, ok := b.f.Stored(n); ok && db.GetStaticLabels()[LabelNamespace] == b.ns && db.GetStaticLabels()[LabelCluster] == cluster {
+		if db, ok := b.f.Stored(n); ok && db.GetStaticLabels()[dbspec.LabelNamespace] == b.ns && db.GetStaticLabels()[dbspec.LabelCluster] == cluster {
 			out = append(out, n)
 		}
 	}
@@ -419,7 +420,7 @@ func (b *bed) waitOrphanPasses(n int) {
 	})
 }
 
-func registerAnn() map[string]string { return map[string]string{AnnotationRegister: "true"} }
+func registerAnn() map[string]string { return map[string]string{dbspec.AnnotationRegister: "true"} }
 
 // registered creates a Cluster and waits until its db resources are registered.
 func (b *bed) registered(name string, instances int, want ...string) (*cnpgv1.Cluster, []byte) {
@@ -429,8 +430,12 @@ func (b *bed) registered(name string, instances int, want ...string) (*cnpgv1.Cl
 	return c, ca
 }
 
-func dbName(ns, cluster, ep string) string {
-	return databaseName(defaultPrefix(opts.KubeCluster, ns, cluster), ep)
+func dbName(ns, name, ep string) string {
+	spec, err := ParseAnnotations(opts, cluster(ns, name, 1, registerAnn()))
+	if err != nil {
+		panic(err)
+	}
+	return spec.DBName(ep)
 }
 
 // TestEnvRegistration: CNPG's default <cluster>-ca server CA, the watches,
@@ -462,7 +467,7 @@ func TestEnvRegistration(t *testing.T) {
 	})
 
 	// The annotation removed: deregistered, the finalizer gone, the spec the user's.
-	b.patchCluster("pg", func(c *cnpgv1.Cluster) { delete(c.Annotations, AnnotationRegister) })
+	b.patchCluster("pg", func(c *cnpgv1.Cluster) { delete(c.Annotations, dbspec.AnnotationRegister) })
 	b.waitDBs("pg")
 	b.eventually("finalizer removed", func() (bool, string) {
 		c, err := b.get("pg")
@@ -513,7 +518,7 @@ func TestEnvInvalidKeepAtDeletion(t *testing.T) {
 	b, _ := newBed(t, bedOptions{})
 	rw := dbName(b.ns, "pg", "rw")
 	b.registered("pg", 1, rw)
-	b.patchCluster("pg", func(c *cnpgv1.Cluster) { c.Annotations[AnnotationKeep] = "True" })
+	b.patchCluster("pg", func(c *cnpgv1.Cluster) { c.Annotations[dbspec.AnnotationKeep] = "True" })
 	if err := b.c.Delete(context.Background(), &cnpgv1.Cluster{ObjectMeta: metav1.ObjectMeta{Namespace: b.ns, Name: "pg"}}); err != nil {
 		t.Fatal(err)
 	}
@@ -524,7 +529,7 @@ func TestEnvInvalidKeepAtDeletion(t *testing.T) {
 	if got := b.stored("pg"); !slices.Equal(got, []string{rw}) {
 		t.Fatalf("db resources %v, want %s left as it was", got, rw)
 	}
-	b.patchCluster("pg", func(c *cnpgv1.Cluster) { c.Annotations[AnnotationKeep] = "false" })
+	b.patchCluster("pg", func(c *cnpgv1.Cluster) { c.Annotations[dbspec.AnnotationKeep] = "false" })
 	b.waitGone("pg")
 	b.waitDBs("pg")
 }
@@ -553,13 +558,13 @@ func TestEnvKeepAndOptOutInOneEdit(t *testing.T) {
 		return nil
 	})
 	b.patchCluster("pg", func(c *cnpgv1.Cluster) {
-		delete(c.Annotations, AnnotationRegister)
-		c.Annotations[AnnotationKeep] = "true"
+		delete(c.Annotations, dbspec.AnnotationRegister)
+		c.Annotations[dbspec.AnnotationKeep] = "true"
 	})
 	b.event("pg", ReasonKept, "")
 	db, ok := b.f.Stored(rw)
-	if !ok || !Kept(db) {
-		t.Fatalf("%s: stored %v, kept label %v; want it kept", rw, ok, ok && Kept(db))
+	if !ok || !dbspec.Kept(db) {
+		t.Fatalf("%s: stored %v, kept label %v; want it kept", rw, ok, ok && dbspec.Kept(db))
 	}
 }
 
@@ -660,7 +665,7 @@ func TestEnvRecreatedClusterTakenOverDuringCollection(t *testing.T) {
 		}
 		b.eventually("the re-created Cluster takes its db resource over", func() (bool, string) {
 			db, ok := b.f.Stored(rw)
-			return ok && db.GetStaticLabels()[LabelClusterUID] == string(recreated.UID), ""
+			return ok && db.GetStaticLabels()[dbspec.LabelClusterUID] == string(recreated.UID), ""
 		})
 	}}
 	n, err := o.Collect(ctx)
@@ -668,7 +673,7 @@ func TestEnvRecreatedClusterTakenOverDuringCollection(t *testing.T) {
 		t.Fatalf("collect: %d deleted, %v", n, err)
 	}
 	db, ok := b.f.Stored(rw)
-	if !ok || db.GetStaticLabels()[LabelClusterUID] != string(recreated.UID) {
+	if !ok || db.GetStaticLabels()[dbspec.LabelClusterUID] != string(recreated.UID) {
 		t.Fatalf("%s: stored %v; want it the re-created Cluster's", rw, ok)
 	}
 }
@@ -837,8 +842,8 @@ func TestEnvNoCertificateSwitchDuringJoin(t *testing.T) {
 	b, _ := newBed(t, bedOptions{resync: time.Hour})
 	ctx := context.Background()
 	ann := registerAnn()
-	ann[AnnotationClientIssuer] = "ClusterIssuer/client"
-	ann[AnnotationServerIssuer] = "ClusterIssuer/server"
+	ann[dbspec.AnnotationClientIssuer] = "ClusterIssuer/client"
+	ann[dbspec.AnnotationServerIssuer] = "ClusterIssuer/server"
 	b.newCluster("pg", 2, ann)
 	setPhase := func(phase, reason string) {
 		b.eventually("phase "+phase, func() (bool, string) {
@@ -904,7 +909,7 @@ func TestEnvNoCertificateSwitchDuringJoin(t *testing.T) {
 
 	// Opting out hands CNPG its own certificates back: not under a join either.
 	setPhase(cnpgv1.PhaseCreatingReplica, "Creating replica pg-3-join")
-	b.patchCluster("pg", func(c *cnpgv1.Cluster) { delete(c.Annotations, AnnotationRegister) })
+	b.patchCluster("pg", func(c *cnpgv1.Cluster) { delete(c.Annotations, dbspec.AnnotationRegister) })
 	b.event("pg", ReasonTrustPending, "restored once CNPG has created its replica (Creating replica pg-3-join)")
 	if ok, got := switched(); !ok {
 		t.Fatalf("certificates restored while CNPG creates a replica: %s", got)
@@ -1063,7 +1068,7 @@ func TestEnvConcurrentEditsSurvive(t *testing.T) {
 	b.patchCluster("pg", func(c *cnpgv1.Cluster) { c.Annotations = registerAnn() })
 	ours := func(c *cnpgv1.Cluster) bool {
 		return c.Spec.Certificates != nil && c.Spec.Certificates.ClientCASecret == "pg-teleport-ca" &&
-			slices.Contains(c.Spec.PostgresConfiguration.PgHBA, clusterspec.HBALine(clusterspec.DefaultReadRole, clusterspec.DefaultWriteRole))
+			slices.Contains(c.Spec.PostgresConfiguration.PgHBA, pgrules.HBALine(pgrules.DefaultReadRole, pgrules.DefaultWriteRole))
 	}
 	b.eventually("the controller's slice in, under the writes", func() (bool, string) {
 		c, err := b.get("pg")
@@ -1115,13 +1120,15 @@ func TestEnvHostileObjects(t *testing.T) {
 	long := "a" + strings.Repeat("b", 49)
 	b.registered(long, 2, dbName(b.ns, long, "rw"), dbName(b.ns, long, "ro"))
 	for _, n := range b.stored(long) {
-		checkDBName(t, n)
+		if !validDBName(n) {
+			t.Errorf("db name %q (%d characters) is not a valid Teleport db name", n, len(n))
+		}
 	}
 
-	ann := func(k, v string) map[string]string { return map[string]string{AnnotationRegister: "true", k: v} }
+	ann := func(k, v string) map[string]string { return map[string]string{dbspec.AnnotationRegister: "true", k: v} }
 	for name, a := range map[string]map[string]string{
-		"unicode": ann(AnnotationName, "ünïcödé-☃"),
-		"big":     ann(AnnotationLabels, strings.Repeat("k=v,", 50_000)),
+		"unicode": ann(dbspec.AnnotationName, "ünïcödé-☃"),
+		"big":     ann(dbspec.AnnotationLabels, strings.Repeat("k=v,", 50_000)),
 	} {
 		b.newCluster(name, 1, a)
 		b.event(name, ReasonInvalidAnnotation, "nothing applied")
@@ -1135,7 +1142,7 @@ func TestEnvHostileObjects(t *testing.T) {
 		}
 	}
 
-	huge := &cnpgv1.Cluster{ObjectMeta: metav1.ObjectMeta{Namespace: b.ns, Name: "huge", Annotations: ann(AnnotationLabels, strings.Repeat("x", 1<<20))},
+	huge := &cnpgv1.Cluster{ObjectMeta: metav1.ObjectMeta{Namespace: b.ns, Name: "huge", Annotations: ann(dbspec.AnnotationLabels, strings.Repeat("x", 1<<20))},
 		Spec: cnpgv1.ClusterSpec{Instances: 1}}
 	if err := b.c.Create(ctx, huge); !apierrors.IsInvalid(err) || !strings.Contains(err.Error(), "annotations") {
 		t.Fatalf("a 1 MiB annotation: %v, want the apiserver to refuse it", err)

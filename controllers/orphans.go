@@ -16,6 +16,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 
+	"github.com/cnpg-teleport/cnpg-teleport/dbspec"
 	"github.com/cnpg-teleport/cnpg-teleport/teleport"
 )
 
@@ -33,7 +34,7 @@ type OrphanCollector struct {
 	Client    client.Reader // the manager's cache of Clusters
 	APIReader client.Reader // uncached: a Cluster is read again before its db resources are deleted
 	Teleport  Teleport
-	Options   Options
+	Options   dbspec.Options
 	Period    time.Duration
 	// Namespaces are the namespaces the controller watches (none: all). The
 	// Cluster of a db resource elsewhere is not this controller's to judge:
@@ -81,12 +82,12 @@ func (o *OrphanCollector) Collect(ctx context.Context) (int, error) {
 	var errs []error
 	defer func() { registered.Set(float64(owned - deleted)) }()
 	for _, db := range dbs {
-		ns, name, uid, ok := ClusterRef(db)
-		if !OwnedBy(db, o.Options) || !ok || !o.watched(ns) {
+		ns, name, uid, ok := dbspec.ClusterRef(db)
+		if !dbspec.OwnedBy(db, o.Options) || !ok || !o.watched(ns) {
 			continue
 		}
 		owned++
-		if Kept(db) || Legacy(db) { // a legacy one is adopted by its Cluster, never collected
+		if dbspec.Kept(db) || dbspec.Legacy(db) { // a legacy one is adopted by its Cluster, never collected
 			continue
 		}
 		// The cache first (cheap); only a candidate is read again, uncached.
@@ -122,13 +123,13 @@ var errIdentityConflict = errors.New("kube cluster identity conflict")
 // another identity (metric cnpg_teleport_kube_cluster_identity_conflicts)
 // and refuses to collect while there is one: the other cluster's Clusters
 // are not ours to find, and deleting their resources would start a loop.
-func identityCheck(dbs []teleport.DatabaseMeta, o Options) error {
+func identityCheck(dbs []teleport.DatabaseMeta, o dbspec.Options) error {
 	n := 0
 	other := ""
 	for _, db := range dbs {
-		if IdentityConflict(db, o) {
+		if dbspec.IdentityConflict(db, o) {
 			n++
-			other = db.GetStaticLabels()[LabelKubeClusterID]
+			other = db.GetStaticLabels()[dbspec.LabelKubeClusterID]
 		}
 	}
 	identityConflicts.Set(float64(n))
@@ -146,7 +147,7 @@ func (o *OrphanCollector) watched(ns string) bool {
 // stillOrphaned reads the Cluster uncached and the db resource from
 // Teleport again: a Cluster re-created since the cache was filled, or a db
 // resource taken over since the list, is not an orphan.
-func (o *OrphanCollector) stillOrphaned(ctx context.Context, db Labeled, ns, name, uid string) (bool, error) {
+func (o *OrphanCollector) stillOrphaned(ctx context.Context, db dbspec.Labeled, ns, name, uid string) (bool, error) {
 	reader := o.APIReader
 	if reader == nil {
 		reader = o.Client
@@ -161,13 +162,13 @@ func (o *OrphanCollector) stillOrphaned(ctx context.Context, db Labeled, ns, nam
 	if err != nil {
 		return false, err
 	}
-	_, _, curUID, _ := ClusterRef(cur)
-	return OwnedBy(cur, o.Options) && curUID == uid && !Kept(cur), nil
+	_, _, curUID, _ := dbspec.ClusterRef(cur)
+	return dbspec.OwnedBy(cur, o.Options) && curUID == uid && !dbspec.Kept(cur), nil
 }
 
 // orphaned decides from the Cluster of the name (read through r) whether
 // the db resource of the Cluster UID uid is an orphan.
-func (o *OrphanCollector) orphaned(ctx context.Context, r client.Reader, db Labeled, ns, name, uid string) (bool, error) {
+func (o *OrphanCollector) orphaned(ctx context.Context, r client.Reader, db dbspec.Labeled, ns, name, uid string) (bool, error) {
 	var c cnpgv1.Cluster
 	err := r.Get(ctx, k8stypes.NamespacedName{Namespace: ns, Name: name}, &c)
 	if apierrors.IsNotFound(err) {
@@ -187,7 +188,7 @@ func (o *OrphanCollector) orphaned(ctx context.Context, r client.Reader, db Labe
 // on the live Cluster is honoured even after it dropped register in the same
 // edit (the reconciler has not labelled its db resources kept yet), and any
 // keep value but "false" is not guessed at: the reconciler reports it.
-func orphanOf(o Options, c *cnpgv1.Cluster, db Labeled, uid string) bool {
+func orphanOf(o dbspec.Options, c *cnpgv1.Cluster, db dbspec.Labeled, uid string) bool {
 	if string(c.UID) == uid && controllerutil.ContainsFinalizer(c, Finalizer) {
 		// Its own Cluster still holds our finalizer: the reconciler releases
 		// the db (and says so with an Event); deleting it here would race it.
@@ -196,7 +197,7 @@ func orphanOf(o Options, c *cnpgv1.Cluster, db Labeled, uid string) bool {
 	if OptedIn(c) {
 		return string(c.UID) != uid && !claims(o, c, db)
 	}
-	if v, ok := c.Annotations[AnnotationKeep]; string(c.UID) == uid && ok && v != "false" {
+	if v, ok := c.Annotations[dbspec.AnnotationKeep]; string(c.UID) == uid && ok && v != "false" {
 		return false
 	}
 	return true
@@ -205,15 +206,15 @@ func orphanOf(o Options, c *cnpgv1.Cluster, db Labeled, uid string) bool {
 // claims reports whether the opted-in Cluster c builds the name of db (for
 // its endpoint or Pooler), so its reconciler takes db over. A Cluster with
 // annotations that do not parse claims everything until they are fixed.
-func claims(o Options, c *cnpgv1.Cluster, db Labeled) bool {
+func claims(o dbspec.Options, c *cnpgv1.Cluster, db dbspec.Labeled) bool {
 	spec, err := ParseAnnotations(o, c)
 	if err != nil {
 		return true
 	}
 	l := db.GetStaticLabels()
-	ep := l[LabelEndpoint]
-	if p := l[LabelPooler]; p != "" {
+	ep := l[dbspec.LabelEndpoint]
+	if p := l[dbspec.LabelPooler]; p != "" {
 		ep = PoolerEndpoint(c, &cnpgv1.Pooler{ObjectMeta: metav1.ObjectMeta{Name: p}})
 	}
-	return ep != "" && spec.dbName(ep) == db.GetName()
+	return ep != "" && spec.DBName(ep) == db.GetName()
 }

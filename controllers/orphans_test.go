@@ -13,6 +13,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 
+	"github.com/cnpg-teleport/cnpg-teleport/dbspec"
 	"github.com/cnpg-teleport/cnpg-teleport/teleport/teleporttest"
 )
 
@@ -60,7 +61,7 @@ func withUID(c *cnpgv1.Cluster, uid string) *cnpgv1.Cluster {
 func registeredDBs(t *testing.T, c *cnpgv1.Cluster) []types.Database {
 	t.Helper()
 	reg := c.DeepCopy()
-	reg.Annotations = map[string]string{AnnotationRegister: "true"}
+	reg.Annotations = map[string]string{dbspec.AnnotationRegister: "true"}
 	dbs, err := DesiredDatabases(opts, reg, testCA(t, "ca"))
 	if err != nil {
 		t.Fatal(err)
@@ -75,7 +76,7 @@ func registeredDBs(t *testing.T, c *cnpgv1.Cluster) []types.Database {
 func TestCollect(t *testing.T) {
 	old := withUID(cluster("app", "pg", 1, nil), "old")
 	optedIn := func(uid string, ann map[string]string) *cnpgv1.Cluster {
-		a := map[string]string{AnnotationRegister: "true"}
+		a := map[string]string{dbspec.AnnotationRegister: "true"}
 		for k, v := range ann {
 			a[k] = v
 		}
@@ -99,31 +100,31 @@ func TestCollect(t *testing.T) {
 		{name: "another Cluster of the name, not opted in",
 			cache: []*cnpgv1.Cluster{withUID(cluster("app", "pg", 1, nil), "new")}, live: []*cnpgv1.Cluster{withUID(cluster("app", "pg", 1, nil), "new")}, wantDeleted: true},
 		{name: "re-created, opted in under another name: not its db",
-			cache: []*cnpgv1.Cluster{optedIn("new", map[string]string{AnnotationName: "app-other"})}, live: []*cnpgv1.Cluster{optedIn("new", map[string]string{AnnotationName: "app-other"})}, wantDeleted: true},
+			cache: []*cnpgv1.Cluster{optedIn("new", map[string]string{dbspec.AnnotationName: "app-other"})}, live: []*cnpgv1.Cluster{optedIn("new", map[string]string{dbspec.AnnotationName: "app-other"})}, wantDeleted: true},
 		{name: "still registered", cache: []*cnpgv1.Cluster{optedIn("old", nil)}, live: []*cnpgv1.Cluster{optedIn("old", nil)}},
 		{name: "re-created and opted in, the cache has not seen it: the reconciler takes it over",
 			live: []*cnpgv1.Cluster{optedIn("new", nil)}},
 		{name: "re-created and taken over between List and Delete",
-			live: []*cnpgv1.Cluster{optedIn("new", map[string]string{AnnotationName: "app-other"})},
+			live: []*cnpgv1.Cluster{optedIn("new", map[string]string{dbspec.AnnotationName: "app-other"})},
 			between: func(t *testing.T, f *teleporttest.Fake, db types.Database) {
 				// The reconciler of the new Cluster took the name over (and its
 				// annotation has moved on since): it is the new Cluster's now.
 				taken := db.Copy()
 				l := taken.GetStaticLabels()
-				l[LabelClusterUID] = "new"
+				l[dbspec.LabelClusterUID] = "new"
 				taken.SetStaticLabels(l)
 				if err := f.UpdateDatabase(context.Background(), taken); err != nil {
 					t.Error(err)
 				}
 			}},
 		{name: "keep set and register dropped in one edit",
-			cache: []*cnpgv1.Cluster{withUID(cluster("app", "pg", 1, map[string]string{AnnotationKeep: "true"}), "old")},
-			live:  []*cnpgv1.Cluster{withUID(cluster("app", "pg", 1, map[string]string{AnnotationKeep: "true"}), "old")}},
+			cache: []*cnpgv1.Cluster{withUID(cluster("app", "pg", 1, map[string]string{dbspec.AnnotationKeep: "true"}), "old")},
+			live:  []*cnpgv1.Cluster{withUID(cluster("app", "pg", 1, map[string]string{dbspec.AnnotationKeep: "true"}), "old")}},
 		{name: "keep invalid: the reconciler says so, nothing is guessed",
-			cache: []*cnpgv1.Cluster{withUID(cluster("app", "pg", 1, map[string]string{AnnotationKeep: "True"}), "old")},
-			live:  []*cnpgv1.Cluster{withUID(cluster("app", "pg", 1, map[string]string{AnnotationKeep: "True"}), "old")}},
-		{name: "keep false", cache: []*cnpgv1.Cluster{withUID(cluster("app", "pg", 1, map[string]string{AnnotationKeep: "false"}), "old")},
-			live: []*cnpgv1.Cluster{withUID(cluster("app", "pg", 1, map[string]string{AnnotationKeep: "false"}), "old")}, wantDeleted: true},
+			cache: []*cnpgv1.Cluster{withUID(cluster("app", "pg", 1, map[string]string{dbspec.AnnotationKeep: "True"}), "old")},
+			live:  []*cnpgv1.Cluster{withUID(cluster("app", "pg", 1, map[string]string{dbspec.AnnotationKeep: "True"}), "old")}},
+		{name: "keep false", cache: []*cnpgv1.Cluster{withUID(cluster("app", "pg", 1, map[string]string{dbspec.AnnotationKeep: "false"}), "old")},
+			live: []*cnpgv1.Cluster{withUID(cluster("app", "pg", 1, map[string]string{dbspec.AnnotationKeep: "false"}), "old")}, wantDeleted: true},
 		{name: "namespace not watched: never gone", namespaces: []string{"other"}},
 		{name: "namespace watched", namespaces: []string{"other", "app"}, wantDeleted: true},
 	}

@@ -10,6 +10,7 @@ import (
 	"github.com/gravitational/teleport/api/types"
 	"github.com/gravitational/trace"
 
+	"github.com/cnpg-teleport/cnpg-teleport/dbspec"
 	"github.com/cnpg-teleport/cnpg-teleport/teleport"
 )
 
@@ -97,9 +98,9 @@ func (x *ownedIndex) names(uid string) []string {
 // seed adds every db resource of the list that this controller made (by
 // its ownership labels) under the Cluster UID it names, and marks the index
 // complete: a list shows everything that existed before this process.
-func (x *ownedIndex) seed(dbs []teleport.DatabaseMeta, o Options) {
+func (x *ownedIndex) seed(dbs []teleport.DatabaseMeta, o dbspec.Options) {
 	for _, db := range dbs {
-		if _, _, uid, ok := ClusterRef(db); ok && OwnedBy(db, o) {
+		if _, _, uid, ok := dbspec.ClusterRef(db); ok && dbspec.OwnedBy(db, o) {
 			x.addName(uid, db.GetName())
 		}
 	}

@@ -10,6 +10,7 @@ import (
 	cnpgv1 "github.com/cloudnative-pg/cloudnative-pg/api/v1"
 	"github.com/gravitational/teleport/api/types"
 
+	"github.com/cnpg-teleport/cnpg-teleport/dbspec"
 	"github.com/cnpg-teleport/cnpg-teleport/teleport/teleporttest"
 )
 
@@ -30,7 +31,7 @@ func foreignDBs(t *testing.T, f *teleporttest.Fake, n int) {
 	other := opts
 	other.KubeCluster, other.KubeClusterID = "other", "id-other"
 	for i := range n {
-		c := cluster("team", fmt.Sprintf("db%d", i), 1, map[string]string{AnnotationRegister: "true"})
+		c := cluster("team", fmt.Sprintf("db%d", i), 1, map[string]string{dbspec.AnnotationRegister: "true"})
 		dbs, err := DesiredDatabases(other, c, testCA(t, "ca"))
 		if err != nil {
 			t.Fatal(err)
@@ -52,7 +53,7 @@ func TestApplyReadsByName(t *testing.T) {
 		f := leastPrivilege()
 		foreignDBs(t, f, foreign)
 		r, _, now := testReconciler(f)
-		c := cluster("app", "pg", 3, map[string]string{AnnotationRegister: "true"})
+		c := cluster("app", "pg", 3, map[string]string{dbspec.AnnotationRegister: "true"})
 		desired, err := DesiredDatabases(opts, c, testCA(t, "ca"))
 		if err != nil {
 			t.Fatal(err)
@@ -91,7 +92,7 @@ func TestApplyAfterRestartRemovesStaleNames(t *testing.T) {
 	ctx := context.Background()
 	f := leastPrivilege()
 	foreignDBs(t, f, 3)
-	c := cluster("app", "pg", 1, map[string]string{AnnotationRegister: "true", AnnotationName: "app-old"})
+	c := cluster("app", "pg", 1, map[string]string{dbspec.AnnotationRegister: "true", dbspec.AnnotationName: "app-old"})
 	old, err := DesiredDatabases(opts, c, testCA(t, "ca"))
 	if err != nil {
 		t.Fatal(err)
@@ -101,7 +102,7 @@ func TestApplyAfterRestartRemovesStaleNames(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	c.Annotations[AnnotationName] = "app-new"
+	c.Annotations[dbspec.AnnotationName] = "app-new"
 	desired, err := DesiredDatabases(opts, c, testCA(t, "ca"))
 	if err != nil {
 		t.Fatal(err)
@@ -131,7 +132,7 @@ func TestApplyKeepsLookingForAWriteWithinTheReadLag(t *testing.T) {
 	ctx := context.Background()
 	f := leastPrivilege()
 	r, _, now := testReconciler(f)
-	c := cluster("app", "pg", 2, map[string]string{AnnotationRegister: "true"})
+	c := cluster("app", "pg", 2, map[string]string{dbspec.AnnotationRegister: "true"})
 	two, err := DesiredDatabases(opts, c, testCA(t, "ca"))
 	if err != nil {
 		t.Fatal(err)
@@ -140,7 +141,7 @@ func TestApplyKeepsLookingForAWriteWithinTheReadLag(t *testing.T) {
 	if err := r.apply(ctx, c, two); err != nil {
 		t.Fatal(err)
 	}
-	one := slices.DeleteFunc(slices.Clone(two), func(d types.Database) bool { return d.GetStaticLabels()[LabelEndpoint] == "ro" })
+	one := slices.DeleteFunc(slices.Clone(two), func(d types.Database) bool { return d.GetStaticLabels()[dbspec.LabelEndpoint] == "ro" })
 	*now = now.Add(time.Second)
 	if err := r.apply(ctx, c, one); err != nil { // ro unwanted, and not readable yet
 		t.Fatal(err)
@@ -162,7 +163,7 @@ func TestApplyKeepsLookingForAWriteWithinTheReadLag(t *testing.T) {
 func TestApplyTakenOverNameStaysIndexed(t *testing.T) {
 	ctx := context.Background()
 	f := leastPrivilege()
-	old := cluster("app", "pg", 2, map[string]string{AnnotationRegister: "true"})
+	old := cluster("app", "pg", 2, map[string]string{dbspec.AnnotationRegister: "true"})
 	before, err := DesiredDatabases(opts, old, testCA(t, "ca"))
 	if err != nil {
 		t.Fatal(err)
@@ -210,12 +211,12 @@ func TestApplyNewClusterCreatesWithoutReading(t *testing.T) {
 	f := leastPrivilege()
 	foreignDBs(t, f, 50)
 	r, rec, now := testReconciler(f)
-	seed := cluster("app", "seed", 1, map[string]string{AnnotationRegister: "true"})
+	seed := cluster("app", "seed", 1, map[string]string{dbspec.AnnotationRegister: "true"})
 	if err := r.apply(ctx, seed, mustDesired(t, seed, "ca")); err != nil { // fills the index
 		t.Fatal(err)
 	}
 
-	c := cluster("app", "pg", 3, map[string]string{AnnotationRegister: "true"})
+	c := cluster("app", "pg", 3, map[string]string{dbspec.AnnotationRegister: "true"})
 	desired := mustDesired(t, c, "ca")
 	n := len(f.Calls())
 	if err := r.apply(ctx, c, desired); err != nil {
@@ -235,9 +236,9 @@ func TestApplyNewClusterCreatesWithoutReading(t *testing.T) {
 
 	// Another owner's db (visible: another Kubernetes cluster's) holds the
 	// rw name of a new Cluster.
-	taken := cluster("app", "taken", 1, map[string]string{AnnotationRegister: "true"})
+	taken := cluster("app", "taken", 1, map[string]string{dbspec.AnnotationRegister: "true"})
 	want := mustDesired(t, taken, "ca")
-	foreign, _ := types.NewDatabaseV3(types.Metadata{Name: want[0].GetName(), Labels: map[string]string{LabelManagedBy: ManagedByValue, LabelKubeCluster: "other"}},
+	foreign, _ := types.NewDatabaseV3(types.Metadata{Name: want[0].GetName(), Labels: map[string]string{dbspec.LabelManagedBy: dbspec.ManagedByValue, dbspec.LabelKubeCluster: "other"}},
 		types.DatabaseSpecV3{Protocol: "postgres", URI: "elsewhere:5432"})
 	if err := f.Put(foreign); err != nil {
 		t.Fatal(err)
@@ -261,7 +262,7 @@ func TestApplyNewClusterCreatesWithoutReading(t *testing.T) {
 
 	// Its own db resource, with an old CA, that the index does not record
 	// (Teleport's list trailed the create that made it).
-	own := cluster("app", "own", 1, map[string]string{AnnotationRegister: "true"})
+	own := cluster("app", "own", 1, map[string]string{dbspec.AnnotationRegister: "true"})
 	old := mustDesired(t, own, "old-ca")
 	if err := f.Put(old[0]); err != nil {
 		t.Fatal(err)

@@ -17,6 +17,8 @@ import (
 
 	"github.com/cnpg-teleport/cnpg-teleport/certs"
 	"github.com/cnpg-teleport/cnpg-teleport/clusterspec"
+	"github.com/cnpg-teleport/cnpg-teleport/dbspec"
+	"github.com/cnpg-teleport/cnpg-teleport/pgrules"
 )
 
 // Event reasons, on Poolers.
@@ -131,7 +133,7 @@ func serverTLSName(c *cnpgv1.Cluster, want clusterspec.Certs) string {
 // Warning for an override that cannot work, the TLS digest (so PgBouncer
 // reloads), and for a registered one the PgBouncer hba line. It returns the
 // Poolers registration can serve.
-func (r *ClusterReconciler) ensurePoolers(ctx context.Context, c *cnpgv1.Cluster, spec Spec, poolers []cnpgv1.Pooler,
+func (r *ClusterReconciler) ensurePoolers(ctx context.Context, c *cnpgv1.Cluster, spec dbspec.Spec, poolers []cnpgv1.Pooler,
 	bundle *corev1.Secret, serverTLS string) ([]*cnpgv1.Pooler, error) {
 	var st corev1.Secret
 	if err := r.APIReader.Get(ctx, k8stypes.NamespacedName{Namespace: c.Namespace, Name: serverTLS}, &st); client.IgnoreNotFound(err) != nil {
@@ -156,7 +158,7 @@ func (r *ClusterReconciler) ensurePoolers(ctx context.Context, c *cnpgv1.Cluster
 			if why := unregistrable(p, bundle.Name); why != "" {
 				r.warned.warn(r.Recorder, p, ReasonPoolerNotRegistered, "Register", "not registered in Teleport: %s", why)
 			} else {
-				hba = clusterspec.PoolerHBALine(spec.ReadRole, spec.WriteRole)
+				hba = pgrules.PoolerHBALine(spec.ReadRole, spec.WriteRole)
 				registered = append(registered, p)
 			}
 		}
@@ -190,9 +192,9 @@ func (r *ClusterReconciler) poolersWithoutCluster(ctx context.Context, c *cnpgv1
 		return err
 	}
 	for i := range poolers {
-		if p := &poolers[i]; p.Annotations[AnnotationRegister] == "true" && p.DeletionTimestamp.IsZero() {
+		if p := &poolers[i]; p.Annotations[dbspec.AnnotationRegister] == "true" && p.DeletionTimestamp.IsZero() {
 			r.warned.warn(r.Recorder, p, ReasonPoolerNotRegistered, "Register",
-				"not registered in Teleport: its Cluster %s has not opted in (annotate the Cluster %s: \"true\" first)", c.Name, AnnotationRegister)
+				"not registered in Teleport: its Cluster %s has not opted in (annotate the Cluster %s: \"true\" first)", c.Name, dbspec.AnnotationRegister)
 		}
 	}
 	return nil
@@ -225,14 +227,14 @@ func (r *ClusterReconciler) restorePoolers(ctx context.Context, c *cnpgv1.Cluste
 // only within 7 days of expiry; cert-manager renews 30 days before), and
 // the garbage collector deletes it with the Cluster. A <cluster>-pooler
 // someone else made is left alone. It reports whether the Secret is ready.
-func (r *ClusterReconciler) ensurePoolerCertificate(ctx context.Context, c *cnpgv1.Cluster, spec Spec) (bool, error) {
+func (r *ClusterReconciler) ensurePoolerCertificate(ctx context.Context, c *cnpgv1.Cluster, spec dbspec.Spec) (bool, error) {
 	key := k8stypes.NamespacedName{Namespace: c.Namespace, Name: certs.PoolerSecretName(c)}
 	var cur corev1.Secret
 	err := r.APIReader.Get(ctx, key, &cur)
 	if err != nil && !apierrors.IsNotFound(err) {
 		return false, fmt.Errorf("secret %s: %w", key, err)
 	}
-	if err == nil && cur.Labels[LabelManagedBy] != ManagedByValue && !metav1.IsControlledBy(&cur, c) {
+	if err == nil && cur.Labels[dbspec.LabelManagedBy] != dbspec.ManagedByValue && !metav1.IsControlledBy(&cur, c) {
 		r.warned.warn(r.Recorder, c, ReasonObjectConflict, "Trust",
 			"Secret %s exists and is neither CNPG's nor ours: left untouched (CNPG treats it as a manual Pooler integration)", key)
 		return false, nil

@@ -8,6 +8,8 @@ import (
 	"github.com/gravitational/teleport/api/types"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/events"
+
+	"github.com/cnpg-teleport/cnpg-teleport/dbspec"
 )
 
 func pooler(name string, typ cnpgv1.PoolerType, ann map[string]string, pb *cnpgv1.PgBouncerSpec) *cnpgv1.Pooler {
@@ -18,12 +20,12 @@ func pooler(name string, typ cnpgv1.PoolerType, ann map[string]string, pb *cnpgv
 }
 
 func TestPoolerDatabases(t *testing.T) {
-	c := cluster("shop", "pg", 2, map[string]string{AnnotationRegister: "true", AnnotationPoolers: "pg-pooler-ro, pg-pooler-ro", AnnotationLabels: "tier=gold"})
+	c := cluster("shop", "pg", 2, map[string]string{dbspec.AnnotationRegister: "true", dbspec.AnnotationPoolers: "pg-pooler-ro, pg-pooler-ro", dbspec.AnnotationLabels: "tier=gold"})
 	spec, err := ParseAnnotations(opts, c)
 	if err != nil || len(spec.Poolers) != 1 || spec.Poolers[0] != "pg-pooler-ro" {
 		t.Fatalf("poolers annotation: %v %v", spec.Poolers, err)
 	}
-	rw := pooler("pg-pooler-rw", cnpgv1.PoolerTypeRW, map[string]string{AnnotationRegister: "true"}, nil)
+	rw := pooler("pg-pooler-rw", cnpgv1.PoolerTypeRW, map[string]string{dbspec.AnnotationRegister: "true"}, nil)
 	ro := pooler("pg-pooler-ro", cnpgv1.PoolerTypeRO, nil, nil)
 	other := pooler("pooler-x", cnpgv1.PoolerTypeRW, nil, nil)
 	if !PoolerRegistered(rw, spec) || !PoolerRegistered(ro, spec) || PoolerRegistered(other, spec) {
@@ -43,11 +45,11 @@ func TestPoolerDatabases(t *testing.T) {
 		d.GetTLS().Mode != types.DatabaseTLSMode_VERIFY_FULL || !strings.Contains(d.GetTLS().CACert, "BEGIN CERTIFICATE") {
 		t.Fatalf("db %s %s %v", d.GetName(), d.GetURI(), d.GetTLS())
 	}
-	if l[LabelPooler] != "pg-pooler-rw" || l[LabelEndpoint] != "pooler" || l[LabelSQLType] != "primary" || l["tier"] != "gold" ||
-		l[LabelClusterUID] != "uid-pg" || l["env"] != "prod" {
+	if l[dbspec.LabelPooler] != "pg-pooler-rw" || l[dbspec.LabelEndpoint] != "pooler" || l[dbspec.LabelSQLType] != "primary" || l["tier"] != "gold" ||
+		l[dbspec.LabelClusterUID] != "uid-pg" || l["env"] != "prod" {
 		t.Fatalf("labels %v", l)
 	}
-	if dbs[1].GetStaticLabels()[LabelSQLType] != "standby" || dbs[1].GetName() != "prod-shop-pg-pooler-ro" {
+	if dbs[1].GetStaticLabels()[dbspec.LabelSQLType] != "standby" || dbs[1].GetName() != "prod-shop-pg-pooler-ro" {
 		t.Fatalf("ro: %s %v", dbs[1].GetName(), dbs[1].GetStaticLabels())
 	}
 	// Owned by the Cluster: the same finalizer and orphan rules deregister them.
@@ -55,7 +57,7 @@ func TestPoolerDatabases(t *testing.T) {
 		t.Fatal("a Pooler's db resource must be the Cluster's")
 	}
 	for _, bad := range []string{"Pg", "a_b", "-x"} {
-		if _, err := ParseAnnotations(opts, cluster("shop", "pg", 1, map[string]string{AnnotationRegister: "true", AnnotationPoolers: bad})); err == nil {
+		if _, err := ParseAnnotations(opts, cluster("shop", "pg", 1, map[string]string{dbspec.AnnotationRegister: "true", dbspec.AnnotationPoolers: bad})); err == nil {
 			t.Errorf("poolers %q accepted", bad)
 		}
 	}

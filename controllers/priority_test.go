@@ -13,6 +13,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	"github.com/cnpg-teleport/cnpg-teleport/dbspec"
 )
 
 // TestQueuePriorities: a resync goes after every event; a pass that waits,
@@ -20,7 +22,7 @@ import (
 func TestQueuePriorities(t *testing.T) {
 	r, _, _ := testReconciler(leastPrivilege())
 	r.Resync, r.TrustPoll = time.Hour, 3*time.Second
-	c := cluster("app", "pg", 2, map[string]string{AnnotationRegister: "true"})
+	c := cluster("app", "pg", 2, map[string]string{dbspec.AnnotationRegister: "true"})
 	result := func(res ctrl.Result, _ error) ctrl.Result { return res }
 	for name, tt := range map[string]struct {
 		got      ctrl.Result

@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"github.com/gravitational/teleport/api/types"
+
+	"github.com/cnpg-teleport/cnpg-teleport/dbspec"
 )
 
 // recentWrites remembers, per db name, what this process last wrote and
@@ -74,8 +76,8 @@ func (w *recentWrites) withinFor(db types.Database, now time.Time, lag time.Dura
 	if !ok {
 		return false
 	}
-	_, _, wasUID, _ := ClusterRef(was)
-	_, _, uid, _ := ClusterRef(db)
+	_, _, wasUID, _ := dbspec.ClusterRef(was)
+	_, _, uid, _ := dbspec.ClusterRef(db)
 	return wasUID == uid
 }
 
@@ -88,7 +90,7 @@ func (w *recentWrites) within(name string, now time.Time, lag time.Duration) boo
 // same reports whether exactly db was written less than lag ago.
 func (w *recentWrites) same(db types.Database, now time.Time, lag time.Duration) bool {
 	was, ok := w.last(db.GetName(), now, lag)
-	return ok && !NeedsUpdate(db, was)
+	return ok && !dbspec.NeedsUpdate(db, was)
 }
 
 // since returns copies of what was written less than lag ago and matches.

@@ -12,7 +12,8 @@ import (
 	"github.com/gravitational/teleport/api/types"
 	"github.com/gravitational/trace"
 
-	"github.com/cnpg-teleport/cnpg-teleport/clusterspec"
+	"github.com/cnpg-teleport/cnpg-teleport/dbspec"
+	"github.com/cnpg-teleport/cnpg-teleport/pgrules"
 )
 
 // Event reasons of the Teleport role check.
@@ -25,7 +26,7 @@ const (
 // CNPG's fixed pg_hba rules let anyone with a trusted certificate of CN
 // streaming_replica or cnpg_pooler_pgbouncer in (and postgres is the
 // superuser); the auto-users admin has CREATEROLE and a cert rule of ours.
-var SystemUsers = []string{"streaming_replica", "cnpg_pooler_pgbouncer", "postgres", clusterspec.AdminUser}
+var SystemUsers = []string{"streaming_replica", "cnpg_pooler_pgbouncer", "postgres", pgrules.AdminUser}
 
 // RiskyRole is a Teleport role that lets its holders reach one of our db
 // resources as a system user (or any user: "*").
@@ -175,7 +176,7 @@ func matchValue(want, v string) bool {
 // checkRoles reports, once per finding, the Teleport roles that reach the
 // Cluster's db resources as a system user (Warning Event and metric). It
 // never fails the pass: a Teleport that refuses the read says so once.
-func (r *ClusterReconciler) checkRoles(ctx context.Context, c *cnpgv1.Cluster, spec Spec, desired []types.Database) {
+func (r *ClusterReconciler) checkRoles(ctx context.Context, c *cnpgv1.Cluster, spec dbspec.Spec, desired []types.Database) {
 	roles, err := r.teleportRoles(ctx)
 	if err != nil {
 		hint := ""
@@ -207,7 +208,7 @@ func (r *ClusterReconciler) checkRoles(ctx context.Context, c *cnpgv1.Cluster, s
 		}
 		r.risky.warn(r.Recorder, c, ReasonRiskyTeleportRole, "CheckGrants",
 			"Teleport roles that create PostgreSQL users on this Cluster's databases and grant them roles beyond %s (%s): %s; narrow their db_roles (PostgreSQL 15's CREATEROLE lets the admin grant any role that is not a superuser)",
-			strings.Join(spec.GrantRoles, ", "), AnnotationAutoUserRoles, strings.Join(parts, "; "))
+			strings.Join(spec.GrantRoles, ", "), dbspec.AnnotationAutoUserRoles, strings.Join(parts, "; "))
 	}
 	if len(found) == 0 {
 		return

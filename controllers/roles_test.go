@@ -5,6 +5,8 @@ import (
 	"testing"
 
 	"github.com/gravitational/teleport/api/types"
+
+	"github.com/cnpg-teleport/cnpg-teleport/dbspec"
 )
 
 func role(t *testing.T, name string, allowLabels types.Labels, allowUsers []string, denyLabels types.Labels, denyUsers []string) types.Role {
@@ -20,9 +22,9 @@ func role(t *testing.T, name string, allowLabels types.Labels, allowUsers []stri
 }
 
 func TestRiskyRoles(t *testing.T) {
-	ours := types.Labels{LabelManagedBy: {ManagedByValue}}
+	ours := types.Labels{dbspec.LabelManagedBy: {dbspec.ManagedByValue}}
 	all := types.Labels{types.Wildcard: {types.Wildcard}}
-	db := map[string]string{LabelManagedBy: ManagedByValue, "team": "db", "env": "prod"}
+	db := map[string]string{dbspec.LabelManagedBy: dbspec.ManagedByValue, "team": "db", "env": "prod"}
 	roles := []types.Role{
 		role(t, "wide", ours, []string{"*"}, nil, nil),
 		role(t, "narrow", ours, []string{"teleport_read", "teleport_write"}, nil, nil),
@@ -64,9 +66,9 @@ func grantRole(t *testing.T, name string, create bool, allowLabels types.Labels,
 }
 
 func TestWideGrants(t *testing.T) {
-	ours := types.Labels{LabelManagedBy: {ManagedByValue}}
+	ours := types.Labels{dbspec.LabelManagedBy: {dbspec.ManagedByValue}}
 	all := types.Labels{types.Wildcard: {types.Wildcard}}
-	db := map[string]string{LabelManagedBy: ManagedByValue, "env": "prod"}
+	db := map[string]string{dbspec.LabelManagedBy: dbspec.ManagedByValue, "env": "prod"}
 	roles := []types.Role{
 		grantRole(t, "reader", true, ours, []string{"teleport_read"}, nil, nil),
 		grantRole(t, "wide", true, ours, []string{"teleport_read", "pg_execute_server_program", "app"}, nil, nil),

@@ -8,6 +8,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 
+	"github.com/cnpg-teleport/cnpg-teleport/dbspec"
 	"github.com/cnpg-teleport/cnpg-teleport/teleport"
 )
 
@@ -31,7 +32,7 @@ type Teleport interface {
 // Config is everything the controller needs besides the manager.
 type Config struct {
 	Teleport Teleport
-	Options  Options
+	Options  dbspec.Options
 	// Resync is how often registrations are compared with Teleport and
 	// orphans collected (default 10 min).
 	Resync time.Duration
@@ -84,7 +85,7 @@ func Setup(ctx context.Context, mgr ctrl.Manager, cfg Config) error {
 	if cfg.NoAgentAfter > 0 {
 		r.Agents = &AgentCheck{
 			Teleport: cfg.Teleport, Recorder: r.Recorder, After: cfg.NoAgentAfter, Period: agentPeriod(cfg.NoAgentAfter),
-			Labels: map[string]string{LabelManagedBy: ManagedByValue, LabelKubeCluster: cfg.Options.KubeCluster},
+			Labels: map[string]string{dbspec.LabelManagedBy: dbspec.ManagedByValue, dbspec.LabelKubeCluster: cfg.Options.KubeCluster},
 		}
 		if err := mgr.Add(r.Agents); err != nil {
 			return err

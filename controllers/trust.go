@@ -25,6 +25,8 @@ import (
 
 	"github.com/cnpg-teleport/cnpg-teleport/certs"
 	"github.com/cnpg-teleport/cnpg-teleport/clusterspec"
+	"github.com/cnpg-teleport/cnpg-teleport/dbspec"
+	"github.com/cnpg-teleport/cnpg-teleport/pgrules"
 )
 
 // Event reasons of the trust step.
@@ -47,11 +49,11 @@ var errWaiting = errors.New("waiting for CNPG")
 
 // objectLabels mark the Kubernetes objects the controller makes for a Cluster.
 func objectLabels(c *cnpgv1.Cluster) map[string]string {
-	return map[string]string{LabelManagedBy: ManagedByValue, LabelCluster: c.Name}
+	return map[string]string{dbspec.LabelManagedBy: dbspec.ManagedByValue, dbspec.LabelCluster: c.Name}
 }
 
 func ownedBy(o metav1.Object, c *cnpgv1.Cluster) bool {
-	if o.GetLabels()[LabelManagedBy] != ManagedByValue {
+	if o.GetLabels()[dbspec.LabelManagedBy] != dbspec.ManagedByValue {
 		return false
 	}
 	return slices.ContainsFunc(o.GetOwnerReferences(), func(r metav1.OwnerReference) bool { return r.UID == c.UID })
@@ -65,7 +67,7 @@ func ownedBy(o metav1.Object, c *cnpgv1.Cluster) bool {
 // names), then its Poolers. It reports whether CNPG runs all of it, so the db
 // resources are registered only once a Teleport user can log in, and the
 // Poolers registration can serve.
-func (r *ClusterReconciler) trust(ctx context.Context, c *cnpgv1.Cluster, spec *Spec) (bool, []*cnpgv1.Pooler, error) {
+func (r *ClusterReconciler) trust(ctx context.Context, c *cnpgv1.Cluster, spec *dbspec.Spec) (bool, []*cnpgv1.Pooler, error) {
 	poolers, err := r.poolersOf(ctx, c)
 	if err != nil {
 		return false, nil, err
@@ -113,13 +115,13 @@ func (r *ClusterReconciler) trust(ctx context.Context, c *cnpgv1.Cluster, spec *
 	if err != nil {
 		return false, nil, err
 	}
-	want.HBA = []string{clusterspec.HBALine(spec.ReadRole, spec.WriteRole)}
+	want.HBA = []string{pgrules.HBALine(spec.ReadRole, spec.WriteRole)}
 	if len(registered) > 0 { // PgBouncer's certificate may log in as the roles
-		want.HBA = []string{clusterspec.MappedHBALine(spec.ReadRole, spec.WriteRole)}
-		want.Ident = clusterspec.IdentLines(spec.ReadRole, spec.WriteRole)
+		want.HBA = []string{pgrules.MappedHBALine(spec.ReadRole, spec.WriteRole)}
+		want.Ident = pgrules.IdentLines(spec.ReadRole, spec.WriteRole)
 	}
 	if autoHBA {
-		want.HBA = append(want.HBA, clusterspec.AutoUsersHBALine())
+		want.HBA = append(want.HBA, pgrules.AutoUsersHBALine())
 	}
 	if !clusterspec.Trusted(c, want) {
 		if err := r.notWhileStarting(c); err != nil {
@@ -450,7 +452,7 @@ func mergeLabels(a, b map[string]string) map[string]string {
 
 // ensureRoles makes the read and write DatabaseRoles, and deletes ours of
 // earlier role names (the auto-users admin is autoUsers' to handle).
-func (r *ClusterReconciler) ensureRoles(ctx context.Context, c *cnpgv1.Cluster, spec Spec) error {
+func (r *ClusterReconciler) ensureRoles(ctx context.Context, c *cnpgv1.Cluster, spec dbspec.Spec) error {
 	var list cnpgv1.DatabaseRoleList
 	if err := r.Client.List(ctx, &list, client.InNamespace(c.Namespace), client.MatchingLabels(objectLabels(c))); err != nil {
 		return fmt.Errorf("databaseroles: %w", err)
@@ -461,7 +463,7 @@ func (r *ClusterReconciler) ensureRoles(ctx context.Context, c *cnpgv1.Cluster, 
 	}
 	for i := range list.Items {
 		have := &list.Items[i]
-		if ownedBy(have, c) && have.Spec.Name != clusterspec.AdminUser && !slices.ContainsFunc(want, func(w *cnpgv1.DatabaseRole) bool { return w.Name == have.Name }) {
+		if ownedBy(have, c) && have.Spec.Name != pgrules.AdminUser && !slices.ContainsFunc(want, func(w *cnpgv1.DatabaseRole) bool { return w.Name == have.Name }) {
 			if err := r.Client.Delete(ctx, have); client.IgnoreNotFound(err) != nil {
 				return fmt.Errorf("databaserole %s: %w", have.Name, err)
 			}
@@ -603,7 +605,7 @@ func (r *ClusterReconciler) deleteIssued(ctx context.Context, c *cnpgv1.Cluster)
 			}
 			return fmt.Errorf("secret %s: %w", name, err)
 		}
-		if l := s.Labels; l[LabelManagedBy] != ManagedByValue || l[LabelCluster] != c.Name {
+		if l := s.Labels; l[dbspec.LabelManagedBy] != dbspec.ManagedByValue || l[dbspec.LabelCluster] != c.Name {
 			continue
 		}
 		uid := s.UID

@@ -4,13 +4,14 @@ import (
 	"fmt"
 	"slices"
 	"sync"
-	"unicode/utf8"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	k8stypes "k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/cnpg-teleport/cnpg-teleport/dbspec"
 )
 
 // warnings emits an Event only when it has not reported the same note for
@@ -82,16 +83,5 @@ func fitNote(s string) string {
 		return s
 	}
 	const more = " … (cut to the Events API's 1 KiB; the log has it whole)"
-	return prefix(s, noteLimit-len(more)) + more
-}
-
-// prefix is s cut to at most n bytes on a character boundary.
-func prefix(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	for n > 0 && !utf8.RuneStart(s[n]) {
-		n--
-	}
-	return s[:n]
+	return dbspec.Truncate(s, noteLimit-len(more)) + more
 }

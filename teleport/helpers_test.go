@@ -1,6 +1,6 @@
 package teleport
 
-import "github.com/cnpg-teleport/cnpg-teleport/teleport/internal/testpki"
+import "github.com/cnpg-teleport/cnpg-teleport/internal/testpki"
 
 // The certificate helpers are shared with teleporttest's tests.
 var (

@@ -29,6 +29,7 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/cnpg-teleport/cnpg-teleport/controllers"
+	"github.com/cnpg-teleport/cnpg-teleport/dbspec"
 	"github.com/cnpg-teleport/cnpg-teleport/teleport"
 )
 
@@ -222,11 +223,11 @@ func main() {
 }
 
 func run(ctx context.Context, f flags) error {
-	static, err := controllers.ParseLabels(f.labels)
+	static, err := dbspec.ParseLabels(f.labels)
 	if err != nil {
 		return fmt.Errorf("--labels: %w", err)
 	}
-	policy, err := controllers.ParseLabelPolicy(f.annLabels)
+	policy, err := dbspec.ParseLabelPolicy(f.annLabels)
 	if err != nil {
 		return fmt.Errorf("--annotation-labels: %w", err)
 	}
@@ -236,7 +237,7 @@ func run(ctx context.Context, f flags) error {
 			return fmt.Errorf("the Kubernetes cluster's identity (set --kube-cluster-id to choose one): %w", err)
 		}
 	}
-	opts := controllers.Options{KubeCluster: f.kubeCluster, KubeClusterID: id, StaticLabels: static, Domain: f.domain,
+	opts := dbspec.Options{KubeCluster: f.kubeCluster, KubeClusterID: id, StaticLabels: static, Domain: f.domain,
 		AnnotationLabels: policy, AnyName: f.namePolicy == "any"}
 	if err := opts.Validate(); err != nil {
 		return err
@@ -261,7 +262,7 @@ func run(ctx context.Context, f flags) error {
 		return err
 	}
 	// Only our own DatabaseRoles and Databases are cached, never every one in the cluster.
-	ours := labels.SelectorFromSet(labels.Set{controllers.LabelManagedBy: controllers.ManagedByValue})
+	ours := labels.SelectorFromSet(labels.Set{dbspec.LabelManagedBy: dbspec.ManagedByValue})
 	cacheOpts := cache.Options{ByObject: map[client.Object]cache.ByObject{
 		&cnpgv1.DatabaseRole{}: {Label: ours},
 		&cnpgv1.Database{}:     {Label: ours},

@@ -5,7 +5,7 @@ import (
 
 	"github.com/gravitational/teleport/api/types"
 
-	"github.com/cnpg-teleport/cnpg-teleport/teleport/internal/testpki"
+	"github.com/cnpg-teleport/cnpg-teleport/internal/testpki"
 )
 
 // The certificate helpers are shared with package teleport's tests.

@@ -34,6 +34,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/cnpg-teleport/cnpg-teleport/controllers"
+	"github.com/cnpg-teleport/cnpg-teleport/dbspec"
 	"github.com/cnpg-teleport/cnpg-teleport/test/world"
 )
 
@@ -345,7 +346,7 @@ func namespaces(n int) []string {
 
 func cluster(ns, name string) *cnpgv1.Cluster {
 	return &cnpgv1.Cluster{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Annotations: map[string]string{controllers.AnnotationRegister: "true"}},
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Annotations: map[string]string{dbspec.AnnotationRegister: "true"}},
 		Spec:       cnpgv1.ClusterSpec{Instances: 2, StorageConfiguration: cnpgv1.StorageConfiguration{Size: "1Gi"}},
 	}
 }

@@ -15,7 +15,7 @@ import (
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 
-	"github.com/cnpg-teleport/cnpg-teleport/controllers"
+	"github.com/cnpg-teleport/cnpg-teleport/dbspec"
 	"github.com/cnpg-teleport/cnpg-teleport/teleport"
 	"github.com/cnpg-teleport/cnpg-teleport/test/world"
 )
@@ -166,8 +166,8 @@ func (d *dbWatch) apply(ev types.Event) {
 
 // putLocked records a db resource if it is the controller's.
 func (d *dbWatch) putLocked(name string, l map[string]string) {
-	if l[controllers.LabelManagedBy] == controllers.ManagedByValue {
-		d.cluster[name] = l[controllers.LabelNamespace] + "/" + l[controllers.LabelCluster]
+	if l[dbspec.LabelManagedBy] == dbspec.ManagedByValue {
+		d.cluster[name] = l[dbspec.LabelNamespace] + "/" + l[dbspec.LabelCluster]
 	}
 }
 

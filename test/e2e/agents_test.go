@@ -12,6 +12,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/cnpg-teleport/cnpg-teleport/controllers"
+	"github.com/cnpg-teleport/cnpg-teleport/dbspec"
 	"github.com/cnpg-teleport/cnpg-teleport/test/world"
 )
 
@@ -47,7 +48,7 @@ func TestAgentServing(t *testing.T) {
 
 	for name, tier := range map[string]string{"served": "served", "lonely": "other"} {
 		c := world.NewCluster(ns, name, 1)
-		c.Annotations = map[string]string{controllers.AnnotationRegister: "true", controllers.AnnotationLabels: "tier=" + tier}
+		c.Annotations = map[string]string{dbspec.AnnotationRegister: "true", dbspec.AnnotationLabels: "tier=" + tier}
 		if err := w.Client.Create(ctx, c); err != nil {
 			t.Fatal(err)
 		}

@@ -16,8 +16,9 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	"github.com/cnpg-teleport/cnpg-teleport/clusterspec"
 	"github.com/cnpg-teleport/cnpg-teleport/controllers"
+	"github.com/cnpg-teleport/cnpg-teleport/dbspec"
+	"github.com/cnpg-teleport/cnpg-teleport/pgrules"
 	"github.com/cnpg-teleport/cnpg-teleport/test/world"
 )
 
@@ -95,7 +96,7 @@ func TestAutoUsers(t *testing.T) {
 	w := b.w
 
 	c := world.NewCluster(ns, name, 1)
-	c.Annotations = map[string]string{controllers.AnnotationRegister: "true", controllers.AnnotationAutoUsers: "true"}
+	c.Annotations = map[string]string{dbspec.AnnotationRegister: "true", dbspec.AnnotationAutoUsers: "true"}
 	t0 := time.Now()
 	if err := w.Client.Create(ctx, c); err != nil {
 		t.Fatal(err)
@@ -116,14 +117,14 @@ func TestAutoUsers(t *testing.T) {
 	rw := "k1-" + ns + "-" + name + "-rw"
 	world.Eventually(t, 3*time.Minute, "admin_user on "+rw, func() error {
 		got, err := adminUser(ctx, b.tp, rw)
-		if err == nil && got != clusterspec.AdminUser {
+		if err == nil && got != pgrules.AdminUser {
 			err = fmt.Errorf("admin_user %q", got)
 		}
 		return err
 	})
 	t.Logf("created -> healthy, admin and schema applied by CNPG, admin_user registered in %s", time.Since(t0).Round(100*time.Millisecond))
 	b.event(ns, name, corev1.EventTypeNormal, controllers.ReasonAutoUsersReady)
-	if got, err := pgRole(ctx, conn, clusterspec.AdminUser); err != nil || got != "login=true createrole=true super=false in=" {
+	if got, err := pgRole(ctx, conn, pgrules.AdminUser); err != nil || got != "login=true createrole=true super=false in=" {
 		t.Fatalf("admin in PostgreSQL: %s %v", got, err)
 	}
 
@@ -157,7 +158,7 @@ func TestAutoUsers(t *testing.T) {
 		u    *world.TshUser
 		role string
 	}{{alice, "teleport_read"}, {bob, "teleport_write"}} {
-		want := fmt.Sprintf("who=%s/%s in=%s,%s", tt.u.Name, tt.u.Name, clusterspec.AutoUserGroup, tt.role)
+		want := fmt.Sprintf("who=%s/%s in=%s,%s", tt.u.Name, tt.u.Name, pgrules.AutoUserGroup, tt.role)
 		if out := query(tt.u, whoami); !strings.Contains(out, want) {
 			t.Fatalf("%s: want %q in\n%s", tt.u.Name, want, out)
 		}
@@ -179,7 +180,7 @@ func TestAutoUsers(t *testing.T) {
 	for _, u := range []string{"alice", "bob"} {
 		world.Eventually(t, 30*time.Second, u+" deactivated", func() error {
 			got, err := pgRole(ctx, conn, u)
-			if err == nil && got != "login=false createrole=false super=false in="+clusterspec.AutoUserGroup {
+			if err == nil && got != "login=false createrole=false super=false in="+pgrules.AutoUserGroup {
 				err = fmt.Errorf("%s", got)
 			}
 			return err
@@ -199,13 +200,13 @@ func TestAutoUsers(t *testing.T) {
 	}
 
 	// Opting out: admin_user goes, the admin can neither log in nor create roles.
-	if err := w.UpdateCluster(ctx, ns, name, func(c *cnpgv1.Cluster) { delete(c.Annotations, controllers.AnnotationAutoUsers) }); err != nil {
+	if err := w.UpdateCluster(ctx, ns, name, func(c *cnpgv1.Cluster) { delete(c.Annotations, dbspec.AnnotationAutoUsers) }); err != nil {
 		t.Fatal(err)
 	}
 	note := b.event(ns, name, corev1.EventTypeNormal, controllers.ReasonAutoUsersRemoved)
 	t.Logf("opt-out: %s", note)
 	world.Eventually(t, time.Minute, "admin disabled in PostgreSQL", func() error {
-		got, err := pgRole(ctx, conn, clusterspec.AdminUser)
+		got, err := pgRole(ctx, conn, pgrules.AdminUser)
 		if err == nil && got != "login=false createrole=false super=false in=" {
 			err = fmt.Errorf("%s", got)
 		}
@@ -226,19 +227,19 @@ func TestAutoUsers(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, l := range got.Spec.PostgresConfiguration.PgHBA {
-		if strings.Contains(l, clusterspec.AdminUser) {
+		if strings.Contains(l, pgrules.AdminUser) {
 			t.Fatalf("pg_hba still has %q", l)
 		}
 	}
 
 	// Opting in again takes up the admin and the users left behind.
 	t0 = time.Now()
-	if err := w.UpdateCluster(ctx, ns, name, func(c *cnpgv1.Cluster) { c.Annotations[controllers.AnnotationAutoUsers] = "true" }); err != nil {
+	if err := w.UpdateCluster(ctx, ns, name, func(c *cnpgv1.Cluster) { c.Annotations[dbspec.AnnotationAutoUsers] = "true" }); err != nil {
 		t.Fatal(err)
 	}
 	world.Eventually(t, 2*time.Minute, "alice back as herself", func() error {
 		out, err := alice.Query(ctx, rw, "alice", "app", whoami)
-		if want := "who=alice/alice in=" + clusterspec.AutoUserGroup + ",teleport_read"; err != nil || !strings.Contains(out, want) {
+		if want := "who=alice/alice in=" + pgrules.AutoUserGroup + ",teleport_read"; err != nil || !strings.Contains(out, want) {
 			return fmt.Errorf("%w: %s", errOrNil(err), out)
 		}
 		return nil

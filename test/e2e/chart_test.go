@@ -22,7 +22,7 @@ import (
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	"github.com/cnpg-teleport/cnpg-teleport/controllers"
+	"github.com/cnpg-teleport/cnpg-teleport/dbspec"
 	"github.com/cnpg-teleport/cnpg-teleport/teleport"
 	"github.com/cnpg-teleport/cnpg-teleport/test/world"
 )
@@ -233,7 +233,7 @@ func (b *chartBed) registered(d *appsv1.Deployment, kube, appNS, name string) {
 	t, ctx, w := b.t, b.ctx, b.w
 	t.Helper()
 	c := world.NewCluster(appNS, name, 1)
-	c.Annotations = map[string]string{controllers.AnnotationRegister: "true"}
+	c.Annotations = map[string]string{dbspec.AnnotationRegister: "true"}
 	t0 := time.Now()
 	if err := w.Client.Create(ctx, c); err != nil {
 		t.Fatal(err)

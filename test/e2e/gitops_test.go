@@ -21,8 +21,8 @@ import (
 	"sigs.k8s.io/structured-merge-diff/v6/fieldpath"
 	"sigs.k8s.io/yaml"
 
-	"github.com/cnpg-teleport/cnpg-teleport/clusterspec"
 	"github.com/cnpg-teleport/cnpg-teleport/controllers"
+	"github.com/cnpg-teleport/cnpg-teleport/pgrules"
 	"github.com/cnpg-teleport/cnpg-teleport/test/world"
 )
 
@@ -302,7 +302,7 @@ func (g *gitops) revisionApplied(ctx context.Context, name string, rev int) {
 
 // trusted: the Cluster has the Teleport rule and the controller's client CA.
 func trusted(c *cnpgv1.Cluster) bool {
-	return slices.Contains(c.Spec.PostgresConfiguration.PgHBA, clusterspec.HBALine("teleport_read", "teleport_write")) &&
+	return slices.Contains(c.Spec.PostgresConfiguration.PgHBA, pgrules.HBALine("teleport_read", "teleport_write")) &&
 		c.Spec.Certificates.ClientCASecret == c.Name+"-teleport-ca"
 }
 

@@ -14,6 +14,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/cnpg-teleport/cnpg-teleport/controllers"
+	"github.com/cnpg-teleport/cnpg-teleport/dbspec"
 	"github.com/cnpg-teleport/cnpg-teleport/teleport"
 	"github.com/cnpg-teleport/cnpg-teleport/test/world"
 )
@@ -82,7 +83,7 @@ func TestIdentityExpiry(t *testing.T) {
 	create := func(name string) {
 		t.Helper()
 		c := world.NewCluster(ns, name, 1)
-		c.Annotations = map[string]string{controllers.AnnotationRegister: "true"}
+		c.Annotations = map[string]string{dbspec.AnnotationRegister: "true"}
 		if err := w.Client.Create(ctx, c); err != nil {
 			t.Fatal(err)
 		}

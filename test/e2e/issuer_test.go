@@ -17,6 +17,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/cnpg-teleport/cnpg-teleport/controllers"
+	"github.com/cnpg-teleport/cnpg-teleport/dbspec"
 	"github.com/cnpg-teleport/cnpg-teleport/test/world"
 )
 
@@ -86,10 +87,10 @@ func TestIssuerMode(t *testing.T) {
 	})
 	patch := client.MergeFrom(c.DeepCopy())
 	c.Annotations = map[string]string{
-		controllers.AnnotationRegister:     "true",
-		controllers.AnnotationClientIssuer: "ClusterIssuer/client-int",
-		controllers.AnnotationServerIssuer: "ClusterIssuer/server-int",
-		controllers.AnnotationPoolers:      name + "-pooler-rw",
+		dbspec.AnnotationRegister:     "true",
+		dbspec.AnnotationClientIssuer: "ClusterIssuer/client-int",
+		dbspec.AnnotationServerIssuer: "ClusterIssuer/server-int",
+		dbspec.AnnotationPoolers:      name + "-pooler-rw",
 	}
 	if err := w.Client.Patch(ctx, c, patch); err != nil {
 		t.Fatal(err)
@@ -208,7 +209,7 @@ func TestIssuerMode(t *testing.T) {
 	t.Logf("untrusted Pooler: %s", note)
 
 	// Opt out: CNPG signs <cluster>-pooler again, with its own CA.
-	if err := w.UpdateCluster(ctx, ns, name, func(c *cnpgv1.Cluster) { delete(c.Annotations, controllers.AnnotationRegister) }); err != nil {
+	if err := w.UpdateCluster(ctx, ns, name, func(c *cnpgv1.Cluster) { delete(c.Annotations, dbspec.AnnotationRegister) }); err != nil {
 		t.Fatal(err)
 	}
 	own := secret(ctx, t, w, ns, name+"-ca")
@@ -217,7 +218,7 @@ func TestIssuerMode(t *testing.T) {
 		if err := w.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: name + "-pooler"}, &s); err != nil {
 			return err
 		}
-		if s.Labels[controllers.LabelManagedBy] != "" {
+		if s.Labels[dbspec.LabelManagedBy] != "" {
 			return fmt.Errorf("still ours")
 		}
 		ok, err := signedBy(s.Data["tls.crt"], own.Data["ca.crt"])

@@ -16,7 +16,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	"github.com/cnpg-teleport/cnpg-teleport/controllers"
+	"github.com/cnpg-teleport/cnpg-teleport/dbspec"
 	"github.com/cnpg-teleport/cnpg-teleport/test/world"
 )
 
@@ -39,7 +39,7 @@ func TestNamespaceDeletion(t *testing.T) {
 	}
 
 	c := world.NewCluster(ns, name, 1)
-	c.Annotations = map[string]string{controllers.AnnotationRegister: "true", controllers.AnnotationPoolers: name + "-pooler-rw"}
+	c.Annotations = map[string]string{dbspec.AnnotationRegister: "true", dbspec.AnnotationPoolers: name + "-pooler-rw"}
 	if err := w.Client.Create(ctx, c); err != nil {
 		t.Fatal(err)
 	}
@@ -47,7 +47,7 @@ func TestNamespaceDeletion(t *testing.T) {
 		t.Fatal(err)
 	}
 	kept := world.NewCluster(ns, "kept", 1) // asks its db resource to outlive it
-	kept.Annotations = map[string]string{controllers.AnnotationRegister: "true", controllers.AnnotationKeep: "true"}
+	kept.Annotations = map[string]string{dbspec.AnnotationRegister: "true", dbspec.AnnotationKeep: "true"}
 	if err := w.Client.Create(ctx, kept); err != nil {
 		t.Fatal(err)
 	}
@@ -106,7 +106,7 @@ func TestNamespaceDeletion(t *testing.T) {
 	if err != nil || !slices.Equal(names, []string{"k1-" + ns + "-kept-rw"}) {
 		t.Fatalf("db resources left: %v, want only the kept one (%v)", names, err)
 	}
-	if out, err := b.tp.Tctl(ctx, "", "get", "db/k1-"+ns+"-kept-rw", "--format=json"); err != nil || !strings.Contains(string(out), `"`+controllers.LabelKeep+`": "true"`) {
+	if out, err := b.tp.Tctl(ctx, "", "get", "db/k1-"+ns+"-kept-rw", "--format=json"); err != nil || !strings.Contains(string(out), `"`+dbspec.LabelKeep+`": "true"`) {
 		t.Fatalf("the kept db resource is not labelled kept: %v %s", err, out)
 	}
 	// Deregistered by the Clusters' own finalizers, not left to orphan

@@ -16,6 +16,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/cnpg-teleport/cnpg-teleport/controllers"
+	"github.com/cnpg-teleport/cnpg-teleport/dbspec"
 	"github.com/cnpg-teleport/cnpg-teleport/teleport"
 	"github.com/cnpg-teleport/cnpg-teleport/test/world"
 )
@@ -136,7 +137,7 @@ func TestPoolers(t *testing.T) {
 	beforeCluster, beforePooler := clusterSlice(t, ctx, w, ns, name), poolerSlice(t, ctx, w, ns, early)
 
 	// A Pooler alone cannot opt a Cluster in: it is told so, nothing is registered.
-	asks := newPooler(ns, name, name+"-pooler-asks", map[string]string{controllers.AnnotationRegister: "true"})
+	asks := newPooler(ns, name, name+"-pooler-asks", map[string]string{dbspec.AnnotationRegister: "true"})
 	asks.Spec.Instances = ptr(int32(0))
 	if err := w.Client.Create(ctx, asks); err != nil {
 		t.Fatal(err)
@@ -152,11 +153,11 @@ func TestPoolers(t *testing.T) {
 	// Annotate the Cluster, then make a second Pooler that asks to be registered.
 	t0 := time.Now()
 	if err := w.UpdateCluster(ctx, ns, name, func(c *cnpgv1.Cluster) {
-		c.Annotations = map[string]string{controllers.AnnotationRegister: "true"}
+		c.Annotations = map[string]string{dbspec.AnnotationRegister: "true"}
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if err := w.Client.Create(ctx, newPooler(ns, name, late, map[string]string{controllers.AnnotationRegister: "true"})); err != nil {
+	if err := w.Client.Create(ctx, newPooler(ns, name, late, map[string]string{dbspec.AnnotationRegister: "true"})); err != nil {
 		t.Fatal(err)
 	}
 	p := "k1-" + ns + "-" + name + "-"
@@ -358,7 +359,7 @@ func TestPoolers(t *testing.T) {
 	})
 
 	// Opt out: the Cluster and the early Pooler are as the user left them, and work.
-	if err := w.UpdateCluster(ctx, ns, name, func(c *cnpgv1.Cluster) { delete(c.Annotations, controllers.AnnotationRegister) }); err != nil {
+	if err := w.UpdateCluster(ctx, ns, name, func(c *cnpgv1.Cluster) { delete(c.Annotations, dbspec.AnnotationRegister) }); err != nil {
 		t.Fatal(err)
 	}
 	world.Eventually(t, time.Minute, "restored", func() error {

@@ -23,6 +23,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/cnpg-teleport/cnpg-teleport/controllers"
+	"github.com/cnpg-teleport/cnpg-teleport/dbspec"
 	"github.com/cnpg-teleport/cnpg-teleport/teleport"
 	"github.com/cnpg-teleport/cnpg-teleport/test/world"
 )
@@ -100,7 +101,7 @@ func (r *reg) create(c *cnpgv1.Cluster, annotations map[string]string) *cnpgv1.C
 }
 
 func register(extra ...string) map[string]string {
-	a := map[string]string{controllers.AnnotationRegister: "true"}
+	a := map[string]string{dbspec.AnnotationRegister: "true"}
 	for i := 0; i+1 < len(extra); i += 2 {
 		a[extra[i]] = extra[i+1]
 	}
@@ -219,7 +220,7 @@ func TestRegistration(t *testing.T) {
 
 	t.Run("rw, verify-full, CNPG's own server CA, labels; 1 -> 2 -> 1 instances", func(t *testing.T) {
 		r.t = t
-		c := r.cluster(regNS, "one", 1, register(controllers.AnnotationLabels, "team=db"))
+		c := r.cluster(regNS, "one", 1, register(dbspec.AnnotationLabels, "team=db"))
 		p := prefix(regNS, "one")
 		dbs := r.waitNames(p, p+"rw")
 		var ca corev1.Secret
@@ -234,8 +235,8 @@ func TestRegistration(t *testing.T) {
 			t.Fatalf("uri %s protocol %s", db.GetURI(), db.GetProtocol())
 		}
 		l := db.GetStaticLabels()
-		for k, v := range map[string]string{"team": "db", "env": "test", "sql_type": "primary", controllers.LabelManagedBy: "cnpg-teleport",
-			controllers.LabelKubeCluster: kubeCluster, controllers.LabelClusterUID: string(c.UID)} {
+		for k, v := range map[string]string{"team": "db", "env": "test", "sql_type": "primary", dbspec.LabelManagedBy: "cnpg-teleport",
+			dbspec.LabelKubeCluster: kubeCluster, dbspec.LabelClusterUID: string(c.UID)} {
 			if l[k] != v {
 				t.Errorf("label %s = %q, want %q (all: %v)", k, l[k], v, l)
 			}
@@ -288,8 +289,8 @@ func TestRegistration(t *testing.T) {
 		p := prefix(regNS, "ren")
 		r.waitNames(p, p+"rw")
 		r.patch(c, func(c *cnpgv1.Cluster) {
-			c.Annotations[controllers.AnnotationName] = regNS + "-renamed"
-			c.Annotations[controllers.AnnotationLabels] = "tier=gold"
+			c.Annotations[dbspec.AnnotationName] = regNS + "-renamed"
+			c.Annotations[dbspec.AnnotationLabels] = "tier=gold"
 		})
 		dbs := r.waitNames(regNS+"-renamed-", regNS+"-renamed-rw")
 		r.waitNames(p)
@@ -304,7 +305,7 @@ func TestRegistration(t *testing.T) {
 		p := prefix(regNS, "optout")
 		r.waitNames(p, p+"rw")
 		r.waitFinalizer(c, true)
-		r.patch(c, func(c *cnpgv1.Cluster) { delete(c.Annotations, controllers.AnnotationRegister) })
+		r.patch(c, func(c *cnpgv1.Cluster) { delete(c.Annotations, dbspec.AnnotationRegister) })
 		r.waitNames(p)
 		r.waitFinalizer(c, false)
 		r.event(c, corev1.EventTypeNormal, controllers.ReasonDeregistered)
@@ -325,7 +326,7 @@ func TestRegistration(t *testing.T) {
 
 	t.Run("keep honoured on delete, and by orphan collection", func(t *testing.T) {
 		r.t = t
-		c := r.cluster(regNS, "kept", 1, register(controllers.AnnotationKeep, "true"))
+		c := r.cluster(regNS, "kept", 1, register(dbspec.AnnotationKeep, "true"))
 		p := prefix(regNS, "kept")
 		r.waitNames(p, p+"rw")
 		r.waitFinalizer(c, true)
@@ -408,9 +409,9 @@ func TestRegistration(t *testing.T) {
 
 	t.Run("malformed annotations -> InvalidAnnotation, nothing applied", func(t *testing.T) {
 		r.t = t
-		c := r.cluster(regNS, "bad", 1, register(controllers.AnnotationEndpoints, "rw,bogus", controllers.AnnotationLabels, "novalue"))
+		c := r.cluster(regNS, "bad", 1, register(dbspec.AnnotationEndpoints, "rw,bogus", dbspec.AnnotationLabels, "novalue"))
 		e := r.event(c, corev1.EventTypeWarning, controllers.ReasonInvalidAnnotation)
-		if !strings.Contains(e.Note, controllers.AnnotationEndpoints) || !strings.Contains(e.Note, controllers.AnnotationLabels) {
+		if !strings.Contains(e.Note, dbspec.AnnotationEndpoints) || !strings.Contains(e.Note, dbspec.AnnotationLabels) {
 			t.Fatalf("the event should name both annotations: %s", e.Note)
 		}
 		r.waitPasses("127.0.0.1:18080", 3)
@@ -552,7 +553,7 @@ func TestRegistration(t *testing.T) {
 		}
 		want := 0
 		for _, db := range r.dbs("") {
-			if db.GetStaticLabels()[controllers.LabelKubeCluster] == kubeCluster {
+			if db.GetStaticLabels()[dbspec.LabelKubeCluster] == kubeCluster {
 				want++
 			}
 		}

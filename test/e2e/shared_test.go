@@ -17,6 +17,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/cnpg-teleport/cnpg-teleport/controllers"
+	"github.com/cnpg-teleport/cnpg-teleport/dbspec"
 	"github.com/cnpg-teleport/cnpg-teleport/teleport"
 	"github.com/cnpg-teleport/cnpg-teleport/test/world"
 )
@@ -100,7 +101,7 @@ func TestSharedTeleport(t *testing.T) {
 	mk := func(ns, name string, ann map[string]string) {
 		t.Helper()
 		c := world.NewCluster(ns, name, 1)
-		c.Annotations = map[string]string{controllers.AnnotationRegister: "true"}
+		c.Annotations = map[string]string{dbspec.AnnotationRegister: "true"}
 		for k, v := range ann {
 			c.Annotations[k] = v
 		}
@@ -108,10 +109,10 @@ func TestSharedTeleport(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	mk("a", "pg", map[string]string{controllers.AnnotationName: "a-Shop"})     // as written, upper case kept
-	mk("a", "dev", map[string]string{controllers.AnnotationLabels: "env=dev"}) // against A's policy
-	mk("a", "squat", map[string]string{controllers.AnnotationName: "b-pg"})    // another namespace's name
-	mk("b", "pg", map[string]string{controllers.AnnotationLabels: "env=dev"})  // allowed by B's policy
+	mk("a", "pg", map[string]string{dbspec.AnnotationName: "a-Shop"})     // as written, upper case kept
+	mk("a", "dev", map[string]string{dbspec.AnnotationLabels: "env=dev"}) // against A's policy
+	mk("a", "squat", map[string]string{dbspec.AnnotationName: "b-pg"})    // another namespace's name
+	mk("b", "pg", map[string]string{dbspec.AnnotationLabels: "env=dev"})  // allowed by B's policy
 	const mine, theirs = "a-Shop-rw", "k2-b-pg-rw"
 	world.Eventually(t, 3*time.Minute, "both clusters' db resources registered", func() error {
 		out, err := tp.Tctl(ctx, "", "get", "db", "--format=json")
@@ -223,7 +224,7 @@ func TestSharedTeleport(t *testing.T) {
 	}
 	var kept []string
 	for _, l := range strings.Split(string(raw), "\n") {
-		if !strings.Contains(l, controllers.LabelKubeClusterID+":") {
+		if !strings.Contains(l, dbspec.LabelKubeClusterID+":") {
 			kept = append(kept, l)
 		}
 	}
@@ -235,7 +236,7 @@ func TestSharedTeleport(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		if !strings.Contains(string(out), controllers.LabelKubeClusterID+":") {
+		if !strings.Contains(string(out), dbspec.LabelKubeClusterID+":") {
 			return fmt.Errorf("no identity label yet")
 		}
 		return nil

@@ -26,6 +26,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/cnpg-teleport/cnpg-teleport/controllers"
+	"github.com/cnpg-teleport/cnpg-teleport/dbspec"
 	"github.com/cnpg-teleport/cnpg-teleport/teleport"
 	"github.com/cnpg-teleport/cnpg-teleport/test/world"
 )
@@ -266,7 +267,7 @@ func TestTrust(t *testing.T) {
 		if c.Annotations == nil {
 			c.Annotations = map[string]string{}
 		}
-		c.Annotations[controllers.AnnotationRegister] = "true"
+		c.Annotations[dbspec.AnnotationRegister] = "true"
 	}); err != nil {
 		t.Fatal(err)
 	}
@@ -475,7 +476,7 @@ func TestTrust(t *testing.T) {
 	}
 
 	// (f) Opt out: the user's slice comes back exactly; ours is gone.
-	if err := w.UpdateCluster(ctx, ns, name, func(c *cnpgv1.Cluster) { delete(c.Annotations, controllers.AnnotationRegister) }); err != nil {
+	if err := w.UpdateCluster(ctx, ns, name, func(c *cnpgv1.Cluster) { delete(c.Annotations, dbspec.AnnotationRegister) }); err != nil {
 		t.Fatal(err)
 	}
 	world.Eventually(t, time.Minute, "restored", func() error {

@@ -1,6 +1,6 @@
-// Package testpki makes throwaway certificates for the tests of package
-// teleport and of its fake (teleporttest), which cannot import each other's
-// test files. It is imported by tests only, never by the binary.
+// Package testpki makes throwaway certificates for the tests of several
+// packages (teleport and its fake, controllers, dbspec), which cannot import
+// each other's test files. It is imported by tests only, never by the binary.
 package testpki
 
 import (

@@ -1,4 +1,4 @@
-package controllers
+package dbspec
 
 import (
 	"errors"
@@ -6,13 +6,18 @@ import (
 	"slices"
 	"strings"
 	"testing"
-	"unicode/utf8"
 
 	"github.com/gravitational/teleport/api/types"
 	"k8s.io/apimachinery/pkg/util/validation"
 
-	"github.com/cnpg-teleport/cnpg-teleport/clusterspec"
+	"github.com/cnpg-teleport/cnpg-teleport/internal/testpki"
+	"github.com/cnpg-teleport/cnpg-teleport/pgrules"
 )
+
+// opts are the controller's options the fuzz targets parse under: static
+// labels, and a policy that lets the annotation set a few keys.
+var opts = Options{KubeCluster: "prod", KubeClusterID: "id-prod", StaticLabels: map[string]string{"env": "prod", "team": "platform"}, Domain: "cluster.local",
+	AnnotationLabels: map[string][]string{"team": nil, "tier": nil, "t": nil}}
 
 // The fuzz targets of the annotations, labels and names a tenant controls.
 // `make test` runs each for a bounded time (`make fuzz`); what they found is
@@ -29,7 +34,7 @@ func FuzzParseAnnotations(f *testing.F) {
 	f.Add("team-a", "team=ops", "", "", "", "", "", "", uint8(2)) // over a static label, as the policy allows
 	f.Add("other-ns", "team=x,team=y", "rw,rw", "True", "postgres", "postgres", "Vault/x", "Bad_Name", uint8(3))
 	f.Add("team-a", "teleport.dev/origin=x", "r", "false", "app", "w\nhost all all 0.0.0.0/0 trust", "ClusterIssuer/", "a,,b", uint8(0))
-	ca := testCA(f, "fuzz")
+	ca := testpki.Cert(f, "fuzz")
 	f.Fuzz(func(t *testing.T, name, labels, endpoints, keep, readRole, writeRole, issuer, poolers string, instances uint8) {
 		ann := map[string]string{AnnotationRegister: "true"}
 		for k, v := range map[string]string{AnnotationName: name, AnnotationLabels: labels, AnnotationEndpoints: endpoints,
@@ -39,7 +44,7 @@ func FuzzParseAnnotations(f *testing.F) {
 				ann[k] = v
 			}
 		}
-		c := cluster("team-a", "orders", int(instances%4), ann)
+		c := Cluster{Namespace: "team-a", Name: "orders", UID: "uid-orders", Annotations: ann, Instances: int(instances % 4)}
 		spec, err := ParseAnnotations(opts, c)
 		if err != nil {
 			var joined interface{ Unwrap() []error }
@@ -94,7 +99,7 @@ func FuzzParseAnnotations(f *testing.F) {
 				}
 			}
 		}
-		line := clusterspec.HBALine(spec.ReadRole, spec.WriteRole)
+		line := pgrules.HBALine(spec.ReadRole, spec.WriteRole)
 		if strings.ContainsAny(line, "\r\n\x00") || len(strings.Fields(line)) != 7 {
 			t.Fatalf("pg_hba line %q is not one rule of 7 fields", line)
 		}
@@ -188,22 +193,4 @@ func FuzzDatabaseNameFits(f *testing.F) {
 			checkDBName(t, databaseName(prefix, ep))
 		}
 	})
-}
-
-// TestFitNote: a note the Events API would refuse is cut to its 1 KiB on a
-// character boundary, saying so; a short one is left alone.
-func TestFitNote(t *testing.T) {
-	if got := fitNote("short"); got != "short" {
-		t.Fatalf("short: %q", got)
-	}
-	for _, long := range []string{strings.Repeat("x", 5000), strings.Repeat("é☃", 2000)} {
-		got := fitNote(long)
-		if len(got) > noteLimit || !utf8.ValidString(got) || !strings.Contains(got, "cut to the Events API's 1 KiB") {
-			t.Fatalf("%d bytes, valid UTF-8 %v: %q", len(got), utf8.ValidString(got), got[len(got)-80:])
-		}
-	}
-	e := &InvalidAnnotationError{AnnotationLabels, strings.Repeat("k=v,", 50_000), "bad"}
-	if len(e.Error()) > 200 || !strings.Contains(e.Error(), "(200000 bytes)") {
-		t.Fatalf("a 200 KB value quoted whole: %d bytes", len(e.Error()))
-	}
 }
