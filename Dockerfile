@@ -14,6 +14,8 @@ COPY controllers/ controllers/
 COPY teleport/ teleport/
 COPY certs/ certs/
 COPY clusterspec/ clusterspec/
+COPY dbspec/ dbspec/
+COPY pgrules/ pgrules/
 ARG VERSION=dev
 RUN CGO_ENABLED=0 GOOS=linux GOARCH=amd64 go build -trimpath -ldflags="-s -w -X main.version=${VERSION}" \
       -o /out/cnpg-teleport ./cmd/cnpg-teleport
