@@ -78,9 +78,9 @@ func (o *OrphanCollector) Collect(ctx context.Context) (int, error) {
 	if err := identityCheck(dbs, o.Options); err != nil {
 		return 0, err
 	}
-	deleted, owned := 0, 0
+	deleted, gone, owned := 0, 0, 0
 	var errs []error
-	defer func() { registered.Set(float64(owned - deleted)) }()
+	defer func() { registered.Set(float64(owned - deleted - gone)) }()
 	for _, db := range dbs {
 		ns, name, uid, ok := dbspec.ClusterRef(db)
 		if !dbspec.OwnedBy(db, o.Options) || !ok || !o.watched(ns) {
@@ -102,12 +102,20 @@ func (o *OrphanCollector) Collect(ctx context.Context) (int, error) {
 		if !orphan {
 			continue
 		}
-		if err := o.Teleport.DeleteDatabase(ctx, db.GetName()); err != nil && !trace.IsNotFound(err) {
+		err = o.Teleport.DeleteDatabase(ctx, db.GetName())
+		if err != nil && !trace.IsNotFound(err) {
 			errs = append(errs, err)
 			continue
 		}
 		if o.Owned != nil {
 			o.Owned.removeName(uid, db.GetName())
+		}
+		if err != nil {
+			// Gone already, though the read said otherwise: Teleport's cache
+			// trails its backend, and the Cluster's finalizer (or another
+			// replica) deleted it since. Not this pass's deletion.
+			gone++
+			continue
 		}
 		log.FromContext(ctx).Info("deleted orphaned Teleport db", "db", db.GetName(), "cluster", ns+"/"+name)
 		deleted++
