@@ -925,9 +925,9 @@ func TestEnvNoCertificateSwitchDuringJoin(t *testing.T) {
 }
 
 // TestEnvNoTrustSwitchWhileAnInstanceStarts: the certificates and pg_hba are
-// not switched while CNPG reports an instance running but not ready (CNPG
-// would write its files but never reload it), and are switched once none is,
-// with a TrustPending Event meanwhile.
+// not switched while CNPG counts an instance that is not ready (running, or
+// its Pod not in the status yet: CNPG would write its files but never reload
+// it), and are switched once none is, with a TrustPending Event meanwhile.
 func TestEnvNoTrustSwitchWhileAnInstanceStarts(t *testing.T) {
 	b, _ := newBed(t, bedOptions{resync: time.Hour})
 	ctx := context.Background()
@@ -939,14 +939,14 @@ func TestEnvNoTrustSwitchWhileAnInstanceStarts(t *testing.T) {
 				return false, err.Error()
 			}
 			patch := client.MergeFromWithOptions(c.DeepCopy(), client.MergeFromWithOptimisticLock{})
-			c.Status.InstancesStatus = st
+			c.Status.InstanceNames, c.Status.InstancesStatus = []string{"pg-1", "pg-2"}, st
 			err = b.c.Status().Patch(ctx, c, patch)
 			return err == nil, fmt.Sprint(err)
 		})
 	}
-	setStatus(map[cnpgv1.PodStatus][]string{cnpgv1.PodHealthy: {"pg-1"}, cnpgv1.PodReplicating: {"pg-2"}})
+	setStatus(map[cnpgv1.PodStatus][]string{cnpgv1.PodHealthy: {"pg-1"}}) // pg-2's Pod not reported yet
 	b.patchCluster("pg", func(c *cnpgv1.Cluster) { c.Annotations = registerAnn() })
-	b.event("pg", ReasonTrustPending, "switched once no instance is starting (pg-2 running, not ready)")
+	b.event("pg", ReasonTrustPending, "switched once no instance is starting (pg-2 not ready)")
 	switched := func() (bool, string) {
 		c, err := b.get("pg")
 		if err != nil {

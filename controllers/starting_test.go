@@ -7,26 +7,30 @@ import (
 	cnpgv1 "github.com/cloudnative-pg/cloudnative-pg/api/v1"
 )
 
-// TestNotWhileStarting: the trust switch waits while an instance's Pod runs
-// but is not ready (CNPG's "replicating"), with a TrustPending Event; no
-// instance yet (initdb), a Pod not running yet (pending: it loads the files
-// when it starts) or a failed one does not hold it back.
+// TestNotWhileStarting: the trust switch waits, with a TrustPending Event,
+// while an instance CNPG counts (one per PVC group) may be starting: its Pod
+// running but not ready (CNPG's "replicating"), or not in the status yet
+// (initdb, join, a Pod just created: the status lags the Pods). No instance
+// at all, all ready, or the one not ready failed does not hold it back.
 func TestNotWhileStarting(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
+		names  []string // status.instanceNames
 		status map[cnpgv1.PodStatus][]string
 		wait   bool
 	}{
-		{"no instance yet (initdb)", nil, false},
-		{"all ready", map[cnpgv1.PodStatus][]string{cnpgv1.PodHealthy: {"pg-1", "pg-2"}}, false},
-		{"a replica starting", map[cnpgv1.PodStatus][]string{cnpgv1.PodHealthy: {"pg-1"}, cnpgv1.PodReplicating: {"pg-2"}}, true},
-		{"the primary starting", map[cnpgv1.PodStatus][]string{cnpgv1.PodReplicating: {"pg-1"}}, true},
-		{"a failed instance", map[cnpgv1.PodStatus][]string{cnpgv1.PodHealthy: {"pg-1"}, cnpgv1.PodFailed: {"pg-2"}}, false},
+		{"no instance (no CNPG status)", nil, nil, false},
+		{"initdb: counted, no Pod yet", []string{"pg-1"}, nil, true},
+		{"all ready", []string{"pg-1", "pg-2"}, map[cnpgv1.PodStatus][]string{cnpgv1.PodHealthy: {"pg-1", "pg-2"}}, false},
+		{"a replica starting", []string{"pg-1", "pg-2"}, map[cnpgv1.PodStatus][]string{cnpgv1.PodHealthy: {"pg-1"}, cnpgv1.PodReplicating: {"pg-2"}}, true},
+		{"a replica's Pod not in the status yet", []string{"pg-1", "pg-2"}, map[cnpgv1.PodStatus][]string{cnpgv1.PodHealthy: {"pg-1"}}, true},
+		{"the primary starting", []string{"pg-1"}, map[cnpgv1.PodStatus][]string{cnpgv1.PodReplicating: {"pg-1"}}, true},
+		{"a failed instance", []string{"pg-1", "pg-2"}, map[cnpgv1.PodStatus][]string{cnpgv1.PodHealthy: {"pg-1"}, cnpgv1.PodFailed: {"pg-2"}}, false},
 	} {
 		r, rec, _ := testReconciler(nil)
 		c := &cnpgv1.Cluster{}
 		c.Name, c.Namespace, c.UID = "pg", "ns", "u1"
-		c.Status.InstancesStatus = tc.status
+		c.Status.InstanceNames, c.Status.InstancesStatus = tc.names, tc.status
 		err := r.notWhileStarting(c)
 		if got := errors.Is(err, errWaiting); got != tc.wait {
 			t.Errorf("%s: waits %v (%v), want %v", tc.name, got, err, tc.wait)

@@ -188,26 +188,53 @@ func switchesJoinCertificates(c, next *cnpgv1.Cluster) bool {
 	return a.ServerTLSSecret != b.ServerTLSSecret || a.ServerCASecret != b.ServerCASecret || a.ReplicationTLSSecret != b.ReplicationTLSSecret
 }
 
-// notWhileStarting returns errWaiting while an instance of c is starting:
-// its Pod running but not ready (CNPG's status.instancesStatus "replicating").
-// CNPG v1.30.0's instance manager writes changed certificate and pg_hba files
-// in every pass, but reloads PostgreSQL only in a pass that finds it up and
-// ready (instance_controller.go: the IsReady and IsDBUp returns come before
-// the Reload): files written while PostgreSQL starts are never loaded, and
-// that instance keeps the old server certificate, client CA and pg_hba until
-// it restarts. The likely cause of what make test saw with two worlds sharing
-// the cores: after a switch during a replica's start, TestIssuerMode's
-// replica still served CNPG's own server certificate a minute later. An
-// instance not running yet (initdb, a Pod pending) loads the files when it
-// starts, and does not hold the switch back.
+// notWhileStarting returns errWaiting while an instance of c may be
+// starting. CNPG v1.30.0's instance manager writes changed certificate and
+// pg_hba files in every pass, but reloads PostgreSQL only in a pass that
+// finds it up and ready (instance_controller.go: the IsReady and IsDBUp
+// returns come before the Reload): files written while PostgreSQL starts
+// are never loaded, and that instance keeps the old server certificate,
+// client CA and pg_hba until it restarts (seen in make test: after a switch
+// during a replica's start, TestIssuerMode's replica still served CNPG's own
+// server certificate a minute later).
+//
+// Starting is any instance CNPG counts (status.instanceNames: one per PVC
+// group, from initdb or join on) whose Pod it does not report ready or
+// failed: a Pod running but not ready ("replicating"), and one created but
+// not in the status yet (the status lags the Pods; the window the first
+// check, on "replicating" alone, left open). A failed instance does not hold
+// the switch back: it never reloads, and its next Pod starts on the new
+// files. The patch that follows carries the resourceVersion of the status
+// read here (optimistic lock), so a status change in between is a conflict,
+// not a switch.
 func (r *ClusterReconciler) notWhileStarting(c *cnpgv1.Cluster) error {
-	starting := c.Status.InstancesStatus[cnpgv1.PodReplicating]
+	starting := startingInstances(&c.Status)
 	if len(starting) == 0 {
 		return nil
 	}
 	r.warned.note(r.Recorder, c, ReasonTrustPending, "SwitchCertificates",
-		"certificates and pg_hba switched once no instance is starting (%s running, not ready): CNPG reloads PostgreSQL only on a ready instance, and one starting would keep the old ones", strings.Join(starting, ", "))
+		"certificates and pg_hba switched once no instance is starting (%s not ready): CNPG reloads PostgreSQL only on a ready instance, and one starting would keep the old ones", strings.Join(starting, ", "))
 	return fmt.Errorf("trust not switched: %w: %s starting", errWaiting, strings.Join(starting, ", "))
+}
+
+// startingInstances are the instances of st neither ready nor failed, in
+// status order: those CNPG reports replicating, then those it counts without
+// a Pod status.
+func startingInstances(st *cnpgv1.ClusterStatus) []string {
+	seen := map[string]bool{}
+	for _, s := range []cnpgv1.PodStatus{cnpgv1.PodHealthy, cnpgv1.PodFailed} {
+		for _, n := range st.InstancesStatus[s] {
+			seen[n] = true
+		}
+	}
+	var out []string
+	for _, n := range append(slices.Clone(st.InstancesStatus[cnpgv1.PodReplicating]), st.InstanceNames...) {
+		if !seen[n] {
+			seen[n] = true
+			out = append(out, n)
+		}
+	}
+	return out
 }
 
 // notDuringJoin returns errWaiting while CNPG creates a replica, when going
