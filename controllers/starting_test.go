@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"errors"
+	"strings"
 	"testing"
 
 	cnpgv1 "github.com/cloudnative-pg/cloudnative-pg/api/v1"
@@ -11,7 +12,8 @@ import (
 // while an instance CNPG counts (one per PVC group) may be starting: its Pod
 // running but not ready (CNPG's "replicating"), or not in the status yet
 // (initdb, join, a Pod just created: the status lags the Pods). No instance
-// at all, all ready, or the one not ready failed does not hold it back.
+// at all, all ready, the one not ready failed, or a hibernated Cluster (no
+// Pod runs; each starts on the new files) does not hold it back.
 func TestNotWhileStarting(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
@@ -26,11 +28,15 @@ func TestNotWhileStarting(t *testing.T) {
 		{"a replica's Pod not in the status yet", []string{"pg-1", "pg-2"}, map[cnpgv1.PodStatus][]string{cnpgv1.PodHealthy: {"pg-1"}}, true},
 		{"the primary starting", []string{"pg-1"}, map[cnpgv1.PodStatus][]string{cnpgv1.PodReplicating: {"pg-1"}}, true},
 		{"a failed instance", []string{"pg-1", "pg-2"}, map[cnpgv1.PodStatus][]string{cnpgv1.PodHealthy: {"pg-1"}, cnpgv1.PodFailed: {"pg-2"}}, false},
+		{"hibernated: no Pod runs", []string{"pg-1", "pg-2"}, nil, false},
 	} {
 		r, rec, _ := testReconciler(nil)
 		c := &cnpgv1.Cluster{}
 		c.Name, c.Namespace, c.UID = "pg", "ns", "u1"
 		c.Status.InstanceNames, c.Status.InstancesStatus = tc.names, tc.status
+		if strings.HasPrefix(tc.name, "hibernated") {
+			c.Annotations = map[string]string{cnpgHibernation: "on"}
+		}
 		err := r.notWhileStarting(c)
 		if got := errors.Is(err, errWaiting); got != tc.wait {
 			t.Errorf("%s: waits %v (%v), want %v", tc.name, got, err, tc.wait)

@@ -204,18 +204,23 @@ func switchesJoinCertificates(c, next *cnpgv1.Cluster) bool {
 // not in the status yet (the status lags the Pods; the window the first
 // check, on "replicating" alone, left open). A failed instance does not hold
 // the switch back: it never reloads, and its next Pod starts on the new
-// files. The patch that follows carries the resourceVersion of the status
-// read here (optimistic lock), so a status change in between is a conflict,
-// not a switch.
+// files. A hibernated Cluster (CNPG's cnpg.io/hibernation: on) runs no
+// Pod, and each starts on the new files when it resumes. The patch that
+// follows carries the resourceVersion of the status read here (optimistic
+// lock), so a status change in between is a conflict, not a switch.
 func (r *ClusterReconciler) notWhileStarting(c *cnpgv1.Cluster) error {
 	starting := startingInstances(&c.Status)
-	if len(starting) == 0 {
+	if len(starting) == 0 || c.Annotations[cnpgHibernation] == "on" {
 		return nil
 	}
 	r.warned.note(r.Recorder, c, ReasonTrustPending, "SwitchCertificates",
 		"certificates and pg_hba switched once no instance is starting (%s not ready): CNPG reloads PostgreSQL only on a ready instance, and one starting would keep the old ones", strings.Join(starting, ", "))
 	return fmt.Errorf("trust not switched: %w: %s starting", errWaiting, strings.Join(starting, ", "))
 }
+
+// cnpgHibernation is CNPG's annotation that hibernates a Cluster ("on"):
+// its Pods are deleted, its PVCs (instances) kept.
+const cnpgHibernation = "cnpg.io/hibernation"
 
 // startingInstances are the instances of st neither ready nor failed, in
 // status order: those CNPG reports replicating, then those it counts without
