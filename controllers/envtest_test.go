@@ -927,7 +927,8 @@ func TestEnvNoCertificateSwitchDuringJoin(t *testing.T) {
 // TestEnvNoTrustSwitchWhileAnInstanceStarts: the certificates and pg_hba are
 // not switched while CNPG counts an instance that is not ready (running, or
 // its Pod not in the status yet: CNPG would write its files but never reload
-// it), and are switched once none is, with a TrustPending Event meanwhile.
+// it), and are switched once none is, with a TrustPending Event meanwhile;
+// opting out restores them under the same rule.
 func TestEnvNoTrustSwitchWhileAnInstanceStarts(t *testing.T) {
 	b, _ := newBed(t, bedOptions{resync: time.Hour})
 	ctx := context.Background()
@@ -962,6 +963,24 @@ func TestEnvNoTrustSwitchWhileAnInstanceStarts(t *testing.T) {
 	}
 	setStatus(map[cnpgv1.PodStatus][]string{cnpgv1.PodHealthy: {"pg-1", "pg-2"}})
 	b.eventually("certificates and pg_hba switched once no instance starts", switched)
+
+	// Opting out restores the Cluster, not while an instance starts either
+	// (it would keep trusting Teleport's CA).
+	setStatus(map[cnpgv1.PodStatus][]string{cnpgv1.PodHealthy: {"pg-1"}, cnpgv1.PodReplicating: {"pg-2"}})
+	b.patchCluster("pg", func(c *cnpgv1.Cluster) { delete(c.Annotations, dbspec.AnnotationRegister) })
+	b.event("pg", ReasonTrustPending, "restored once no instance is starting (pg-2 not ready)")
+	if ok, got := switched(); !ok {
+		t.Fatalf("restored while an instance starts: %s", got)
+	}
+	setStatus(map[cnpgv1.PodStatus][]string{cnpgv1.PodHealthy: {"pg-1", "pg-2"}})
+	b.eventually("certificates and pg_hba restored once no instance starts", func() (bool, string) {
+		c, err := b.get("pg")
+		if err != nil {
+			return false, err.Error()
+		}
+		return c.Spec.Certificates == nil && len(c.Spec.PostgresConfiguration.PgHBA) == 0,
+			fmt.Sprintf("%+v %v", c.Spec.Certificates, c.Spec.PostgresConfiguration.PgHBA)
+	})
 }
 
 // reconcileErrors is controller-runtime's count of failed Cluster passes

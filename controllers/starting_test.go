@@ -37,7 +37,7 @@ func TestNotWhileStarting(t *testing.T) {
 		if strings.HasPrefix(tc.name, "hibernated") {
 			c.Annotations = map[string]string{cnpgHibernation: "on"}
 		}
-		err := r.notWhileStarting(c)
+		err := r.notWhileStarting(c, "SwitchCertificates", "switched")
 		if got := errors.Is(err, errWaiting); got != tc.wait {
 			t.Errorf("%s: waits %v (%v), want %v", tc.name, got, err, tc.wait)
 		}

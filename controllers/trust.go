@@ -124,7 +124,7 @@ func (r *ClusterReconciler) trust(ctx context.Context, c *cnpgv1.Cluster, spec *
 		want.HBA = append(want.HBA, pgrules.AutoUsersHBALine())
 	}
 	if !clusterspec.Trusted(c, want) {
-		if err := r.notWhileStarting(c); err != nil {
+		if err := r.notWhileStarting(c, "SwitchCertificates", "switched"); err != nil {
 			return false, nil, err
 		}
 		if err := r.notDuringJoin(ctx, c, clusterspec.Trust(c, want), "SwitchCertificates", "switched"); err != nil {
@@ -208,14 +208,16 @@ func switchesJoinCertificates(c, next *cnpgv1.Cluster) bool {
 // Pod, and each starts on the new files when it resumes. The patch that
 // follows carries the resourceVersion of the status read here (optimistic
 // lock), so a status change in between is a conflict, not a switch.
-func (r *ClusterReconciler) notWhileStarting(c *cnpgv1.Cluster) error {
+// The same holds going back (opt-out: restored), where a starting instance
+// would keep trusting Teleport's CA.
+func (r *ClusterReconciler) notWhileStarting(c *cnpgv1.Cluster, action, done string) error {
 	starting := startingInstances(&c.Status)
 	if len(starting) == 0 || c.Annotations[cnpgHibernation] == "on" {
 		return nil
 	}
-	r.warned.note(r.Recorder, c, ReasonTrustPending, "SwitchCertificates",
-		"certificates and pg_hba switched once no instance is starting (%s not ready): CNPG reloads PostgreSQL only on a ready instance, and one starting would keep the old ones", strings.Join(starting, ", "))
-	return fmt.Errorf("trust not switched: %w: %s starting", errWaiting, strings.Join(starting, ", "))
+	r.warned.note(r.Recorder, c, ReasonTrustPending, action,
+		"certificates and pg_hba %s once no instance is starting (%s not ready): CNPG reloads PostgreSQL only on a ready instance, and one starting would keep the old ones", done, strings.Join(starting, ", "))
+	return fmt.Errorf("certificates not %s: %w: %s starting", done, errWaiting, strings.Join(starting, ", "))
 }
 
 // cnpgHibernation is CNPG's annotation that hibernates a Cluster ("on"):
@@ -556,6 +558,9 @@ func (r *ClusterReconciler) untrust(ctx context.Context, c *cnpgv1.Cluster) erro
 		return r.deleteIssued(ctx, c)
 	}
 	if clusterspec.Changed(c) {
+		if err := r.notWhileStarting(c, "RestoreCertificates", "restored"); err != nil {
+			return err
+		}
 		if err := r.notDuringJoin(ctx, c, clusterspec.Restore(c), "RestoreCertificates", "restored"); err != nil {
 			return err
 		}
