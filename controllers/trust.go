@@ -124,10 +124,12 @@ func (r *ClusterReconciler) trust(ctx context.Context, c *cnpgv1.Cluster, spec *
 		want.HBA = append(want.HBA, pgrules.AutoUsersHBALine())
 	}
 	if !clusterspec.Trusted(c, want) {
-		if err := r.notWhileStarting(c, "SwitchCertificates", "switched"); err != nil {
+		// The join first: its wait says more than "pg-2 not ready", and it
+		// may make c the live copy, whose status is then the one checked.
+		if err := r.notDuringJoin(ctx, c, clusterspec.Trust(c, want), "SwitchCertificates", "switched"); err != nil {
 			return false, nil, err
 		}
-		if err := r.notDuringJoin(ctx, c, clusterspec.Trust(c, want), "SwitchCertificates", "switched"); err != nil {
+		if err := r.notWhileStarting(c, "SwitchCertificates", "switched"); err != nil {
 			return false, nil, err
 		}
 		patch := client.MergeFromWithOptions(c.DeepCopy(), client.MergeFromWithOptimisticLock{})
@@ -558,10 +560,10 @@ func (r *ClusterReconciler) untrust(ctx context.Context, c *cnpgv1.Cluster) erro
 		return r.deleteIssued(ctx, c)
 	}
 	if clusterspec.Changed(c) {
-		if err := r.notWhileStarting(c, "RestoreCertificates", "restored"); err != nil {
+		if err := r.notDuringJoin(ctx, c, clusterspec.Restore(c), "RestoreCertificates", "restored"); err != nil {
 			return err
 		}
-		if err := r.notDuringJoin(ctx, c, clusterspec.Restore(c), "RestoreCertificates", "restored"); err != nil {
+		if err := r.notWhileStarting(c, "RestoreCertificates", "restored"); err != nil {
 			return err
 		}
 		patch := client.MergeFromWithOptions(c.DeepCopy(), client.MergeFromWithOptimisticLock{})
