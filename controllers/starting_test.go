@@ -2,7 +2,6 @@ package controllers
 
 import (
 	"errors"
-	"strings"
 	"testing"
 
 	cnpgv1 "github.com/cloudnative-pg/cloudnative-pg/api/v1"
@@ -19,24 +18,22 @@ func TestNotWhileStarting(t *testing.T) {
 		name   string
 		names  []string // status.instanceNames
 		status map[cnpgv1.PodStatus][]string
+		ann    map[string]string
 		wait   bool
 	}{
-		{"no instance (no CNPG status)", nil, nil, false},
-		{"initdb: counted, no Pod yet", []string{"pg-1"}, nil, true},
-		{"all ready", []string{"pg-1", "pg-2"}, map[cnpgv1.PodStatus][]string{cnpgv1.PodHealthy: {"pg-1", "pg-2"}}, false},
-		{"a replica starting", []string{"pg-1", "pg-2"}, map[cnpgv1.PodStatus][]string{cnpgv1.PodHealthy: {"pg-1"}, cnpgv1.PodReplicating: {"pg-2"}}, true},
-		{"a replica's Pod not in the status yet", []string{"pg-1", "pg-2"}, map[cnpgv1.PodStatus][]string{cnpgv1.PodHealthy: {"pg-1"}}, true},
-		{"the primary starting", []string{"pg-1"}, map[cnpgv1.PodStatus][]string{cnpgv1.PodReplicating: {"pg-1"}}, true},
-		{"a failed instance", []string{"pg-1", "pg-2"}, map[cnpgv1.PodStatus][]string{cnpgv1.PodHealthy: {"pg-1"}, cnpgv1.PodFailed: {"pg-2"}}, false},
-		{"hibernated: no Pod runs", []string{"pg-1", "pg-2"}, nil, false},
+		{"no instance (no CNPG status)", nil, nil, nil, false},
+		{"initdb: counted, no Pod yet", []string{"pg-1"}, nil, nil, true},
+		{"all ready", []string{"pg-1", "pg-2"}, map[cnpgv1.PodStatus][]string{cnpgv1.PodHealthy: {"pg-1", "pg-2"}}, nil, false},
+		{"a replica starting", []string{"pg-1", "pg-2"}, map[cnpgv1.PodStatus][]string{cnpgv1.PodHealthy: {"pg-1"}, cnpgv1.PodReplicating: {"pg-2"}}, nil, true},
+		{"a replica's Pod not in the status yet", []string{"pg-1", "pg-2"}, map[cnpgv1.PodStatus][]string{cnpgv1.PodHealthy: {"pg-1"}}, nil, true},
+		{"the primary starting", []string{"pg-1"}, map[cnpgv1.PodStatus][]string{cnpgv1.PodReplicating: {"pg-1"}}, nil, true},
+		{"a failed instance", []string{"pg-1", "pg-2"}, map[cnpgv1.PodStatus][]string{cnpgv1.PodHealthy: {"pg-1"}, cnpgv1.PodFailed: {"pg-2"}}, nil, false},
+		{"hibernated: no Pod runs", []string{"pg-1", "pg-2"}, nil, map[string]string{cnpgHibernation: "on"}, false},
 	} {
 		r, rec, _ := testReconciler(nil)
 		c := &cnpgv1.Cluster{}
 		c.Name, c.Namespace, c.UID = "pg", "ns", "u1"
-		c.Status.InstanceNames, c.Status.InstancesStatus = tc.names, tc.status
-		if strings.HasPrefix(tc.name, "hibernated") {
-			c.Annotations = map[string]string{cnpgHibernation: "on"}
-		}
+		c.Annotations, c.Status.InstanceNames, c.Status.InstancesStatus = tc.ann, tc.names, tc.status
 		err := r.notWhileStarting(c, "SwitchCertificates", "switched")
 		if got := errors.Is(err, errWaiting); got != tc.wait {
 			t.Errorf("%s: waits %v (%v), want %v", tc.name, got, err, tc.wait)

@@ -213,8 +213,11 @@ func switchesJoinCertificates(c, next *cnpgv1.Cluster) bool {
 // The same holds going back (opt-out: restored), where a starting instance
 // would keep trusting Teleport's CA.
 func (r *ClusterReconciler) notWhileStarting(c *cnpgv1.Cluster, action, done string) error {
+	if c.Annotations[cnpgHibernation] == "on" {
+		return nil
+	}
 	starting := startingInstances(&c.Status)
-	if len(starting) == 0 || c.Annotations[cnpgHibernation] == "on" {
+	if len(starting) == 0 {
 		return nil
 	}
 	r.warned.note(r.Recorder, c, ReasonTrustPending, action,
